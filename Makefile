@@ -1,0 +1,27 @@
+# The two commands of the README: `make run` and `make test`. Both set up .venv first.
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/tiny.yaml
+
+# No machine reaches a model hub or telemetry host: fail fast instead of retrying.
+export HF_HUB_OFFLINE := 1
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME := $(CURDIR)/.cache/prefect
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+
+.PHONY: setup run test
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+run: setup
+	$(BIN)/spark-vl run $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest -q

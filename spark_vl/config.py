@@ -1,0 +1,253 @@
+"""One typed config for a run: YAML in, dotted CLI overrides, errors that name the key.
+
+Every number a run depends on (batch and group sizes, lengths, seeds, rates) lives here;
+library code receives a section of this object and hard-codes none of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from spark_vl.runio import write_text_atomic
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot describe a run; the message says what to fix."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    """Dimensions of the tiny model built offline (head size 32 so vLLM can serve it)."""
+
+    family: Literal["qwen2_5_vl", "qwen2_vl", "qwen3_vl"] = "qwen2_5_vl"
+    vocab_size: int = Field(512, ge=300, le=65536)
+    hidden_size: int = Field(128, ge=16)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    intermediate_size: int = Field(256, ge=16)
+    vision_hidden_size: int = Field(64, ge=16)
+    vision_depth: int = Field(2, ge=1)
+    vision_heads: int = Field(2, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be a multiple of num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if (self.hidden_size // self.num_heads) % 8:
+            raise ValueError("head size (hidden_size / num_heads) must be a multiple of 8 for mRoPE")
+        if self.vision_hidden_size % self.vision_heads:
+            raise ValueError("vision_hidden_size must be a multiple of vision_heads")
+        return self
+
+
+class ModelConfig(Section):
+    """Which checkpoint to train: a local Hugging Face directory, or the tiny one built offline."""
+
+    path: str | None = Field(None, description="checkpoint directory; null builds the tiny model")
+    tiny: TinyModelConfig = TinyModelConfig()
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    min_pixels: int = Field(112 * 112, ge=28 * 28)
+    max_pixels: int = Field(112 * 112, ge=28 * 28)
+
+    @model_validator(mode="after")
+    def _pixel_bounds(self) -> "ModelConfig":
+        if self.min_pixels > self.max_pixels:
+            raise ValueError("min_pixels must not exceed max_pixels")
+        return self
+
+
+class BuiltinDataConfig(Section):
+    """The built-in synthetic visual tasks rendered with PIL."""
+
+    families: list[Literal["colour", "count", "position", "size", "arithmetic"]] = ["colour", "count"]
+    difficulty: int = Field(1, ge=1, le=3)
+    image_size: int = Field(112, ge=56, le=1024)
+    n_train: int = Field(2000, ge=1)
+    n_eval: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class DataConfig(Section):
+    """Where prompts come from: dataset files, or the built-in tasks when no path is given."""
+
+    train_path: str | None = None
+    eval_path: str | None = None
+    builtin: BuiltinDataConfig = BuiltinDataConfig()
+    instruction: str = Field(
+        "Answer with \\boxed{}.",
+        description="appended to every task question (the reference uses a reason-then-box instruction)",
+    )
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="images larger than this are refused as decompression bombs"
+    )
+
+
+class RolloutConfig(Section):
+    engine: Literal["hf", "vllm"] = "hf"
+    prompts_per_batch: int = Field(16, ge=1)
+    group_size: int = Field(8, ge=2, description="sampled responses per prompt (n)")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(16, ge=1)
+    seed: int = 0
+
+
+class SparkConfig(Section):
+    """Recycling of verified rollouts into judge and self-reflection prompts."""
+
+    enabled: bool = True
+    pointwise_prob: float = Field(0.3, ge=0, le=1, description="pointwise share for mixed groups")
+    judge_cap: float = Field(0.5, ge=0, le=1, description="judge samples kept, as a share of a batch")
+    reflect_cap: float = Field(0.5, ge=0, le=1, description="reflection samples kept, as a share")
+    reflect_cot_share: float = Field(0.5, ge=0, le=1)
+    balance_judge_labels: bool = True
+    seed: int = 0
+
+
+class WarmupConfig(Section):
+    """Supervised format warm-up for the tiny model (real checkpoints skip it)."""
+
+    enabled: bool = True
+    steps: int = Field(200, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class TrainConfig(Section):
+    iterations: int = Field(20, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    micro_batch_size: int = Field(32, ge=1)
+    clip_eps: float = Field(0.2, gt=0)
+    kl_coef: float = Field(1e-3, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    deepspeed_config: str = "configs/deepspeed/zero0.json"
+    warmup: WarmupConfig = WarmupConfig()
+    seed: int = 0
+
+
+class EvalConfig(Section):
+    every: int = Field(5, ge=1, description="evaluate every N iterations (and after the last)")
+    n_task: int = Field(256, ge=1)
+    n_judge: int = Field(256, ge=2)
+    reflect_rounds: int = Field(2, ge=0)
+
+
+class TrackingConfig(Section):
+    experiment: str = "spark-vl"
+    registered_model: str = "spark-vl-tiny"
+    register_every: int = Field(0, ge=0, description="0: register only at the end of a run")
+
+
+class OrchestrationConfig(Section):
+    runs_dir: str = "runs"
+    retries: int = Field(2, ge=0)
+    retry_delay_s: float = Field(5.0, ge=0)
+
+
+class RunConfig(Section):
+    """A whole run. `configs/tiny.yaml` is the embedded default."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    spark: SparkConfig = SparkConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    def digest(self) -> str:
+        """Short stable hash of the resolved config, for tags and resume checks."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _describe(error: dict[str, Any], source: str) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _section_at(error["loc"][:-1])
+        allowed = ", ".join(sorted(parent.model_fields)) if parent else "see configs/tiny.yaml"
+        return f"{source}: unknown key '{key}'. Allowed here: {allowed}"
+    allowed = ""
+    if kind == "literal_error":
+        allowed = f" Allowed: {error['ctx']['expected']}."
+    return f"{source}: '{key}' {error['msg'].lower()} (got {error.get('input')!r}).{allowed}"
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    cls: type[BaseModel] = RunConfig
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        cls = ann
+    return cls
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-5` -> (["train", "lr"], 1e-05); values are read as YAML scalars."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(err, source) for err in exc.errors()]
+        raise ConfigError("invalid run config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config (None: the built-in defaults) and apply `key=value` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, not {type(loaded).__name__}")
+        data = loaded or {}
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source += " (with --set overrides)"
+    return validate_config(data, source)
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

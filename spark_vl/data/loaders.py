@@ -1,0 +1,237 @@
+"""Read task datasets (JSONL, JSON, Parquet, local HF `datasets` folders) into typed samples.
+
+Two row schemas are understood:
+- ours: `{"image": "images/0.png", "question": "...", "answer": "..."}` (`images` may be a list);
+- LMM-R1 / Spark-Data: `{"message": "<JSON list of chat messages>", "answer": "..."}`, where
+  image parts carry a path (and often `max_pixels`).
+Image paths are resolved relative to the dataset file and must stay inside its folder.
+Every bad row is reported with its row number and a reason; good rows are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from spark_vl.runio import logger
+
+BAD_ROW_REASONS = (
+    "unparseable",  # not JSON / not an object / no question or image field
+    "missing_answer",
+    "missing_file",
+    "corrupt_image",
+    "image_too_large",  # more pixels than data.max_image_pixels (decompression bomb)
+    "path_escape",  # image path leads outside the dataset folder
+)
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used at all; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class TaskSample:
+    """One verifiable prompt: image(s), question text and ground-truth answer."""
+
+    id: str
+    row: int
+    images: tuple[str, ...]
+    question: str
+    answer: str
+    max_pixels: int | None = None
+
+
+@dataclass(frozen=True)
+class BadRow:
+    row: int
+    reason: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"row": self.row, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass
+class LoadedDataset:
+    path: Path
+    samples: list[TaskSample] = field(default_factory=list)
+    bad: list[BadRow] = field(default_factory=list)
+
+
+class _BadRowError(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _raw_rows(path: Path, split: str) -> Iterator[tuple[int, Any]]:
+    """(row number, row) in file order; a row that cannot be parsed comes as an exception."""
+    if path.is_dir():
+        import datasets
+
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as exc:
+            raise DatasetError(f"{path} is not a saved Hugging Face dataset folder: {exc}") from None
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DatasetError(f"{path} has splits {list(loaded)}, not '{split}'")
+            loaded = loaded[split]
+        yield from enumerate(loaded)
+        return
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with open(path) as handle:
+            for i, line in enumerate(handle):
+                if not line.strip():
+                    continue
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield i, _BadRowError("unparseable", f"invalid JSON: {exc.msg} at column {exc.colno}")
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path} is not valid JSON: {exc}") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DatasetError(f"{path} must hold a JSON list of rows (or {{'data': [...]}})")
+        yield from enumerate(data)
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from enumerate(pq.read_table(path).to_pylist())
+    else:
+        raise DatasetError(f"{path}: unsupported dataset type '{suffix}'; use .jsonl, .json, .parquet or a "
+                           "folder written by datasets.save_to_disk")
+
+
+def _strip_file_scheme(value: str) -> str:
+    return value[len("file://"):] if value.startswith("file://") else value
+
+
+def _parse_row(row: Any) -> tuple[list[str], str, Any, int | None]:
+    """(image refs, question, answer, max_pixels) of one row in either schema."""
+    if isinstance(row, _BadRowError):
+        raise row
+    if not isinstance(row, dict):
+        raise _BadRowError("unparseable", f"row is a {type(row).__name__}, not an object")
+    answer = row.get("answer")
+    if "message" in row:
+        messages = row["message"]
+        if isinstance(messages, str):
+            try:
+                messages = json.loads(messages)
+            except json.JSONDecodeError as exc:
+                raise _BadRowError("unparseable", f"'message' is not a JSON string of messages: {exc.msg}")
+        if not isinstance(messages, list):
+            raise _BadRowError("unparseable", "'message' must be a list of chat messages")
+        images, texts, max_pixels = [], [], None
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                texts.append(content)
+                continue
+            for part in content or []:
+                if not isinstance(part, dict):
+                    continue
+                if part.get("type") == "image" or "image" in part:
+                    images.append(part.get("image"))
+                    max_pixels = part.get("max_pixels", max_pixels)
+                elif part.get("type") == "text" or "text" in part:
+                    texts.append(str(part.get("text", "")))
+        question = "\n".join(t for t in texts if t)
+    else:
+        images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
+        if isinstance(images, str):
+            images = [images]
+        question = row.get("question") or row.get("problem") or ""
+        max_pixels = row.get("max_pixels")
+    if not question:
+        raise _BadRowError("unparseable", "no question text ('question', 'problem' or text in 'message')")
+    if not images:
+        raise _BadRowError("unparseable", "no image ('image', 'images' or an image part in 'message')")
+    if answer is None or str(answer).strip() == "":
+        raise _BadRowError("missing_answer", "the 'answer' field is missing or empty")
+    if not all(isinstance(ref, str) and ref for ref in images):
+        raise _BadRowError("unparseable", "image entries must be file paths (embedded images are not supported)")
+    return images, question, answer, max_pixels
+
+
+class ImageChecker:
+    """Checks image files once each: inside the dataset folder, present, decodable, not a bomb."""
+
+    def __init__(self, root: Path, max_pixels: int):
+        self.root = root.resolve()
+        self.max_pixels = max_pixels
+        self._seen: dict[Path, _BadRowError | None] = {}
+
+    def resolve(self, ref: str) -> Path:
+        path = (self.root / _strip_file_scheme(ref)).resolve()
+        if not path.is_relative_to(self.root):
+            raise _BadRowError("path_escape", f"image path '{ref}' leads outside the dataset folder {self.root}; "
+                                              "move the image under that folder or fix the path")
+        if path not in self._seen:
+            self._seen[path] = self._check(path, ref)
+        if self._seen[path] is not None:
+            raise self._seen[path]
+        return path
+
+    def _check(self, path: Path, ref: str) -> _BadRowError | None:
+        if not path.is_file():
+            return _BadRowError("missing_file", f"image '{ref}' does not exist (looked for {path})")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    width, height = image.size
+                    if width * height > self.max_pixels:
+                        return _BadRowError("image_too_large", f"image '{ref}' is {width}x{height}, over the "
+                                            f"limit of {self.max_pixels} pixels (data.max_image_pixels)")
+                    image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            return _BadRowError("image_too_large", f"image '{ref}': {exc}")
+        except (OSError, SyntaxError, ValueError) as exc:
+            return _BadRowError("corrupt_image", f"image '{ref}' cannot be decoded: {exc}")
+        return None
+
+
+def scan_dataset(path: str | Path, max_image_pixels: int = 50_000_000, split: str = "train") -> LoadedDataset:
+    """Sort every row of a dataset into good samples and bad rows (with their reason)."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset {path} does not exist")
+    root = path if path.is_dir() else path.parent
+    checker = ImageChecker(root, max_image_pixels)
+    result = LoadedDataset(path=path)
+    for row_number, row in _raw_rows(path, split):
+        try:
+            refs, question, answer, max_pixels = _parse_row(row)
+            images = tuple(str(checker.resolve(ref)) for ref in refs)
+        except _BadRowError as bad:
+            result.bad.append(BadRow(row_number, bad.reason, bad.detail))
+            continue
+        sample_id = str(row.get("id", f"{path.stem}-{row_number}"))
+        result.samples.append(TaskSample(sample_id, row_number, images, question, str(answer).strip(), max_pixels))
+    return result
+
+
+def load_dataset(path: str | Path, max_image_pixels: int = 50_000_000, split: str = "train") -> LoadedDataset:
+    """The good rows of a dataset; warns with the count of dropped rows, fails when none is good."""
+    result = scan_dataset(path, max_image_pixels, split)
+    if result.bad:
+        logger.warning("%s: dropped %d bad row(s) of %d; run `spark-vl validate-data %s` for the list",
+                       path, len(result.bad), len(result.bad) + len(result.samples), path)
+    if not result.samples:
+        raise DatasetError(f"{path} has no usable row ({len(result.bad)} bad); "
+                           f"run `spark-vl validate-data {path}` to see why")
+    return result

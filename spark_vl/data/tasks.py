@@ -1,0 +1,194 @@
+"""Built-in visual tasks with exact answers, rendered with PIL.
+
+Each family draws a scene from a seeded RNG and asks one question whose answer is a short
+word or number. Scenes are described by a key; the held-out split never repeats a training key.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from spark_vl.config import BuiltinDataConfig
+from spark_vl.runio import write_jsonl_atomic
+
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 60, 220),
+    "yellow": (235, 200, 20),
+    "purple": (140, 40, 180),
+    "orange": (245, 130, 20),
+    "black": (10, 10, 10),
+    "pink": (240, 120, 190),
+}
+SHAPES = ["circle", "square", "triangle"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str
+    colour: str
+    cx: int
+    cy: int
+    radius: int
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What to draw and what to ask; `key` identifies the scene across splits."""
+
+    family: str
+    question: str
+    answer: str
+    shapes: tuple[Shape, ...] = ()
+    numbers: tuple[tuple[int, int, int], ...] = ()  # (value, x, y)
+
+    @property
+    def key(self) -> tuple:
+        return (self.family, self.question, self.shapes, self.numbers)
+
+
+def _shape(rng: random.Random, size: int, kind: str, colour: str, radius: int,
+           x_range: tuple[float, float] = (0.0, 1.0)) -> Shape:
+    low = max(radius + 1, int(size * x_range[0]) + radius)
+    high = min(size - radius - 1, int(size * x_range[1]) - radius)
+    return Shape(kind, colour, rng.randint(low, max(low, high)), rng.randint(radius + 1, size - radius - 1), radius)
+
+
+def colour_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
+    palette = list(COLOURS)[: 2 + 2 * difficulty]
+    colour = rng.choice(palette)
+    shape = _shape(rng, size, rng.choice(SHAPES), colour, rng.randint(size // 8, size // 4))
+    return Scene("colour", "What colour is the shape?", colour, (shape,))
+
+
+def count_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
+    count = rng.randint(1, 2 + difficulty)
+    radius = size // 12
+    cells = [(i, j) for i in range(4) for j in range(4)]
+    rng.shuffle(cells)
+    step = size // 4
+    shapes = [Shape("circle", rng.choice(["red", "blue"]), i * step + step // 2, j * step + step // 2, radius)
+              for i, j in cells[:count]]
+    if difficulty >= 2:  # squares as distractors
+        shapes += [Shape("square", "green", i * step + step // 2, j * step + step // 2, radius)
+                   for i, j in cells[count: count + rng.randint(0, difficulty)]]
+    return Scene("count", "How many circles are there?", str(count), tuple(shapes))
+
+
+def position_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
+    side = rng.choice(["left", "right"])
+    margin = {1: 0.35, 2: 0.2, 3: 0.08}[difficulty]
+    x_range = (0.0, 0.5 - margin) if side == "left" else (0.5 + margin, 1.0)
+    shape = _shape(rng, size, rng.choice(SHAPES), rng.choice(list(COLOURS)[:4]), size // 10, x_range)
+    return Scene("position", "Is the shape on the left or the right?", side, (shape,))
+
+
+def size_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
+    big = rng.choice(["red", "blue"])
+    small = "blue" if big == "red" else "red"
+    ratio = {1: 0.45, 2: 0.65, 3: 0.8}[difficulty]
+    r_big = rng.randint(size // 7, size // 5)
+    r_small = max(3, int(r_big * ratio))
+    kind = rng.choice(SHAPES)
+    left, right = (big, small) if rng.random() < 0.5 else (small, big)
+    shapes = tuple(
+        _shape(rng, size, kind, colour, r_big if colour == big else r_small, x_range)
+        for colour, x_range in [(left, (0.0, 0.5)), (right, (0.5, 1.0))]
+    )
+    return Scene("size", "Which shape is bigger, the red one or the blue one?", big, shapes)
+
+
+def arithmetic_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
+    top = {1: 4, 2: 9, 3: 9}[difficulty]
+    a, b = rng.randint(0, top), rng.randint(0, top)
+    if difficulty == 3:
+        return Scene("arithmetic", "What is the product of the two numbers?", str(a * b),
+                     numbers=((a, size // 5, size // 3), (b, 3 * size // 5, size // 3)))
+    return Scene("arithmetic", "What is the sum of the two numbers?", str(a + b),
+                 numbers=((a, size // 5, size // 3), (b, 3 * size // 5, size // 3)))
+
+
+FAMILIES: dict[str, Callable[[random.Random, int, int], Scene]] = {
+    "colour": colour_scene,
+    "count": count_scene,
+    "position": position_scene,
+    "size": size_scene,
+    "arithmetic": arithmetic_scene,
+}
+
+
+def render(scene: Scene, size: int) -> Image.Image:
+    image = Image.new("RGB", (size, size), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for s in scene.shapes:
+        box = (s.cx - s.radius, s.cy - s.radius, s.cx + s.radius, s.cy + s.radius)
+        fill = COLOURS[s.colour]
+        if s.kind == "circle":
+            draw.ellipse(box, fill=fill)
+        elif s.kind == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(s.cx, s.cy - s.radius), (s.cx - s.radius, s.cy + s.radius),
+                          (s.cx + s.radius, s.cy + s.radius)], fill=fill)
+    if scene.numbers:
+        font = ImageFont.load_default(size=size // 3)
+        for value, x, y in scene.numbers:
+            draw.text((x, y), str(value), fill=(0, 0, 0), font=font)
+    return image
+
+
+def generate_scenes(families: list[str], difficulty: int, size: int, n: int, seed: int,
+                    exclude: set[tuple] = frozenset()) -> list[Scene]:
+    """`n` scenes cycling through `families`, none of whose keys is in `exclude`."""
+    rng = random.Random(seed)
+    scenes: list[Scene] = []
+    attempts = 0
+    while len(scenes) < n:
+        attempts += 1
+        if attempts > 100 * n:
+            raise ValueError(f"cannot draw {n} distinct scenes of {families}: lower n or raise difficulty")
+        scene = FAMILIES[families[len(scenes) % len(families)]](rng, size, difficulty)
+        if scene.key not in exclude:
+            scenes.append(scene)
+    return scenes
+
+
+def make_dataset(out_dir: str | Path, cfg: BuiltinDataConfig) -> dict[str, Path]:
+    """Render train and held-out splits as PNGs plus one JSONL manifest per split."""
+    out = Path(out_dir)
+    train = generate_scenes(cfg.families, cfg.difficulty, cfg.image_size, cfg.n_train, cfg.seed)
+    held_out = generate_scenes(cfg.families, cfg.difficulty, cfg.image_size, cfg.n_eval,
+                               cfg.seed + 1_000_003, exclude={s.key for s in train})
+    manifests = {}
+    for split, scenes in [("train", train), ("eval", held_out)]:
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, scene in enumerate(tqdm(scenes, desc=f"rendering {split}", unit="img", leave=False)):
+            rel = f"images/{split}/{i:06d}.png"
+            render(scene, cfg.image_size).save(out / rel)
+            rows.append({"id": f"{split}-{i:06d}", "image": rel, "question": scene.question,
+                         "answer": scene.answer, "family": scene.family, "difficulty": cfg.difficulty})
+        manifests[split] = out / f"{split}.jsonl"
+        write_jsonl_atomic(manifests[split], rows)
+    return manifests
+
+
+def corpus_lines() -> list[str]:
+    """Every question, answer and instruction the built-in tasks can produce (tokenizer corpus)."""
+    rng = random.Random(0)
+    lines = []
+    for family, make in FAMILIES.items():
+        for difficulty in (1, 2, 3):
+            for _ in range(40):
+                scene = make(rng, 112, difficulty)
+                lines.append(f"{scene.question} Answer with \\boxed{{}}. \\boxed{{{scene.answer}}}")
+    lines += [f"The answer is \\boxed{{{c}}}." for c in COLOURS]
+    lines += [f"\\boxed{{{n}}}" for n in range(100)]
+    return lines

@@ -1,0 +1,1 @@
+"""Rollout engines: sample responses to image prompts behind one interface."""

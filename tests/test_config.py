@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from spark_vl.config import ConfigError, RunConfig, load_config
+
+TINY = Path(__file__).parent.parent / "configs" / "tiny.yaml"
+
+
+def test_tiny_yaml_is_the_embedded_default():
+    cfg = load_config(TINY)
+    assert cfg.model.path is None
+    assert cfg.model.tiny.hidden_size // cfg.model.tiny.num_heads == 32
+    assert cfg.rollout.group_size == 8
+
+
+def test_dotted_override_is_typed():
+    cfg = load_config(TINY, ["train.lr=1e-5", "rollout.group_size=4", "data.builtin.families=[colour]"])
+    assert cfg.train.lr == pytest.approx(1e-5)
+    assert cfg.rollout.group_size == 4
+    assert cfg.data.builtin.families == ["colour"]
+
+
+def test_unknown_key_names_key_file_and_allowed(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: 1.0e-4\n  learning_rate: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "train.learning_rate" in message
+    assert str(path) in message
+    assert "lr" in message and "micro_batch_size" in message
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("rollout:\n  group_size: eight\n")
+    with pytest.raises(ConfigError, match=r"rollout\.group_size"):
+        load_config(path)
+
+
+def test_impossible_value_is_refused():
+    with pytest.raises(ConfigError, match=r"rollout\.group_size.*greater than or equal to 2"):
+        load_config(TINY, ["rollout.group_size=1"])
+    with pytest.raises(ConfigError, match=r"model\.tiny.*multiple of num_heads"):
+        load_config(TINY, ["model.tiny.hidden_size=130"])
+
+
+def test_literal_lists_allowed_values():
+    with pytest.raises(ConfigError, match=r"rollout\.engine.*'hf' or 'vllm'"):
+        load_config(None, ["rollout.engine=sglang"])
+
+
+def test_unknown_section_and_bad_override():
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer'.*orchestration"):
+        load_config(None, ["trainer.lr=1"])
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_missing_file_and_digest_stability(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    assert RunConfig().digest() == RunConfig().digest()
+    assert RunConfig().digest() != load_config(None, ["train.lr=1e-5"]).digest()

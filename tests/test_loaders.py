@@ -1,0 +1,105 @@
+import json
+import shutil
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from spark_vl.cli import app
+from spark_vl.data import DatasetError, load_dataset, scan_dataset
+
+
+@pytest.fixture
+def dataset_dir(tmp_path, tiny_data_dir):
+    shutil.copytree(tiny_data_dir / "images", tmp_path / "images")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    Image.new("RGB", (200, 200)).save(tmp_path / "big.png")
+    (tmp_path.parent / "outside.png").write_bytes((tmp_path / "images/train/000000.png").read_bytes())
+    return tmp_path
+
+
+def _lmm_r1(image, text="How many circles?", answer="3"):
+    message = [{"role": "user", "content": [{"type": "image", "image": image, "max_pixels": 12544},
+                                            {"type": "text", "text": text}]}]
+    return {"message": json.dumps(message), "answer": answer}
+
+
+BAD_ROWS = [
+    ("unparseable", '{"image": "images/train/000000.png", "question": '),
+    ("missing_answer", json.dumps({"image": "images/train/000000.png", "question": "q?"})),
+    ("missing_file", json.dumps({"image": "images/nope.png", "question": "q?", "answer": "1"})),
+    ("corrupt_image", json.dumps({"image": "corrupt.png", "question": "q?", "answer": "1"})),
+    ("image_too_large", json.dumps({"image": "big.png", "question": "q?", "answer": "1"})),
+    ("path_escape", json.dumps({"image": "../outside.png", "question": "q?", "answer": "1"})),
+    ("path_escape", json.dumps(_lmm_r1("file:///etc/passwd"))),
+]
+
+
+def _write_mixed(dataset_dir):
+    good = [json.dumps({"image": "images/train/000001.png", "question": "What colour?", "answer": "red"}),
+            json.dumps(_lmm_r1("images/train/000002.png"))]
+    lines = good[:1] + [line for _, line in BAD_ROWS] + good[1:]
+    path = dataset_dir / "mixed.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_every_bad_row_kind_is_named(dataset_dir):
+    result = scan_dataset(_write_mixed(dataset_dir), max_image_pixels=150 * 150)
+    assert [s.row for s in result.samples] == [0, len(BAD_ROWS) + 1]
+    assert [(b.row, b.reason) for b in result.bad] == [(i + 1, reason) for i, (reason, _) in enumerate(BAD_ROWS)]
+    assert "images/nope.png" in result.bad[2].detail
+
+
+def test_lmm_r1_row_is_parsed(dataset_dir):
+    sample = scan_dataset(_write_mixed(dataset_dir), max_image_pixels=150 * 150).samples[1]
+    assert sample.question == "How many circles?"
+    assert sample.answer == "3"
+    assert sample.max_pixels == 12544
+    assert sample.images == (str((dataset_dir / "images/train/000002.png").resolve()),)
+
+
+def test_real_decompression_bomb_is_caught(dataset_dir):
+    Image.new("1", (12000, 12000)).save(dataset_dir / "bomb.png")
+    path = dataset_dir / "bomb.jsonl"
+    path.write_text(json.dumps({"image": "bomb.png", "question": "q?", "answer": "1"}) + "\n")
+    assert [b.reason for b in scan_dataset(path).bad] == ["image_too_large"]
+
+
+def test_json_parquet_and_hf_folder(dataset_dir):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"image": "images/train/000003.png", "question": "What colour?", "answer": "blue"},
+            {"image": "images/train/000004.png", "question": "What colour?", "answer": None}]
+    (dataset_dir / "rows.json").write_text(json.dumps(rows))
+    pq.write_table(pa.Table.from_pylist(rows), dataset_dir / "rows.parquet")
+    datasets.Dataset.from_list(rows).save_to_disk(str(dataset_dir / "hf"))
+    shutil.copytree(dataset_dir / "images", dataset_dir / "hf" / "images")
+    for path in ["rows.json", "rows.parquet", "hf"]:
+        result = scan_dataset(dataset_dir / path)
+        assert [s.answer for s in result.samples] == ["blue"], path
+        assert [(b.row, b.reason) for b in result.bad] == [(1, "missing_answer")], path
+
+
+def test_no_good_row_is_an_error(dataset_dir):
+    path = dataset_dir / "bad.jsonl"
+    path.write_text(json.dumps({"image": "images/nope.png", "question": "q?", "answer": "1"}) + "\n")
+    with pytest.raises(DatasetError, match="no usable row"):
+        load_dataset(path)
+
+
+def test_validate_data_cli(dataset_dir):
+    path = _write_mixed(dataset_dir)
+    result = CliRunner().invoke(app, ["validate-data", str(path), "--json", "--max-image-pixels", "22500"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["good"] == 2
+    assert [(b["row"], b["reason"]) for b in summary["bad"]] == [(i + 1, r) for i, (r, _) in enumerate(BAD_ROWS)]
+    assert lines[0].startswith("row 1: unparseable")
+
+    empty = dataset_dir / "empty.jsonl"
+    empty.write_text(json.dumps({"image": "corrupt.png", "question": "q?", "answer": "1"}) + "\n")
+    assert CliRunner().invoke(app, ["validate-data", str(empty)]).exit_code == 1

@@ -1,0 +1,69 @@
+import hashlib
+import json
+
+import pytest
+from PIL import Image
+
+from spark_vl.config import BuiltinDataConfig
+from spark_vl.data.tasks import COLOURS, FAMILIES, colour_scene, make_dataset, render
+
+
+def _manifest(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_family_present_with_answers(tiny_data_dir):
+    rows = _manifest(tiny_data_dir / "train.jsonl")
+    assert {r["family"] for r in rows} == set(FAMILIES)
+    assert all(r["answer"] and (tiny_data_dir / r["image"]).is_file() for r in rows)
+
+
+def test_deterministic_by_seed(tmp_path):
+    cfg = BuiltinDataConfig(n_train=12, n_eval=6, families=["count", "size"])
+    make_dataset(tmp_path / "a", cfg)
+    make_dataset(tmp_path / "b", cfg)
+    make_dataset(tmp_path / "c", cfg.model_copy(update={"seed": 7}))
+    assert _manifest(tmp_path / "a" / "train.jsonl") == _manifest(tmp_path / "b" / "train.jsonl")
+    for row in _manifest(tmp_path / "a" / "train.jsonl"):
+        assert _digest(tmp_path / "a" / row["image"]) == _digest(tmp_path / "b" / row["image"])
+    a_images = {_digest(p) for p in (tmp_path / "a" / "images").rglob("*.png")}
+    c_images = {_digest(p) for p in (tmp_path / "c" / "images").rglob("*.png")}
+    assert a_images != c_images
+
+
+def test_train_and_held_out_do_not_overlap(tmp_path):
+    make_dataset(tmp_path, BuiltinDataConfig(n_train=300, n_eval=100, families=["colour", "position"]))
+    train = {_digest(p) for p in (tmp_path / "images" / "train").glob("*.png")}
+    held_out = {_digest(p) for p in (tmp_path / "images" / "eval").glob("*.png")}
+    assert len(held_out) == 100
+    assert not train & held_out
+
+
+def test_colour_answer_matches_pixels():
+    import random
+
+    rng = random.Random(3)
+    for _ in range(10):
+        scene = colour_scene(rng, 112, 3)
+        shape = scene.shapes[0]
+        image = render(scene, 112)
+        assert image.getpixel((shape.cx, shape.cy + shape.radius // 2)) == COLOURS[scene.answer]
+
+
+@pytest.mark.parametrize("difficulty", [1, 3])
+def test_count_range_grows_with_difficulty(difficulty):
+    import random
+
+    rng = random.Random(0)
+    answers = {int(FAMILIES["count"](rng, 112, difficulty).answer) for _ in range(200)}
+    assert answers == set(range(1, 3 + difficulty))
+
+
+def test_images_are_png_of_configured_size(tiny_data_dir):
+    row = _manifest(tiny_data_dir / "eval.jsonl")[0]
+    with Image.open(tiny_data_dir / row["image"]) as image:
+        assert image.size == (112, 112) and image.format == "PNG"
