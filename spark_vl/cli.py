@@ -115,6 +115,45 @@ def validate_data(
         raise typer.Exit(1)
 
 
+@app.command("verify")
+def verify(
+    path: Annotated[Path, typer.Argument(help='JSONL rows {"response", "answer", "kind": "task"|"judge"}')],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output JSONL: input rows plus reward and status")],
+    timeout: Annotated[float, typer.Option(help="hard deadline per sample, seconds")] = 5.0,
+    workers: Annotated[int, typer.Option(help="grading processes")] = 2,
+) -> None:
+    """Grade responses like a training run does; a summary goes to stderr."""
+    from spark_vl.runio import write_jsonl_atomic
+    from spark_vl.verify import GradeItem, GradingPool
+
+    rows, items, bad = [], [], {}
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            kind = row.get("kind", "task")
+            if kind not in ("task", "judge") or not isinstance(row.get("response"), str) or "answer" not in row:
+                raise ValueError("needs a string 'response', an 'answer' and kind 'task' or 'judge'")
+            items.append((len(rows), GradeItem(row["response"], str(row["answer"]), kind)))
+        except (ValueError, AttributeError) as exc:
+            row = row if isinstance(row, dict) else {"raw": line}
+            bad[len(rows)] = f"line {i}: {exc}"
+        rows.append(row)
+    with GradingPool(workers, timeout) as pool:
+        grades = pool.grade([item for _, item in items])
+    for (index, _), grade in zip(items, grades):
+        rows[index] = {**rows[index], "reward": grade.reward, "status": grade.status}
+    for index, reason in bad.items():
+        rows[index] = {**rows[index], "reward": 0.0, "status": "error"}
+        typer.echo(f"error: {reason}", err=True)
+    write_jsonl_atomic(out, rows)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "timeout", "error")}
+    mean = sum(r["reward"] for r in rows) / max(1, len(rows))
+    typer.echo(f"{len(rows)} rows: reward mean {mean:.3f}, ok {counts['ok']}, timeout {counts['timeout']}, "
+               f"error {counts['error']} -> {out}", err=True)
+
+
 @app.command("run")
 def run(
     config: Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/tiny.yaml")],

@@ -1,0 +1,67 @@
+"""Typed rows passed between stages and stored as JSONL in the run directory."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from spark_vl.runio import read_jsonl, write_jsonl_atomic
+
+Kind = Literal["solve", "judge_pointwise", "judge_pairwise", "reflect_cot", "reflect_answer"]
+JUDGE_KINDS = ("judge_pointwise", "judge_pairwise")
+REFLECT_KINDS = ("reflect_cot", "reflect_answer")
+
+
+@dataclass
+class PromptRecord:
+    """A prompt to roll out. `label` is what its rewards are checked against: the task's ground
+    truth for solve and reflect prompts, the verdict (Yes/No/A/B) for judge prompts."""
+
+    id: str
+    kind: Kind
+    images: list[str]
+    text: str
+    label: str
+    question: str
+    answer: str
+    source_id: str
+    proposed: list[str] = field(default_factory=list)  # answers shown to a judge, in display order
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "PromptRecord":
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+
+
+@dataclass
+class RolloutGroup:
+    """`n` sampled responses to one prompt, with the sampling policy's per-token log-probs and,
+    once verified, one reward, status and extracted answer per response."""
+
+    prompt: PromptRecord
+    responses: list[str]
+    response_ids: list[list[int]]
+    logprobs: list[list[float]]
+    rewards: list[float] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    extracted: list[str | None] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> "RolloutGroup":
+        return cls(**{**row, "prompt": PromptRecord.from_dict(row["prompt"])})
+
+
+def save_prompts(path: Path, prompts: list[PromptRecord]) -> None:
+    write_jsonl_atomic(path, (asdict(p) for p in prompts))
+
+
+def load_prompts(path: Path) -> list[PromptRecord]:
+    return [PromptRecord.from_dict(row) for row in read_jsonl(path)]
+
+
+def save_groups(path: Path, groups: list[RolloutGroup]) -> None:
+    write_jsonl_atomic(path, (asdict(g) for g in groups))
+
+
+def load_groups(path: Path) -> list[RolloutGroup]:
+    return [RolloutGroup.from_dict(row) for row in read_jsonl(path)]

@@ -1,0 +1,85 @@
+"""Rollouts with transformers `generate` (CPU and GPU)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from spark_vl.config import ModelConfig, RolloutConfig
+from spark_vl.models import vision_token_ids
+from spark_vl.records import PromptRecord, RolloutGroup
+from spark_vl.rollout.inputs import encode_prompts, image_message
+
+
+class RolloutEngine(Protocol):
+    """What the pipeline needs from an engine; a vLLM server engine implements the same."""
+
+    def generate(self, prompts: list[PromptRecord], n: int, greedy: bool = False,
+                 seed: int = 0) -> list[RolloutGroup]: ...
+
+
+def conversation(prompt: PromptRecord, model_cfg: ModelConfig) -> list[dict]:
+    return image_message(prompt.images, prompt.text, model_cfg.min_pixels, model_cfg.max_pixels)
+
+
+class HFRolloutEngine:
+    """Samples `n` responses per prompt with `generate`, keeping the sampling policy's log-probs.
+
+    Log-probs are those of the temperature-scaled distribution (top-p is not renormalised),
+    which is what the training forward recomputes.
+    """
+
+    def __init__(self, model, processor, rollout_cfg: RolloutConfig, model_cfg: ModelConfig,
+                 sequences_per_call: int = 128, show_progress: bool = True):
+        self.model = model
+        self.processor = processor
+        self.cfg = rollout_cfg
+        self.model_cfg = model_cfg
+        self.sequences_per_call = sequences_per_call
+        self.show_progress = show_progress
+        tokenizer = processor.tokenizer
+        self.suppress = vision_token_ids(tokenizer)
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.convert_tokens_to_ids("<|im_end|>")}
+        self.pad_id = tokenizer.pad_token_id
+
+    @torch.no_grad()
+    def generate(self, prompts: list[PromptRecord], n: int, greedy: bool = False, seed: int = 0) -> list[RolloutGroup]:
+        n = 1 if greedy else n
+        per_call = max(1, self.sequences_per_call // n)
+        groups: list[RolloutGroup] = []
+        torch.manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        chunks = range(0, len(prompts), per_call)
+        for start in tqdm(chunks, desc="rollout", unit="batch", leave=False, disable=not self.show_progress):
+            groups += self._generate_chunk(prompts[start:start + per_call], n, greedy)
+        self.model.train(was_training)
+        return groups
+
+    def _generate_chunk(self, prompts: list[PromptRecord], n: int, greedy: bool) -> list[RolloutGroup]:
+        device = next(self.model.parameters()).device
+        inputs = encode_prompts(self.processor, [conversation(p, self.model_cfg) for p in prompts]).to(device)
+        sampling = {} if greedy else {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p, "top_k": 0}
+        out = self.model.generate(
+            **inputs, do_sample=not greedy, num_return_sequences=n, max_new_tokens=self.cfg.max_new_tokens,
+            suppress_tokens=self.suppress, output_logits=True, return_dict_in_generate=True,
+            pad_token_id=self.pad_id, **sampling,
+        )
+        completion = out.sequences[:, inputs["input_ids"].shape[1]:]
+        temperature = 1.0 if greedy else self.cfg.temperature
+        logits = torch.stack(out.logits, dim=1).float() / temperature
+        token_logps = torch.log_softmax(logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        groups = []
+        for i, prompt in enumerate(prompts):
+            ids, logps, texts = [], [], []
+            for j in range(i * n, (i + 1) * n):
+                seq = completion[j].tolist()
+                length = next((t + 1 for t, tok in enumerate(seq) if tok in self.eos_ids), len(seq))
+                ids.append(seq[:length])
+                logps.append([round(x, 6) for x in token_logps[j, :length].tolist()])
+                texts.append(self.processor.tokenizer.decode(seq[:length], skip_special_tokens=True))
+            groups.append(RolloutGroup(prompt, texts, ids, logps))
+        return groups

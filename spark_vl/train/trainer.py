@@ -1,0 +1,135 @@
+"""The joint training step: GRPO on solve, judge and reflection rollouts, on a DeepSpeed engine."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from spark_vl.config import RunConfig
+from spark_vl.models import load_model
+from spark_vl.records import RolloutGroup
+from spark_vl.rollout.hf import conversation
+from spark_vl.runio import logger
+from spark_vl.train.engine import build_engine
+from spark_vl.train.forward import completion_batch, completion_logps
+from spark_vl.train.grpo import group_advantages, grpo_loss
+
+
+@dataclass
+class Sequence:
+    conversation: list[dict]
+    completion: list[int]
+    old_logps: list[float]
+    advantage: float
+
+
+def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig) -> tuple[list[Sequence], int]:
+    """Flatten groups into sequences with advantages; groups of equal rewards are dropped and counted."""
+    sequences, flat_groups = [], 0
+    for group in groups:
+        advantages = group_advantages(group.rewards)
+        if not any(advantages):
+            flat_groups += 1
+            continue
+        conv = conversation(group.prompt, config.model)
+        for ids, logps, adv in zip(group.response_ids, group.logprobs, advantages):
+            if ids:
+                sequences.append(Sequence(conv, ids, logps, adv))
+    return sequences, flat_groups
+
+
+class PolicyTrainer:
+    """Holds the policy as a DeepSpeed engine and the frozen reference model for the KL term."""
+
+    def __init__(self, config: RunConfig, processor, policy_dir: Path, reference_dir: Path | None,
+                 lr: float | None = None):
+        self.config = config
+        self.processor = processor
+        model = load_model(policy_dir, config.model.dtype)
+        self.device = next(model.parameters()).device
+        model.train()
+        train = config.train
+        self.engine = build_engine(model, train.deepspeed_config, train.micro_batch_size, lr or train.lr,
+                                   train.max_grad_norm)
+        self.reference = None
+        if reference_dir is not None and train.kl_coef > 0:
+            self.reference = load_model(reference_dir, config.model.dtype, self.device).eval()
+            self.reference.requires_grad_(False)
+
+    @property
+    def model(self):
+        return self.engine.module
+
+    def grpo_step(self, groups: list[RolloutGroup]) -> dict[str, float]:
+        """One optimizer step over every sequence with signal, in micro-batches."""
+        train = self.config.train
+        sequences, flat_groups = sequences_with_signal(groups, self.config)
+        stats = {"train/flat_groups": float(flat_groups), "train/sequences": float(len(sequences))}
+        if not sequences:
+            logger.info("no group with differing rewards: no update this iteration")
+            return {**stats, "train/loss": 0.0, "train/kl": 0.0, "train/entropy": 0.0, "train/clip_frac": 0.0}
+        total_tokens = sum(len(s.completion) for s in sequences)
+        micro = train.micro_batch_size
+        chunks = [sequences[i:i + micro] for i in range(0, len(sequences), micro)]
+        loss_sum = kl_sum = clipped = entropy_sum = 0.0
+        for i, chunk in enumerate(chunks):
+            batch = completion_batch(self.processor, [s.conversation for s in chunk], [s.completion for s in chunk],
+                                     self.device)
+            mask = batch["completion_mask"]
+            old = torch.zeros(mask.shape, device=self.device)
+            for row, seq in enumerate(chunk):
+                old[row, :len(seq.old_logps)] = torch.tensor(seq.old_logps)
+            advantages = torch.tensor([s.advantage for s in chunk], device=self.device)
+            self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
+            logps, entropy = completion_logps(self.engine, batch, self.config.rollout.temperature, with_entropy=True)
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref, _ = completion_logps(self.reference, batch, self.config.rollout.temperature)
+            else:
+                ref = logps.detach()
+            loss, chunk_stats = grpo_loss(logps, old, ref, advantages, mask, train.clip_eps, train.kl_coef,
+                                          total_tokens)
+            self.engine.backward(loss)
+            loss_sum += float(loss)
+            kl_sum += chunk_stats["kl_sum"]
+            clipped += chunk_stats["clipped_sum"]
+            entropy_sum += float((entropy * mask).sum())
+        self.engine.step()
+        return {**stats, "train/loss": loss_sum, "train/kl": kl_sum / total_tokens,
+                "train/entropy": entropy_sum / total_tokens, "train/clip_frac": clipped / total_tokens}
+
+    def sft_step(self, conversations: list[list[dict]], targets: list[list[int]]) -> float:
+        """One supervised step (mean token cross-entropy of the targets), used by the warm-up."""
+        micro = self.config.train.micro_batch_size
+        total_tokens = sum(len(t) for t in targets)
+        loss_sum = 0.0
+        starts = list(range(0, len(targets), micro))
+        for i, start in enumerate(starts):
+            batch = completion_batch(self.processor, conversations[start:start + micro],
+                                     targets[start:start + micro], self.device)
+            self.engine.set_gradient_accumulation_boundary(i == len(starts) - 1)
+            logps, _ = completion_logps(self.engine, batch)
+            loss = -(logps * batch["completion_mask"]).sum() / total_tokens
+            self.engine.backward(loss)
+            loss_sum += float(loss)
+        self.engine.step()
+        return loss_sum
+
+    def save(self, hf_dir: Path, ds_dir: Path | None = None, tag: str | None = None) -> None:
+        """DeepSpeed state first (optimizer included), then the HF policy renamed into place:
+        an existing `hf_dir` means the whole step was saved."""
+        if ds_dir is not None:
+            self.engine.save_checkpoint(str(ds_dir), tag=tag)
+        staging = hf_dir.with_name(f".{hf_dir.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        self.model.save_pretrained(staging)
+        self.processor.save_pretrained(staging)
+        shutil.rmtree(hf_dir, ignore_errors=True)
+        staging.rename(hf_dir)
+
+    def load_state(self, ds_dir: Path, tag: str) -> None:
+        """Restore weights and optimizer state saved by `save` (exact resume)."""
+        self.engine.load_checkpoint(str(ds_dir), tag=tag)

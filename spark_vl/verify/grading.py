@@ -1,0 +1,144 @@
+"""Rewards for responses, graded in worker processes with a hard per-sample deadline.
+
+`math-verify` bounds its own work with SIGALRM, which only works in a main thread, and a
+sympy simplification can still run away. Each task answer is therefore graded in a worker
+process; a worker past the deadline is killed and replaced, the sample scores 0 and is
+marked `timeout`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import re
+import time
+from multiprocessing.connection import wait
+from dataclasses import dataclass
+from typing import Literal
+
+from spark_vl.verify.extract import extract_answer, extract_verdict, normalise
+
+Kind = Literal["task", "judge"]
+_MATHY = re.compile(r"[0-9\\^_/+\-*=()\[\]]")
+
+
+@dataclass(frozen=True)
+class GradeItem:
+    response: str
+    answer: str
+    kind: Kind = "task"
+
+
+@dataclass(frozen=True)
+class Grade:
+    reward: float
+    status: Literal["ok", "timeout", "error"]
+    extracted: str | None = None
+    detail: str = ""
+
+
+def task_reward(response: str, answer: str) -> float:
+    """1 when the last \\boxed{} equals the ground truth (normalised string, else math-verify)."""
+    predicted = extract_answer(response)
+    if predicted is None:
+        return 0.0
+    if normalise(predicted) == normalise(answer):
+        return 1.0
+    if not (_MATHY.search(answer) and _MATHY.search(predicted)):
+        return 0.0  # words are compared as strings: sympy would read "red" as the product r*e*d
+    from math_verify import parse, verify
+
+    gold = parse(f"${answer}$")
+    target = parse(f"\\boxed{{{predicted}}}")
+    return float(bool(gold) and bool(target) and verify(gold, target))
+
+
+def judge_reward(response: str, label: str) -> float:
+    """1 when the last \\box{}/\\boxed{} verdict equals the label (Yes/No or A/B)."""
+    verdict = extract_verdict(response)
+    return float(verdict is not None and verdict == normalise(label).strip("()"))
+
+
+def grade_one(item: GradeItem) -> Grade:
+    try:
+        if item.kind == "judge":
+            return Grade(judge_reward(item.response, item.answer), "ok", extract_verdict(item.response))
+        return Grade(task_reward(item.response, item.answer), "ok", extract_answer(item.response))
+    except Exception as exc:  # a malformed response scores 0; the run goes on
+        return Grade(0.0, "error", None, f"{type(exc).__name__}: {exc}")
+
+
+def _worker(conn) -> None:
+    while True:
+        item = conn.recv()
+        if item is None:
+            return
+        conn.send(grade_one(item))
+
+
+class GradingPool:
+    """A few worker processes grading one item each at a time, with a hard deadline per item."""
+
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0):
+        self.timeout_s = timeout_s
+        self._ctx = mp.get_context("spawn")
+        self._workers = [self._spawn() for _ in range(max(1, workers))]
+
+    def _spawn(self):
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(target=_worker, args=(child,), daemon=True)
+        process.start()
+        child.close()
+        return process, parent
+
+    def grade(self, items: list[GradeItem]) -> list[Grade]:
+        results: list[Grade | None] = [None] * len(items)
+        pending = list(range(len(items)))[::-1]
+        busy: dict[int, tuple[int, float]] = {}  # worker slot -> (item index, deadline)
+        while pending or busy:
+            for slot in range(len(self._workers)):
+                if slot not in busy and pending:
+                    index = pending.pop()
+                    if items[index].kind == "judge":  # no sympy involved: grade here
+                        results[index] = grade_one(items[index])
+                        continue
+                    self._workers[slot][1].send(items[index])
+                    busy[slot] = (index, time.monotonic() + self.timeout_s)
+            if not busy:
+                continue
+            wait_s = max(0.0, min(deadline for _, deadline in busy.values()) - time.monotonic())
+            ready = wait([self._workers[slot][1] for slot in busy], timeout=wait_s)
+            for slot, (index, deadline) in list(busy.items()):
+                process, conn = self._workers[slot]
+                if conn in ready:
+                    try:
+                        results[index] = conn.recv()
+                        del busy[slot]
+                        continue
+                    except EOFError:
+                        pass
+                if conn in ready or time.monotonic() > deadline or not process.is_alive():
+                    timed_out = process.is_alive()
+                    process.kill()
+                    process.join()
+                    self._workers[slot] = self._spawn()
+                    status = "timeout" if timed_out else "error"
+                    results[index] = Grade(0.0, status, None, f"grading exceeded {self.timeout_s:g} s"
+                                           if timed_out else "grading worker died")
+                    del busy[slot]
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for process, conn in self._workers:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+            process.join(timeout=1)
+            if process.is_alive():
+                process.kill()
+
+    def __enter__(self) -> "GradingPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,108 @@
+import random
+from collections import Counter
+
+import pytest
+
+from spark_vl.config import SparkConfig
+from spark_vl.records import PromptRecord, RolloutGroup
+from spark_vl.recycle import POSITIVE_LABELS, Templates, recycle
+
+TEMPLATES = Templates.load()
+
+
+def group(name, extracted, rewards, answer="3"):
+    prompt = PromptRecord(id=name, kind="solve", images=["/img.png"], text=f"{name}?", label=answer,
+                          question=f"How many in {name}?", answer=answer, source_id=name)
+    responses = [f"reasoning {i} \\boxed{{{a}}}" if a is not None else f"rambling {i}" for i, a in enumerate(extracted)]
+    return RolloutGroup(prompt, responses, [[1]] * len(extracted), [[0.0]] * len(extracted),
+                        rewards=rewards, statuses=["ok"] * len(extracted), extracted=extracted)
+
+
+REFERENCE = SparkConfig(balance_judge_labels=False, judge_cap=1.0, reflect_cap=1.0)
+
+
+def run(groups, cfg=REFERENCE, seed=0, batch_size=None):
+    return recycle(groups, cfg, batch_size or len(groups), random.Random(seed), TEMPLATES, "k1")
+
+
+def test_all_correct_gives_one_positive_pointwise_and_no_reflection():
+    result = run([group("g", ["3", "3", "3"], [1, 1, 1])])
+    (sample,) = result.prompts
+    assert sample.kind == "judge_pointwise" and sample.label in POSITIVE_LABELS
+    assert sample.proposed == ["3"] and "3" in sample.text and "How many in g?" in sample.text
+    assert sample.images == ["/img.png"]
+
+
+def test_all_wrong_gives_negative_pointwise_about_extractable_answer_and_a_reflection():
+    result = run([group("g", [None, "5", None], [0, 0, 0])])
+    judge = [p for p in result.prompts if p.kind.startswith("judge")]
+    reflect = [p for p in result.prompts if p.kind.startswith("reflect")]
+    assert len(judge) == 1 and judge[0].label not in POSITIVE_LABELS and judge[0].proposed == ["5"]
+    assert len(reflect) == 1 and reflect[0].label == "3"
+
+
+def test_all_wrong_without_any_boxed_answer_gives_no_judge_sample():
+    result = run([group("g", [None, None], [0, 0])])
+    assert [p.kind for p in result.prompts] == ["reflect_cot"]
+    assert "rambling" in result.prompts[0].text
+
+
+def test_mixed_groups_split_about_30_70_and_pairwise_label_points_at_correct():
+    groups = [group(f"g{i}", ["3", "4", "3"], [1, 0, 1]) for i in range(2000)]
+    result = run(groups)
+    kinds = Counter(p.kind for p in result.prompts if p.kind.startswith("judge"))
+    assert 0.26 < kinds["judge_pointwise"] / 2000 < 0.34
+    pairwise = [p for p in result.prompts if p.kind == "judge_pairwise"]
+    for sample in pairwise[:200]:
+        correct_index = sample.proposed.index("3")
+        assert sample.label == "AB"[correct_index]
+        assert set(sample.proposed) == {"3", "4"}
+    assert 0.4 < sum(p.label == "A" for p in pairwise) / len(pairwise) < 0.6
+
+
+def test_caps_are_a_share_of_the_batch():
+    groups = [group(f"g{i}", ["3", "4"], [1, 0]) for i in range(16)]
+    cfg = SparkConfig(balance_judge_labels=False)  # default caps: half a batch each
+    result = run(groups, cfg)
+    assert result.counts["n_pointwise"] + result.counts["n_pairwise"] == 8
+    assert result.counts["n_reflect"] == 8
+    modes = Counter(p.kind for p in result.prompts if p.kind.startswith("reflect"))
+    assert modes == {"reflect_cot": 4, "reflect_answer": 4}
+
+
+def test_reference_rules_feed_a_nearly_always_right_policy_mostly_yes():
+    groups = [group(f"g{i}", ["3"] * 4, [1] * 4) for i in range(15)] + [group("w", ["3", "4", "3", "3"], [1, 0, 1, 1])]
+    result = run(groups, SparkConfig(balance_judge_labels=False, judge_cap=1.0), seed=1)
+    labels = [p.label in POSITIVE_LABELS for p in result.prompts if p.kind == "judge_pointwise"]
+    assert sum(labels) >= 15 and len(labels) - sum(labels) <= 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_balance_switch_gives_equal_correct_and_wrong_pointwise(seed):
+    groups = [group(f"g{i}", ["3"] * 4, [1] * 4) for i in range(15)] + [group("w", ["3", "4", "3", "3"], [1, 0, 1, 1])]
+    result = run(groups, SparkConfig(balance_judge_labels=True, judge_cap=0.5), seed=seed)
+    pointwise = [p for p in result.prompts if p.kind == "judge_pointwise"]
+    positive = sum(p.label in POSITIVE_LABELS for p in pointwise)
+    assert positive == len(pointwise) - positive >= 2
+    assert all(p.proposed == ["4"] for p in pointwise if p.label not in POSITIVE_LABELS)
+    assert len([p for p in result.prompts if p.kind.startswith("judge")]) <= 8
+
+
+def test_balance_without_any_wrong_answer_drops_one_sided_samples():
+    result = run([group(f"g{i}", ["3"] * 4, [1] * 4) for i in range(8)], SparkConfig(balance_judge_labels=True))
+    assert result.prompts == []
+
+
+def test_same_seed_same_samples_and_templates_filled():
+    groups = [group(f"g{i}", ["3", "4", None], [1, 0, 0]) for i in range(10)]
+    assert run(groups, seed=3).prompts == run(groups, seed=3).prompts
+    for prompt in run(groups, seed=3).prompts:
+        assert "{" not in prompt.text.replace("\\boxed{}", "").replace("\\box{", "").replace("\\boxed{", "")
+
+
+def test_reply_pattern_matches_intact_judge_reply():
+    pattern = TEMPLATES.reply_pattern(pairwise=False)
+    match = pattern.match(r"The image shows red. The proposed answer is blue. \box{No}")
+    assert match and match.groups() == ("red", "blue", "No")
+    assert not pattern.match(r"TTTTTT \box{No}")
+    assert TEMPLATES.reply_pattern(pairwise=True).match(r"The image shows 3. \box{A}")

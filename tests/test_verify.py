@@ -1,0 +1,80 @@
+import time
+
+import pytest
+
+from spark_vl.verify import (GradeItem, GradingPool, extract_answer, extract_verdict, judge_reward,
+                             task_reward)
+
+
+@pytest.mark.parametrize("response, expected", [
+    (r"so \boxed{3}", "3"),
+    (r"\boxed{1} then \boxed{2}", "2"),
+    (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+    (r"\boxed{ {a}{b} }", " {a}{b} "),
+    (r"\boxed{unclosed", None),
+    ("no box at all", None),
+    (r"\box{Yes}", None),
+])
+def test_extract_answer(response, expected):
+    assert extract_answer(response) == expected
+
+
+@pytest.mark.parametrize("response, label, reward", [
+    (r"\boxed{3}", "3", 1),
+    (r"\boxed{0.5}", "1/2", 1),
+    (r"\boxed{\frac{2}{4}}", "0.5", 1),
+    (r"\boxed{ Red }", "red", 1),
+    (r"\boxed{\text{red}}", "red", 1),
+    (r"\boxed{der}", "red", 0),  # sympy alone would call these equal
+    (r"\boxed{4}", "3", 0),
+    ("3", "3", 0),  # no boxed answer
+    (r"\boxed{}", "3", 0),
+])
+def test_task_reward(response, label, reward):
+    assert task_reward(response, label) == reward
+
+
+@pytest.mark.parametrize("response, label, reward", [
+    (r"The image shows red. \box{Yes}", "Yes", 1),
+    (r"\boxed{ no }", "No", 1),
+    (r"\box{A}", "A", 1),
+    (r"\box{(B)}", "B", 1),
+    (r"\box{Yes} wait \boxed{No}", "Yes", 0),
+    ("Yes", "Yes", 0),
+])
+def test_judge_reward(response, label, reward):
+    assert judge_reward(response, label) == reward
+    assert extract_verdict(response) is None or isinstance(extract_verdict(response), str)
+
+
+def test_pool_grades_in_order_and_times_out_a_hanging_sympy_expression():
+    hanging = r"\boxed{(x+1)^{100000000} - (x+1)^{100000001}/(x+1)}"
+    items = [GradeItem(r"\boxed{2}", "2"), GradeItem(hanging, "(x+2)^{99999999}"),
+             GradeItem(r"\box{No}", "No", "judge"), GradeItem(r"\boxed{5}", "4")]
+    start = time.monotonic()
+    with GradingPool(workers=2, timeout_s=2.0) as pool:
+        grades = pool.grade(items)
+        assert time.monotonic() - start < 30
+        assert [g.reward for g in grades] == [1, 0, 1, 0]
+        assert [g.status for g in grades] == ["ok", "timeout", "ok", "ok"]
+        again = pool.grade([GradeItem(r"\boxed{7}", "7")])  # the killed worker was replaced
+        assert again[0].reward == 1 and again[0].status == "ok"
+
+
+def test_verify_cli_keeps_order_and_marks_errors(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from spark_vl.cli import app
+
+    rows = [{"response": r"\boxed{4}", "answer": "4"}, {"response": r"\box{No}", "answer": "Yes", "kind": "judge"},
+            {"answer": "1"}, {"response": r"x \boxed{1/2}", "answer": "0.5", "kind": "task"}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    result = CliRunner().invoke(app, ["verify", str(src), "--out", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0, result.output
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(r["reward"], r["status"]) for r in out] == [(1, "ok"), (0, "ok"), (0, "error"), (1, "ok"), (0, "error")]
+    assert out[1]["kind"] == "judge" and out[0]["response"] == r"\boxed{4}"
+    assert "5 rows" in result.output
