@@ -154,6 +154,37 @@ def verify(
                f"error {counts['error']} -> {out}", err=True)
 
 
+@app.command("recycle")
+def recycle_cmd(
+    path: Annotated[Path, typer.Argument(help="rollout groups as JSONL (e.g. iter-0001/verified.jsonl of a run)")],
+    batch_size: Annotated[Optional[int], typer.Option(help="caps are shares of this (default: groups in file)")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print, as JSONL, the judge and reflection prompts SPARK builds from verified rollouts."""
+    import random
+    from dataclasses import asdict
+
+    from spark_vl.pipeline import grade_groups
+    from spark_vl.records import load_groups
+    from spark_vl.recycle import Templates, recycle
+    from spark_vl.verify import GradingPool
+
+    cfg = _config(config, set_)
+    groups = load_groups(path)
+    templates = Templates.load(cfg.spark.templates)
+    unverified = [g for g in groups if not g.rewards]
+    if unverified:
+        with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s) as pool:
+            grade_groups(unverified, templates, pool, cfg.spark.strict_judge_reward)
+    solve = [g for g in groups if g.prompt.kind == "solve"]
+    result = recycle(groups, cfg.spark, batch_size or len(solve), random.Random(seed), templates, "recycled")
+    for prompt in result.prompts:
+        typer.echo(json.dumps(asdict(prompt), ensure_ascii=False))
+    typer.echo(f"{len(solve)} solve groups -> {json.dumps(result.counts)}", err=True)
+
+
 @app.command("run")
 def run(
     config: Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/tiny.yaml")],
@@ -161,12 +192,18 @@ def run(
     run_name: Annotated[Optional[str], typer.Option(help="run folder under orchestration.runs_dir")] = None,
 ) -> None:
     """Run SPARK on a config; rerunning with the same --run-name resumes."""
-    from spark_vl.pipeline import prepare_run
+    from spark_vl.pipeline import run as run_spark
 
     cfg = _config(config, set_)
     run_dir = Path(cfg.orchestration.runs_dir) / (run_name or config.stem)
-    prepared = prepare_run(cfg, run_dir)
-    typer.echo(json.dumps({k: str(v) for k, v in prepared.items()}, indent=2))
+    rows = run_spark(cfg, run_dir)
+    evals = [r for r in rows if "eval/task_acc" in r]
+    typer.echo(f"run directory: {run_dir}  (metrics: {run_dir / 'metrics.jsonl'})")
+    typer.echo(f"{'iteration':>9} {'task':>6} {'reflect':>8} {'judge pt':>9} {'judge pw':>9} {'own wrong':>10}")
+    for r in evals:
+        typer.echo(f"{r['iteration']:>9} {r['eval/task_acc']:>6.3f} {r['eval/task_acc_reflect']:>8.3f} "
+                   f"{r['eval/judge_pointwise_acc']:>9.3f} {r['eval/judge_pairwise_acc']:>9.3f} "
+                   f"{r['eval/judge_own_wrong_acc']:>10.3f}")
 
 
 if __name__ == "__main__":

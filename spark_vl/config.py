@@ -101,7 +101,9 @@ class RolloutConfig(Section):
     group_size: int = Field(8, ge=2, description="sampled responses per prompt (n)")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(16, ge=1)
+    max_new_tokens: int = Field(24, ge=1)
+    verify_timeout_s: float = Field(5.0, gt=0, description="hard deadline to grade one response")
+    verify_workers: int = Field(2, ge=1, description="grading processes")
     seed: int = 0
 
 
@@ -113,8 +115,9 @@ class SparkConfig(Section):
     judge_cap: float = Field(0.5, ge=0, le=1, description="judge samples kept, as a share of a batch")
     reflect_cap: float = Field(0.5, ge=0, le=1, description="reflection samples kept, as a share")
     reflect_cot_share: float = Field(0.5, ge=0, le=1)
-    balance_judge_labels: bool = True
-    seed: int = 0
+    templates: str = Field("default", description="prompt template pools: default, tiny, or a JSON file")
+    balance_judge_labels: bool = Field(True, description="equal correct and wrong pointwise judge samples")
+    strict_judge_reward: bool = Field(True, description="judge reward needs the reply format intact")
 
 
 class WarmupConfig(Section):

@@ -70,15 +70,19 @@ def colour_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
 
 def count_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
     count = rng.randint(1, 2 + difficulty)
-    radius = size // 12
+    step = size // 4
+    radius = step // 3
     cells = [(i, j) for i in range(4) for j in range(4)]
     rng.shuffle(cells)
-    step = size // 4
-    shapes = [Shape("circle", rng.choice(["red", "blue"]), i * step + step // 2, j * step + step // 2, radius)
-              for i, j in cells[:count]]
+    jitter = step // 2 - radius - 1  # shapes move inside their grid cell, so they never overlap
+
+    def place(kind: str, colour: str, i: int, j: int) -> Shape:
+        return Shape(kind, colour, i * step + step // 2 + rng.randint(-jitter, jitter),
+                     j * step + step // 2 + rng.randint(-jitter, jitter), radius)
+
+    shapes = [place("circle", rng.choice(["red", "blue"]), i, j) for i, j in cells[:count]]
     if difficulty >= 2:  # squares as distractors
-        shapes += [Shape("square", "green", i * step + step // 2, j * step + step // 2, radius)
-                   for i, j in cells[count: count + rng.randint(0, difficulty)]]
+        shapes += [place("square", "green", i, j) for i, j in cells[count: count + rng.randint(0, difficulty)]]
     return Scene("count", "How many circles are there?", str(count), tuple(shapes))
 
 
@@ -108,11 +112,11 @@ def size_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
 def arithmetic_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
     top = {1: 4, 2: 9, 3: 9}[difficulty]
     a, b = rng.randint(0, top), rng.randint(0, top)
+    numbers = ((a, size // 10 + rng.randint(0, size // 6), rng.randint(size // 10, size // 2)),
+               (b, size // 2 + rng.randint(0, size // 6), rng.randint(size // 10, size // 2)))
     if difficulty == 3:
-        return Scene("arithmetic", "What is the product of the two numbers?", str(a * b),
-                     numbers=((a, size // 5, size // 3), (b, 3 * size // 5, size // 3)))
-    return Scene("arithmetic", "What is the sum of the two numbers?", str(a + b),
-                 numbers=((a, size // 5, size // 3), (b, 3 * size // 5, size // 3)))
+        return Scene("arithmetic", "What is the product of the two numbers?", str(a * b), numbers=numbers)
+    return Scene("arithmetic", "What is the sum of the two numbers?", str(a + b), numbers=numbers)
 
 
 FAMILIES: dict[str, Callable[[random.Random, int, int], Scene]] = {

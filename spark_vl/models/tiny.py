@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerFast
 
 from spark_vl.config import ModelConfig, TinyModelConfig
 from spark_vl.data.tasks import corpus_lines
+from spark_vl.recycle import Templates
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -47,6 +48,14 @@ def chat_template() -> str:
     return resources.files("spark_vl.models").joinpath("chat_template.jinja").read_text()
 
 
+def tokenizer_corpus() -> list[str]:
+    """Text the tiny tokenizer learns from: task questions and answers, SPARK templates, chat roles."""
+    templates = Templates.load()
+    lines = corpus_lines() + [t["text"] for t in templates.pointwise + templates.pairwise]
+    lines += templates.reflect_cot + templates.reflect_answer + [templates.judge_reply, templates.pairwise_reply]
+    return lines + ["system\nYou are a helpful assistant.", "user\n", "assistant\n"]
+
+
 def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on our own text, carrying Qwen's special tokens and chat template."""
     bpe = Tokenizer(models.BPE())
@@ -59,7 +68,7 @@ def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(corpus_lines(), trainer=trainer)
+    bpe.train_from_iterator(tokenizer_corpus(), trainer=trainer)
     bpe.add_special_tokens(SPECIAL_TOKENS)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,

@@ -21,6 +21,7 @@ from pathlib import Path
 from spark_vl.config import SparkConfig
 from spark_vl.records import PromptRecord, RolloutGroup
 
+PACKAGED = {"default": "templates.json", "tiny": "templates_tiny.json"}
 POSITIVE_LABELS = ("Yes", "A")  # pointwise templates say Yes/No or A/B, the first meaning "correct"
 
 
@@ -34,12 +35,13 @@ class Templates:
     pairwise_reply: str
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> "Templates":
-        """The packaged templates, or a JSON file of the same shape."""
-        if path is None:
-            text = resources.files("spark_vl.recycle").joinpath("templates.json").read_text()
+    def load(cls, name: str = "default") -> "Templates":
+        """Packaged pools (`default`: paraphrase pools; `tiny`: one template each) or a JSON file
+        of the same shape."""
+        if name in PACKAGED:
+            text = resources.files("spark_vl.recycle").joinpath(PACKAGED[name]).read_text()
         else:
-            text = Path(path).read_text()
+            text = Path(name).read_text()
         data = json.loads(text)
         for template in data["pointwise"] + data["pairwise"]:
             if template["labels"] not in (["Yes", "No"], ["A", "B"]):
@@ -53,6 +55,15 @@ class Templates:
         for name in ("seen", "answer", "verdict"):
             pattern = pattern.replace(re.escape("{" + name + "}"), "(.+?)")
         return re.compile(r"^\s*" + pattern + r"\s*$", re.DOTALL)
+
+
+def reply_is_intact(response: str, prompt: PromptRecord, templates: Templates) -> bool:
+    """A judge reply in the template's format that restates the proposed answer faithfully (the
+    strict judge reward: without it the text before the verdict degenerates)."""
+    match = templates.reply_pattern(prompt.kind == "judge_pairwise").match(response)
+    if match is None:
+        return False
+    return prompt.kind == "judge_pairwise" or match.group(2).strip() == prompt.proposed[0].strip()
 
 
 @dataclass

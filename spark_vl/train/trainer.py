@@ -93,7 +93,7 @@ class PolicyTrainer:
             loss, chunk_stats = grpo_loss(logps, old, ref, advantages, mask, train.clip_eps, train.kl_coef,
                                           total_tokens)
             self.engine.backward(loss)
-            loss_sum += float(loss)
+            loss_sum += loss.item()
             kl_sum += chunk_stats["kl_sum"]
             clipped += chunk_stats["clipped_sum"]
             entropy_sum += float((entropy * mask).sum())
@@ -114,7 +114,7 @@ class PolicyTrainer:
             logps, _ = completion_logps(self.engine, batch)
             loss = -(logps * batch["completion_mask"]).sum() / total_tokens
             self.engine.backward(loss)
-            loss_sum += float(loss)
+            loss_sum += loss.item()
         self.engine.step()
         return loss_sum
 

@@ -18,6 +18,7 @@ from typing import Literal
 from spark_vl.verify.extract import extract_answer, extract_verdict, normalise
 
 Kind = Literal["task", "judge"]
+_STARTUP_TIMEOUT_S = 300
 _MATHY = re.compile(r"[0-9\\^_/+\-*=()\[\]]")
 
 
@@ -68,6 +69,7 @@ def grade_one(item: GradeItem) -> Grade:
 
 
 def _worker(conn) -> None:
+    conn.send("ready")  # start-up (imports of the parent's main module) is not graded time
     while True:
         item = conn.recv()
         if item is None:
@@ -88,6 +90,9 @@ class GradingPool:
         process = self._ctx.Process(target=_worker, args=(child,), daemon=True)
         process.start()
         child.close()
+        if not parent.poll(_STARTUP_TIMEOUT_S) or parent.recv() != "ready":
+            process.kill()
+            raise RuntimeError(f"a grading worker did not start within {_STARTUP_TIMEOUT_S} s")
         return process, parent
 
     def grade(self, items: list[GradeItem]) -> list[Grade]:

@@ -1,0 +1,120 @@
+"""Held-out evaluation: task accuracy, judge accuracy (pointwise, pairwise, on the policy's own
+answers) and test-time self-reflection (answer, self-judge, reflect; no external judge)."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from spark_vl.config import RunConfig
+from spark_vl.data import TaskSample
+from spark_vl.records import PromptRecord
+from spark_vl.recycle import POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample
+from spark_vl.rollout.hf import RolloutEngine
+from spark_vl.verify import GradeItem, GradingPool, extract_answer, extract_verdict, judge_reward
+
+
+def solve_prompt(sample: TaskSample, instruction: str, prefix: str = "") -> PromptRecord:
+    """A task prompt; the instruction is appended unless the question already asks for a box."""
+    text = sample.question if "\\boxed" in sample.question else f"{sample.question} {instruction}"
+    return PromptRecord(id=f"{prefix}{sample.id}", kind="solve", images=list(sample.images), text=text,
+                        label=sample.answer, question=sample.question, answer=sample.answer, source_id=sample.id)
+
+
+def wrong_answers(samples: list[TaskSample]) -> dict[str, list[str]]:
+    """Per question text, the answers seen in the dataset: wrong candidates for any other sample."""
+    pool: dict[str, set[str]] = defaultdict(set)
+    for sample in samples:
+        pool[sample.question].add(sample.answer)
+    return {q: sorted(a) for q, a in pool.items()}
+
+
+def held_out_judge_prompts(samples: list[TaskSample], config: RunConfig, templates: Templates,
+                           seed: int) -> tuple[list[PromptRecord], list[PromptRecord]]:
+    """Pointwise prompts (half about the right answer, half about a wrong one) and pairwise prompts,
+    built from held-out questions; the same for every evaluation of a run."""
+    rng = random.Random(seed)
+    pool = wrong_answers(samples)
+    pointwise, pairwise = [], []
+    usable = [s for s in samples if len(pool[s.question]) > 1]
+    for i, sample in enumerate(usable[: config.eval.n_judge]):
+        source = solve_prompt(sample, config.data.instruction, "eval/")
+        wrong = rng.choice([a for a in pool[sample.question] if a != sample.answer])
+        correct = i % 2 == 0
+        pointwise.append(pointwise_judge_sample(source, sample.answer if correct else wrong, correct,
+                                                rng.choice(templates.pointwise), f"eval/{sample.id}/pointwise"))
+        pairwise.append(pairwise_judge_sample(source, sample.answer, wrong, rng.choice(templates.pairwise),
+                                              rng.random() < 0.5, f"eval/{sample.id}/pairwise"))
+    return pointwise, pairwise
+
+
+def _judge_accuracy(engine: RolloutEngine, prompts: list[PromptRecord]) -> tuple[float, list[str]]:
+    if not prompts:
+        return float("nan"), []
+    groups = engine.generate(prompts, 1, greedy=True)
+    responses = [g.responses[0] for g in groups]
+    return sum(judge_reward(r, p.label) for r, p in zip(responses, prompts)) / len(prompts), responses
+
+
+def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig, templates: Templates,
+             pool: GradingPool) -> tuple[dict[str, float], list[dict]]:
+    """All held-out metrics of one checkpoint (greedy decoding throughout) and the graded
+    responses behind them, for a person to read."""
+    ev = config.eval
+    tasks = [solve_prompt(s, config.data.instruction, "eval/") for s in samples[: ev.n_task]]
+    answers = [g.responses[0] for g in engine.generate(tasks, 1, greedy=True)]
+    grades = pool.grade([GradeItem(r, t.label) for r, t in zip(answers, tasks)])
+    correct = [g.reward for g in grades]
+    metrics = {"eval/task_acc": sum(correct) / len(tasks)}
+
+    records = [{"kind": "solve", "prompt": t.text, "label": t.label, "response": r, "reward": c}
+               for t, r, c in zip(tasks, answers, correct)]
+
+    pointwise, pairwise = held_out_judge_prompts(samples, config, templates, config.train.seed)
+    metrics["eval/judge_pointwise_acc"], responses = _judge_accuracy(engine, pointwise)
+    records += _judge_records(pointwise, responses)
+    metrics["eval/judge_pairwise_acc"], responses = _judge_accuracy(engine, pairwise)
+    records += _judge_records(pairwise, responses)
+
+    # The judge on the policy's own answers: can it catch its own mistakes?
+    rng = random.Random(config.train.seed)
+    own = [(t, extract_answer(a), c) for t, a, c in zip(tasks, answers, correct) if extract_answer(a)]
+    own_prompts = [pointwise_judge_sample(t, answer, bool(c), rng.choice(templates.pointwise), f"{t.id}/own")
+                   for t, answer, c in own]
+    wrong_own = [p for p in own_prompts if p.label not in POSITIVE_LABELS]
+    metrics["eval/judge_own_wrong_acc"], _ = _judge_accuracy(engine, wrong_own)
+    metrics["eval/judge_own_acc"], _ = _judge_accuracy(engine, own_prompts)
+
+    metrics["eval/task_acc_reflect"] = self_reflect_accuracy(engine, tasks, answers, config, templates, pool)
+    return metrics, records
+
+
+def _judge_records(prompts: list[PromptRecord], responses: list[str]) -> list[dict]:
+    return [{"kind": p.kind, "prompt": p.text, "label": p.label, "response": r,
+             "reward": judge_reward(r, p.label)} for p, r in zip(prompts, responses)]
+
+
+def self_reflect_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], answers: list[str], config: RunConfig,
+                          templates: Templates, pool: GradingPool) -> float:
+    """Answer, judge the own answer (pointwise, Yes/No), and if judged wrong answer again with the
+    answer marked incorrect; up to `eval.reflect_rounds` rounds."""
+    judge_template = next(t for t in templates.pointwise if t["labels"] == ["Yes", "No"])
+    reflect_template = templates.reflect_answer[1 % len(templates.reflect_answer)]
+    current = list(answers)
+    open_ids = list(range(len(tasks)))
+    for round_ in range(config.eval.reflect_rounds):
+        judged = []
+        for i in open_ids:
+            answer = extract_answer(current[i])
+            judged.append(pointwise_judge_sample(tasks[i], answer or "none", True, judge_template,
+                                                 f"{tasks[i].id}/self-judge{round_}"))
+        verdicts = [extract_verdict(g.responses[0]) for g in engine.generate(judged, 1, greedy=True)] if judged else []
+        open_ids = [i for i, verdict in zip(open_ids, verdicts) if verdict != "yes"]
+        if not open_ids:
+            break
+        retries = [reflection_sample(tasks[i], extract_answer(current[i]) or "none", "answer", reflect_template,
+                                     f"{tasks[i].id}/reflect{round_}") for i in open_ids]
+        for i, group in zip(open_ids, engine.generate(retries, 1, greedy=True)):
+            current[i] = group.responses[0]
+    grades = pool.grade([GradeItem(r, t.label) for r, t in zip(current, tasks)])
+    return sum(g.reward for g in grades) / len(tasks)

@@ -1,0 +1,56 @@
+import random
+
+from spark_vl.config import load_config
+from spark_vl.data import TaskSample
+from spark_vl.evaluate import held_out_judge_prompts, solve_prompt, wrong_answers
+from spark_vl.recycle import POSITIVE_LABELS, Templates
+from spark_vl.train.warmup import warmup_example
+from spark_vl.verify import extract_verdict
+
+TEMPLATES = Templates.load()
+COLOURS = ["red", "green", "blue", "yellow"]
+SAMPLES = [TaskSample(f"s{i}", i, ("/img.png",), "What colour is the shape?", COLOURS[i % 4]) for i in range(40)]
+
+
+def test_solve_prompt_appends_instruction_once():
+    assert solve_prompt(SAMPLES[0], "Answer with \\boxed{}.").text == "What colour is the shape? Answer with \\boxed{}."
+    boxed = TaskSample("b", 0, ("/i.png",), "Sum? Put it in \\boxed{}.", "3")
+    assert solve_prompt(boxed, "Answer with \\boxed{}.").text == boxed.question
+
+
+def test_held_out_judge_prompts_are_balanced_and_labelled():
+    cfg = load_config(None, ["eval.n_judge=20"])
+    pointwise, pairwise = held_out_judge_prompts(SAMPLES, cfg, TEMPLATES, seed=0)
+    assert len(pointwise) == len(pairwise) == 20
+    positive = [p for p in pointwise if p.label in POSITIVE_LABELS]
+    assert len(positive) == 10
+    for prompt in pointwise:
+        assert (prompt.proposed[0] == prompt.answer) == (prompt.label in POSITIVE_LABELS)
+    for prompt in pairwise:
+        assert prompt.proposed["AB".index(prompt.label)] == prompt.answer
+        assert len(set(prompt.proposed)) == 2
+    again, _ = held_out_judge_prompts(SAMPLES, cfg, TEMPLATES, seed=0)
+    assert again == pointwise
+
+
+def test_wrong_answers_pool_per_question():
+    assert wrong_answers(SAMPLES) == {"What colour is the shape?": sorted(COLOURS)}
+
+
+def test_warmup_judge_verdicts_carry_no_information():
+    cfg = load_config(None)
+    rng = random.Random(0)
+    pool = wrong_answers(SAMPLES)
+    counts = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
+    for i in range(3000):
+        sample = SAMPLES[i % len(SAMPLES)]
+        conv, target = warmup_example(sample, pool, cfg, TEMPLATES, rng)
+        text = conv[0]["content"][-1]["text"]
+        if "Reply as" not in text or "(A)" in text:
+            continue
+        proposed = target.split("The proposed answer is ")[1].split(".")[0]
+        counts[(proposed == sample.answer, extract_verdict(target) in ("yes", "a"))] += 1
+    yes_if_right = counts[(True, True)] / (counts[(True, True)] + counts[(True, False)])
+    yes_if_wrong = counts[(False, True)] / (counts[(False, True)] + counts[(False, False)])
+    assert sum(counts.values()) > 300
+    assert abs(yes_if_right - yes_if_wrong) < 0.12

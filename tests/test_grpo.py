@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from spark_vl.train.grpo import group_advantages, grpo_loss
+
+
+def test_group_advantages_normalise_and_flat_groups_carry_nothing():
+    adv = group_advantages([1, 0, 0, 1])
+    assert adv == pytest.approx([1, -1, -1, 1], abs=1e-5)
+    assert sum(group_advantages([1, 0, 0, 0])) == pytest.approx(0, abs=1e-9)
+    assert group_advantages([1, 1, 1]) == [0.0, 0.0, 0.0]
+    assert group_advantages([0, 0]) == [0.0, 0.0]
+
+
+def _inputs():
+    torch.manual_seed(0)
+    logps = torch.randn(3, 5) - 2
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    return logps, mask
+
+
+def test_on_policy_loss_is_minus_token_mean_advantage_and_kl_zero():
+    logps, mask = _inputs()
+    adv = torch.tensor([1.0, -0.5, 2.0])
+    loss, stats = grpo_loss(logps, logps, logps, adv, mask, 0.2, 1e-3, int(mask.sum()))
+    expected = -(adv.unsqueeze(1) * mask).sum() / mask.sum()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert stats["kl_sum"] == pytest.approx(0.0, abs=1e-7)
+    assert stats["tokens"] == 9
+
+
+def test_clipping_stops_the_gradient_beyond_the_trust_region():
+    logps, mask = _inputs()
+    old = logps.clone()
+    new = (logps + 0.5).requires_grad_()  # ratio e^0.5 = 1.65 > 1.2
+    loss, stats = grpo_loss(new, old, old, torch.tensor([1.0, 1.0, 1.0]), mask, 0.2, 0.0, int(mask.sum()))
+    loss.backward()
+    assert torch.all(new.grad == 0)
+    assert stats["clipped_sum"] == 9
+    new2 = (logps + 0.5).requires_grad_()  # negative advantage: the unclipped term is the minimum
+    loss, _ = grpo_loss(new2, old, old, torch.tensor([-1.0, -1.0, -1.0]), mask, 0.2, 0.0, int(mask.sum()))
+    loss.backward()
+    assert torch.all(new2.grad[mask.bool()] > 0)
+
+
+def test_k3_kl_is_positive_and_pulls_towards_reference():
+    logps, mask = _inputs()
+    new = (logps + 0.3).requires_grad_()
+    loss, stats = grpo_loss(new, new.detach(), logps, torch.zeros(3), mask, 0.2, 1.0, int(mask.sum()))
+    assert stats["kl_sum"] > 0
+    loss.backward()
+    assert torch.all(new.grad[mask.bool()] > 0)  # descending lowers logps back towards the reference
+    assert torch.all(new.grad[~mask.bool()] == 0)
+
+
+def test_micro_batches_accumulate_to_the_full_batch_loss():
+    logps, mask = _inputs()
+    adv = torch.tensor([1.0, -0.5, 2.0])
+    ref = logps - 0.1
+    full, _ = grpo_loss(logps, logps, ref, adv, mask, 0.2, 0.1, int(mask.sum()))
+    parts = [grpo_loss(logps[i:i + 1], logps[i:i + 1], ref[i:i + 1], adv[i:i + 1], mask[i:i + 1], 0.2, 0.1,
+                       int(mask.sum()))[0] for i in range(3)]
+    assert sum(p.item() for p in parts) == pytest.approx(full.item(), rel=1e-6)
