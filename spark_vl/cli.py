@@ -177,7 +177,7 @@ def recycle_cmd(
     unverified = [g for g in groups if not g.rewards]
     if unverified:
         with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s) as pool:
-            grade_groups(unverified, templates, pool, cfg.spark.strict_judge_reward)
+            grade_groups(unverified, templates, pool, cfg.spark.judge_reply_check)
     solve = [g for g in groups if g.prompt.kind == "solve"]
     result = recycle(groups, cfg.spark, batch_size or len(solve), random.Random(seed), templates, "recycled")
     for prompt in result.prompts:

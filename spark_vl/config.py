@@ -117,7 +117,9 @@ class SparkConfig(Section):
     reflect_cot_share: float = Field(0.5, ge=0, le=1)
     templates: str = Field("default", description="prompt template pools: default, tiny, or a JSON file")
     balance_judge_labels: bool = Field(True, description="equal correct and wrong pointwise judge samples")
-    strict_judge_reward: bool = Field(True, description="judge reward needs the reply format intact")
+    judge_reply_check: Literal["verdict", "format", "restate"] = Field(
+        "format", description="judge reward 1 needs: the right verdict only; also the reply format; "
+        "also the proposed answer restated exactly")
 
 
 class WarmupConfig(Section):

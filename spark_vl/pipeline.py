@@ -6,7 +6,8 @@ output exists is skipped, so a rerun continues where the last one stopped):
     config.yaml                  the resolved config
     data/                        built-in task data (when the config names no dataset)
     model/init/                  the tiny model as built (tiny runs only)
-    model/policy-0000/           the starting policy (after the warm-up on tiny runs)
+    model/policy-0000/           the starting policy: the tiny model after its warm-up
+                                 (runs from a checkpoint start from `model.path` itself)
     model/policy-KKKK/           the policy after iteration K (Hugging Face directory)
     deepspeed/iter-KKKK/         DeepSpeed state after iteration K (optimizer included)
     iter-KKKK/prompts.jsonl      task prompts + the judge/reflection queue recycled in K-1
@@ -54,6 +55,15 @@ def policy_dir(run_dir: Path, k: int) -> Path:
     return run_dir / "model" / f"policy-{k:04d}"
 
 
+def start_policy(config: RunConfig, run_dir: Path) -> Path:
+    """The policy of iteration 0, which is also the reference model of the KL term."""
+    return Path(config.model.path) if config.model.path else policy_dir(run_dir, 0)
+
+
+def policy_at(config: RunConfig, run_dir: Path, k: int) -> Path:
+    return start_policy(config, run_dir) if k == 0 else policy_dir(run_dir, k)
+
+
 def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
@@ -91,7 +101,8 @@ class Workspace:
     def processor(self):
         if "processor" not in self._cache:
             m = self.config.model
-            self._cache["processor"] = load_processor(policy_dir(self.run_dir, 0), m.min_pixels, m.max_pixels)
+            self._cache["processor"] = load_processor(start_policy(self.config, self.run_dir), m.min_pixels,
+                                                      m.max_pixels)
         return self._cache["processor"]
 
     @property
@@ -110,11 +121,13 @@ class Workspace:
         """The trainer holding policy k (built from disk, DeepSpeed state restored, when needed)."""
         if self.trainer_iteration != k:
             self.trainer = None
-            trainer = PolicyTrainer(self.config, self.processor, policy_dir(self.run_dir, k),
-                                    policy_dir(self.run_dir, 0))
+            trainer = PolicyTrainer(self.config, self.processor, policy_at(self.config, self.run_dir, k),
+                                    start_policy(self.config, self.run_dir))
             ds_dir = self.run_dir / "deepspeed"
             if k > 0 and (ds_dir / f"iter-{k:04d}").exists():
                 trainer.load_state(ds_dir, f"iter-{k:04d}")
+            elif k > 0:
+                logger.warning("no DeepSpeed state for iteration %d: resuming with a fresh optimizer", k)
             self.trainer, self.trainer_iteration = trainer, k
         return self.trainer
 
@@ -137,20 +150,19 @@ def prepare_run(config: RunConfig, run_dir: Path) -> dict[str, Path]:
     if config.data.train_path is None and not (run_dir / "data" / "eval.jsonl").exists():
         logger.info("rendering built-in tasks %s in %s", config.data.builtin.families, run_dir / "data")
         make_dataset(run_dir / "data", config.data.builtin)
+    if config.data.train_path and not config.data.eval_path:
+        logger.warning("data.eval_path is not set: held-out metrics are computed on the training set")
     for split in ("train", "eval"):
         logger.info("%s prompts: %d usable from %s", split, len(ws.samples(split)), ws.paths[split])
-    start = policy_dir(run_dir, 0)
-    if not (start / "config.json").exists():
-        if config.model.path is not None:
-            start.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(config.model.path, start.with_name(".policy-0000.partial"), dirs_exist_ok=True)
-            start.with_name(".policy-0000.partial").rename(start)
-        else:
-            init = run_dir / "model" / "init"
-            if not (init / "config.json").exists():
-                logger.info("building tiny %s model in %s", config.model.tiny.family, init)
-                build_tiny_model(config.model, init)
-            warm_start(config, run_dir, init, start)
+    start = start_policy(config, run_dir)
+    if config.model.path is None and not (start / "config.json").exists():
+        init = run_dir / "model" / "init"
+        if not (init / "config.json").exists():
+            logger.info("building tiny %s model in %s", config.model.tiny.family, init)
+            build_tiny_model(config.model, init)
+        warm_start(config, run_dir, init, start)
+    elif not (start / "config.json").exists():
+        raise FileNotFoundError(f"model.path {start} is not a Hugging Face checkpoint directory (no config.json)")
     ws.close()
     return {"run_dir": run_dir, "policy": start, **ws.paths}
 
@@ -202,7 +214,7 @@ def stage_rollout(ws: Workspace, k: int) -> None:
     })
 
 
-def grade_groups(groups, templates: Templates, pool: GradingPool, strict_judge: bool) -> None:
+def grade_groups(groups, templates: Templates, pool: GradingPool, judge_reply_check: str) -> None:
     """Fill rewards, statuses and extracted answers in place: solve and reflect responses against
     the ground truth, judge responses against their verdict label."""
     items, where = [], []
@@ -220,7 +232,7 @@ def grade_groups(groups, templates: Templates, pool: GradingPool, strict_judge: 
         reward = grade.reward
         if group.prompt.kind in JUDGE_KINDS:
             group.extracted[ri] = extract_verdict(group.responses[ri])
-            if strict_judge and reward and not reply_is_intact(group.responses[ri], group.prompt, templates):
+            if reward and not reply_is_intact(group.responses[ri], group.prompt, templates, judge_reply_check):
                 reward = 0.0
         else:
             group.extracted[ri] = extract_answer(group.responses[ri])
@@ -233,7 +245,7 @@ def stage_verify(ws: Workspace, k: int) -> None:
         return
     start = time.perf_counter()
     groups = load_groups(iter_dir(ws.run_dir, k) / "rollouts.jsonl")
-    grade_groups(groups, ws.templates, ws.pool, ws.config.spark.strict_judge_reward)
+    grade_groups(groups, ws.templates, ws.pool, ws.config.spark.judge_reply_check)
     save_groups(out, groups)
 
     def mean_reward(kinds) -> float:

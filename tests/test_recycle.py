@@ -106,3 +106,41 @@ def test_reply_pattern_matches_intact_judge_reply():
     assert match and match.groups() == ("red", "blue", "No")
     assert not pattern.match(r"TTTTTT \box{No}")
     assert TEMPLATES.reply_pattern(pairwise=True).match(r"The image shows 3. \box{A}")
+
+
+def test_recycle_cli_prints_samples_from_verified_rollouts(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from typer.testing import CliRunner
+
+    from spark_vl.cli import app
+
+    groups = [group(f"g{i}", ["3", "4", "3", None], [1, 0, 1, 0]) for i in range(4)]
+    unverified = group("u", ["3", "5"], [])
+    unverified.responses = [r"\boxed{3}", r"\boxed{5}"]
+    unverified.extracted = []
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text("".join(json.dumps(asdict(g)) + "\n" for g in groups + [unverified]))
+    result = CliRunner().invoke(app, ["recycle", str(path), "--set", "spark.balance_judge_labels=false"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    samples = [json.loads(line) for line in lines[:-1]]
+    assert {s["kind"] for s in samples} <= {"judge_pointwise", "judge_pairwise", "reflect_cot", "reflect_answer"}
+    assert sum(s["kind"].startswith("judge") for s in samples) == 2  # half a batch of 5 groups
+    assert "5 solve groups" in lines[-1]
+
+
+def test_judge_reply_checks():
+    from spark_vl.recycle import pointwise_judge_sample, reply_is_intact
+
+    source = group("g", ["3"], [1]).prompt
+    prompt = pointwise_judge_sample(source, "4", False, TEMPLATES.pointwise[0], "j")
+    faithful = r"The image shows 3. The proposed answer is 4. \box{No}"
+    misquoted = r"The image shows 3. The proposed answer is 2. \box{No}"
+    degenerate = r"TTTTTTTT \box{No}"
+    assert [reply_is_intact(r, prompt, TEMPLATES, "verdict") for r in (faithful, misquoted, degenerate)] == [True] * 3
+    assert [reply_is_intact(r, prompt, TEMPLATES, "format") for r in (faithful, misquoted, degenerate)] == [
+        True, True, False]
+    assert [reply_is_intact(r, prompt, TEMPLATES, "restate") for r in (faithful, misquoted, degenerate)] == [
+        True, False, False]

@@ -57,13 +57,16 @@ class Templates:
         return re.compile(r"^\s*" + pattern + r"\s*$", re.DOTALL)
 
 
-def reply_is_intact(response: str, prompt: PromptRecord, templates: Templates) -> bool:
-    """A judge reply in the template's format that restates the proposed answer faithfully (the
-    strict judge reward: without it the text before the verdict degenerates)."""
+def reply_is_intact(response: str, prompt: PromptRecord, templates: Templates, check: str) -> bool:
+    """Whether a judge reply passes `check` beyond its verdict: `format` (the template's reply
+    format; without it the text before the verdict degenerates), `restate` (also the proposed
+    answer copied exactly) or `verdict` (nothing more)."""
+    if check == "verdict":
+        return True
     match = templates.reply_pattern(prompt.kind == "judge_pairwise").match(response)
     if match is None:
         return False
-    return prompt.kind == "judge_pairwise" or match.group(2).strip() == prompt.proposed[0].strip()
+    return check == "format" or prompt.kind == "judge_pairwise" or match.group(2).strip() == prompt.proposed[0].strip()
 
 
 @dataclass

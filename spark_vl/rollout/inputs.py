@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from qwen_vl_utils import process_vision_info
@@ -11,7 +12,7 @@ def image_message(images: list[str] | tuple[str, ...], text: str, min_pixels: in
     """One user turn: the images (with the run's pixel bounds, so qwen-vl-utils and the processor
     resize alike) followed by the text."""
     content: list[dict[str, Any]] = [
-        {"type": "image", "image": f"file://{path}", "min_pixels": min_pixels, "max_pixels": max_pixels}
+        {"type": "image", "image": f"file://{Path(path).resolve()}", "min_pixels": min_pixels, "max_pixels": max_pixels}
         for path in images
     ]
     content.append({"type": "text", "text": text})
