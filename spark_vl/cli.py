@@ -191,19 +191,62 @@ def run(
     set_: SetOpt = None,
     run_name: Annotated[Optional[str], typer.Option(help="run folder under orchestration.runs_dir")] = None,
 ) -> None:
-    """Run SPARK on a config; rerunning with the same --run-name resumes."""
-    from spark_vl.pipeline import run as run_spark
+    """Run SPARK as the Prefect flow `co-evolve`, tracked in MLflow; the same --run-name resumes."""
+    from flows.co_evolve import co_evolve
+    from spark_vl.pipeline import metric_rows
 
     cfg = _config(config, set_)
-    run_dir = Path(cfg.orchestration.runs_dir) / (run_name or config.stem)
-    rows = run_spark(cfg, run_dir)
-    evals = [r for r in rows if "eval/task_acc" in r]
-    typer.echo(f"run directory: {run_dir}  (metrics: {run_dir / 'metrics.jsonl'})")
+    name = run_name or config.stem
+    co_evolve(config=cfg, run_name=name)
+    run_dir = Path(cfg.orchestration.runs_dir) / name
+    typer.echo(f"run directory: {run_dir}  (metrics: {run_dir / 'metrics.jsonl'}, plot: {run_dir / 'coevolution.png'})")
+    _print_evals([r for r in metric_rows(run_dir) if "eval/task_acc" in r])
+
+
+def _print_evals(rows: list[dict]) -> None:
     typer.echo(f"{'iteration':>9} {'task':>6} {'reflect':>8} {'judge pt':>9} {'judge pw':>9} {'own wrong':>10}")
-    for r in evals:
-        typer.echo(f"{r['iteration']:>9} {r['eval/task_acc']:>6.3f} {r['eval/task_acc_reflect']:>8.3f} "
+    for r in rows:
+        typer.echo(f"{r.get('iteration', '-'):>9} {r['eval/task_acc']:>6.3f} {r['eval/task_acc_reflect']:>8.3f} "
                    f"{r['eval/judge_pointwise_acc']:>9.3f} {r['eval/judge_pairwise_acc']:>9.3f} "
                    f"{r['eval/judge_own_wrong_acc']:>10.3f}")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="checkpoint folder or models:/NAME@alias")],
+    data: Annotated[Optional[Path], typer.Option(help="held-out dataset (default: data.eval_path, else the "
+                                                      "built-in held-out split)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON line")] = False,
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+) -> None:
+    """Evaluate a model on held-out prompts, with and without test-time self-reflection."""
+    import tempfile
+
+    from spark_vl.data import load_dataset
+    from spark_vl.data.tasks import make_dataset
+    from spark_vl.evaluate import evaluate
+    from spark_vl.models import load_model, load_processor
+    from spark_vl.recycle import Templates
+    from spark_vl.rollout.hf import HFRolloutEngine
+    from spark_vl.tracking import resolve_model
+    from spark_vl.verify import GradingPool
+
+    cfg = _config(config, set_)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = resolve_model(model, Path(tmp) / "model")
+        data_path = data or (Path(cfg.data.eval_path) if cfg.data.eval_path else None)
+        if data_path is None:
+            data_path = make_dataset(Path(tmp) / "data", cfg.data.builtin)["eval"]
+        samples = load_dataset(data_path, cfg.data.max_image_pixels).samples
+        processor = load_processor(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
+        engine = HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
+        with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s) as pool:
+            metrics, _ = evaluate(engine, samples, cfg, Templates.load(cfg.spark.templates), pool)
+    if as_json:
+        typer.echo(json.dumps(metrics))
+    else:
+        _print_evals([metrics])
 
 
 if __name__ == "__main__":

@@ -326,10 +326,43 @@ def stage_log(ws: Workspace, k: int) -> dict[str, float]:
         path = iter_dir(ws.run_dir, k) / f"{name}.json"
         if path.exists():
             row.update(read_json(path))
-    path = ws.run_dir / "metrics.jsonl"
-    rows = [r for r in read_jsonl(path) if r["iteration"] != k] if path.exists() else []
-    write_jsonl_atomic(path, sorted(rows + [row], key=lambda r: r["iteration"]))
+    rows = [r for r in metric_rows(ws.run_dir) if r["iteration"] != k]
+    write_jsonl_atomic(ws.run_dir / "metrics.jsonl", sorted(rows + [row], key=lambda r: r["iteration"]))
     return row
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "metrics.jsonl"
+    return list(read_jsonl(path)) if path.exists() else []
+
+
+def latest_task_accuracy(run_dir: Path, k: int) -> float:
+    """Held-out task accuracy of the newest evaluation at or before iteration k."""
+    evals = [r for r in metric_rows(run_dir) if "eval/task_acc" in r and r["iteration"] <= k]
+    if not evals:
+        raise ValueError(f"{run_dir} has no evaluation up to iteration {k}")
+    return evals[-1]["eval/task_acc"]
+
+
+def metrics_markdown(row: dict[str, float]) -> str:
+    """One iteration's metrics as a markdown table."""
+    lines = [f"# Iteration {row['iteration']}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {value:.4g} |" for key, value in sorted(row.items()) if key != "iteration"]
+    return "\n".join(lines)
+
+
+def sample_rows(run_dir: Path, k: int, limit: int = 64) -> dict[str, list[dict[str, Any]]]:
+    """A readable sample of iteration k's verified rollouts and recycled prompts."""
+    rollouts = []
+    verified = iter_dir(run_dir, k) / "verified.jsonl"
+    for group in (load_groups(verified) if verified.exists() else [])[:limit]:
+        for response, reward in zip(group.responses[:2], group.rewards[:2]):
+            rollouts.append({"kind": group.prompt.kind, "prompt": group.prompt.text, "label": group.prompt.label,
+                             "response": response, "reward": reward})
+    queue = iter_dir(run_dir, k) / "recycled.jsonl"
+    recycled = [{"kind": p.kind, "prompt": p.text, "label": p.label, "source": p.source_id}
+                for p in (load_prompts(queue) if queue.exists() else [])[:limit]]
+    return {"rollouts": rollouts, "recycled": recycled}
 
 
 def run_iteration(config: RunConfig, run_dir: Path, k: int, ws: Workspace | None = None) -> dict[str, float]:

@@ -18,6 +18,16 @@ def test_solve_prompt_appends_instruction_once():
     assert solve_prompt(boxed, "Answer with \\boxed{}.").text == boxed.question
 
 
+def test_judge_labels_are_balanced_within_each_question():
+    cfg = load_config(None, ["eval.n_judge=40"])
+    mixed = [TaskSample(f"m{i}", i, ("/img.png",), ["What colour?", "How many?"][i % 2],
+                        [COLOURS[i % 4], str(i % 3 + 1)][i % 2]) for i in range(40)]
+    pointwise, _ = held_out_judge_prompts(mixed, cfg, TEMPLATES, seed=0)
+    for question in ("What colour?", "How many?"):
+        labels = [p.label for p in pointwise if p.question == question]
+        assert labels.count("Yes") + labels.count("A") == len(labels) // 2
+
+
 def test_held_out_judge_prompts_are_balanced_and_labelled():
     cfg = load_config(None, ["eval.n_judge=20"])
     pointwise, pairwise = held_out_judge_prompts(SAMPLES, cfg, TEMPLATES, seed=0)

@@ -10,9 +10,10 @@ from spark_vl.recycle import POSITIVE_LABELS, Templates, recycle
 TEMPLATES = Templates.load()
 
 
-def group(name, extracted, rewards, answer="3"):
+def group(name, extracted, rewards, answer="3", question=None):
+    question = question or f"How many in {name}?"
     prompt = PromptRecord(id=name, kind="solve", images=["/img.png"], text=f"{name}?", label=answer,
-                          question=f"How many in {name}?", answer=answer, source_id=name)
+                          question=question, answer=answer, source_id=name)
     responses = [f"reasoning {i} \\boxed{{{a}}}" if a is not None else f"rambling {i}" for i, a in enumerate(extracted)]
     return RolloutGroup(prompt, responses, [[1]] * len(extracted), [[0.0]] * len(extracted),
                         rewards=rewards, statuses=["ok"] * len(extracted), extracted=extracted)
@@ -79,13 +80,28 @@ def test_reference_rules_feed_a_nearly_always_right_policy_mostly_yes():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_balance_switch_gives_equal_correct_and_wrong_pointwise(seed):
-    groups = [group(f"g{i}", ["3"] * 4, [1] * 4) for i in range(15)] + [group("w", ["3", "4", "3", "3"], [1, 0, 1, 1])]
+    groups = [group(f"g{i}", ["3"] * 4, [1] * 4, question="How many?") for i in range(15)]
+    groups += [group("w", ["3", "4", "3", "3"], [1, 0, 1, 1], question="How many?")]
     result = run(groups, SparkConfig(balance_judge_labels=True, judge_cap=0.5), seed=seed)
     pointwise = [p for p in result.prompts if p.kind == "judge_pointwise"]
     positive = sum(p.label in POSITIVE_LABELS for p in pointwise)
     assert positive == len(pointwise) - positive >= 2
     assert all(p.proposed == ["4"] for p in pointwise if p.label not in POSITIVE_LABELS)
     assert len([p for p in result.prompts if p.kind.startswith("judge")]) <= 8
+
+
+def test_balance_is_per_question_and_borrows_answers_of_the_same_question():
+    colour = [group(f"c{i}", [c] * 4, [1] * 4, answer=c, question="What colour?")
+              for i, c in enumerate(["red", "blue", "red", "green"])]
+    count = [group(f"n{i}", ["1", "2", "2", "1"], [1, 0, 0, 1], answer="1", question="How many?") for i in range(4)]
+    result = run(colour + count, SparkConfig(balance_judge_labels=True, judge_cap=1.0, pointwise_prob=1.0), seed=0)
+    for question in ("What colour?", "How many?"):
+        labels = [p.label in POSITIVE_LABELS for p in result.prompts if p.kind == "judge_pointwise"
+                  and p.question == question]
+        assert labels and sum(labels) * 2 == len(labels), question
+    for sample in result.prompts:
+        if sample.kind == "judge_pointwise":
+            assert (sample.proposed[0] == sample.answer) == (sample.label in POSITIVE_LABELS)
 
 
 def test_balance_without_any_wrong_answer_drops_one_sided_samples():

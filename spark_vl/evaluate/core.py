@@ -31,16 +31,19 @@ def wrong_answers(samples: list[TaskSample]) -> dict[str, list[str]]:
 
 def held_out_judge_prompts(samples: list[TaskSample], config: RunConfig, templates: Templates,
                            seed: int) -> tuple[list[PromptRecord], list[PromptRecord]]:
-    """Pointwise prompts (half about the right answer, half about a wrong one) and pairwise prompts,
-    built from held-out questions; the same for every evaluation of a run."""
+    """Pointwise prompts (about the right answer for every other prompt OF EACH QUESTION, so that
+    the kind of question says nothing about the label) and pairwise prompts, built from held-out
+    questions; the same for every evaluation of a run."""
     rng = random.Random(seed)
     pool = wrong_answers(samples)
     pointwise, pairwise = [], []
+    seen_per_question: dict[str, int] = defaultdict(int)
     usable = [s for s in samples if len(pool[s.question]) > 1]
-    for i, sample in enumerate(usable[: config.eval.n_judge]):
+    for sample in usable[: config.eval.n_judge]:
         source = solve_prompt(sample, config.data.instruction, "eval/")
         wrong = rng.choice([a for a in pool[sample.question] if a != sample.answer])
-        correct = i % 2 == 0
+        correct = seen_per_question[sample.question] % 2 == 0
+        seen_per_question[sample.question] += 1
         pointwise.append(pointwise_judge_sample(source, sample.answer if correct else wrong, correct,
                                                 rng.choice(templates.pointwise), f"eval/{sample.id}/pointwise"))
         pairwise.append(pairwise_judge_sample(source, sample.answer, wrong, rng.choice(templates.pairwise),

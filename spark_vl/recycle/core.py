@@ -20,6 +20,7 @@ from pathlib import Path
 
 from spark_vl.config import SparkConfig
 from spark_vl.records import PromptRecord, RolloutGroup
+from spark_vl.verify import normalise
 
 PACKAGED = {"default": "templates.json", "tiny": "templates_tiny.json"}
 POSITIVE_LABELS = ("Yes", "A")  # pointwise templates say Yes/No or A/B, the first meaning "correct"
@@ -136,41 +137,60 @@ def judge_samples_for_group(group: RolloutGroup, cfg: SparkConfig, templates: Te
                                   rng.random() < 0.5, sid)]
 
 
+_PLAIN_ANSWER = re.compile(r"^[A-Za-z0-9 ]+$")
+
+
 def _balance_pointwise(samples: list[PromptRecord], groups: list[RolloutGroup], templates: Templates,
                        rng: random.Random, prefix: str) -> list[PromptRecord]:
-    """Equal numbers of correct and wrong pointwise samples: reuse the batch's (rare) answers of the
-    scarce class with other templates, or drop the surplus when the batch has none of them."""
+    """Equal numbers of correct and wrong pointwise samples for EACH question text, so that neither
+    the verdict prior nor the kind of question predicts the label.
+
+    The scarce class is filled from the batch: correct answers of the same question, a group's
+    own wrong answers, or (for plain word/number answers, where string comparison is exact) an
+    answer given to another prompt of the same question that differs from this prompt's ground
+    truth. Without any, the surplus is dropped."""
     pointwise = [s for s in samples if s.kind == "judge_pointwise"]
     others = [s for s in samples if s.kind != "judge_pointwise"]
-    positive = [s for s in pointwise if s.label in POSITIVE_LABELS]
-    negative = [s for s in pointwise if s.label not in POSITIVE_LABELS]
-    pools = {True: [], False: []}
+    by_question: dict[str, list[RolloutGroup]] = {}
     for group in groups:
-        correct, wrong, _ = _answers(group)
-        pools[True] += [(group.prompt, a) for a in sorted(set(correct))]
-        pools[False] += [(group.prompt, a) for a in sorted(set(wrong))]
-    short, long_, short_is_correct = (negative, positive, False) if len(negative) < len(positive) else (
-        positive, negative, True)
+        by_question.setdefault(group.prompt.question, []).append(group)
+    kept: list[PromptRecord] = []
     extra = 0
-    while len(short) < len(long_) and pools[short_is_correct]:
-        source, answer = rng.choice(pools[short_is_correct])
-        short.append(pointwise_judge_sample(source, answer, short_is_correct, rng.choice(templates.pointwise),
-                                            f"{prefix}/{source.id}/judge-balance{extra}"))
-        extra += 1
-    rng.shuffle(long_)
-    del long_[len(short):]
-    return others + positive + negative
+    for question, q_groups in by_question.items():
+        samples_q = [s for s in pointwise if s.question == question]
+        classes = {True: [s for s in samples_q if s.label in POSITIVE_LABELS],
+                   False: [s for s in samples_q if s.label not in POSITIVE_LABELS]}
+        answers_q = sorted({a for g in q_groups for a in g.extracted if a and a.strip()})
+        pools: dict[bool, list[tuple[PromptRecord, str]]] = {True: [], False: []}
+        for group in q_groups:
+            correct, wrong, _ = _answers(group)
+            pools[True] += [(group.prompt, a) for a in sorted(set(correct))]
+            borrowed = [a for a in answers_q if _PLAIN_ANSWER.match(a) and _PLAIN_ANSWER.match(group.prompt.answer)
+                        and normalise(a) != normalise(group.prompt.answer)]
+            pools[False] += [(group.prompt, a) for a in sorted(set(wrong) | set(borrowed))]
+        short_is_correct = len(classes[True]) < len(classes[False])
+        short, long_ = classes[short_is_correct], classes[not short_is_correct]
+        while len(short) < len(long_) and pools[short_is_correct]:
+            source, answer = rng.choice(pools[short_is_correct])
+            short.append(pointwise_judge_sample(source, answer, short_is_correct, rng.choice(templates.pointwise),
+                                                f"{prefix}/{source.id}/judge-balance{extra}"))
+            extra += 1
+        rng.shuffle(long_)
+        del long_[len(short):]
+        kept += classes[True] + classes[False]
+    return others + kept
 
 
 def _take_balanced(samples: list[PromptRecord], cap: int, rng: random.Random) -> list[PromptRecord]:
-    """Up to `cap` samples at random, pointwise ones kept in correct/wrong pairs."""
-    pointwise = [s for s in samples if s.kind == "judge_pointwise"]
-    positive = [s for s in pointwise if s.label in POSITIVE_LABELS]
-    negative = [s for s in pointwise if s.label not in POSITIVE_LABELS]
-    rng.shuffle(positive)
-    rng.shuffle(negative)
+    """Up to `cap` samples at random, pointwise ones kept in correct/wrong pairs of one question."""
     units: list[list[PromptRecord]] = [[s] for s in samples if s.kind != "judge_pointwise"]
-    units += [[p, n] for p, n in zip(positive, negative)]
+    pointwise = [s for s in samples if s.kind == "judge_pointwise"]
+    for question in sorted({s.question for s in pointwise}):
+        positive = [s for s in pointwise if s.question == question and s.label in POSITIVE_LABELS]
+        negative = [s for s in pointwise if s.question == question and s.label not in POSITIVE_LABELS]
+        rng.shuffle(positive)
+        rng.shuffle(negative)
+        units += [[p, n] for p, n in zip(positive, negative)]
     rng.shuffle(units)
     taken: list[PromptRecord] = []
     for unit in units:

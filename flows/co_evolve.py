@@ -1,0 +1,100 @@
+"""SPARK co-evolution as a Prefect flow: prepare once, then per iteration
+prompts -> rollout -> verify -> recycle -> train -> evaluate -> log (and register now and then).
+
+Tasks pass the run directory and the iteration, never big objects: each stage reads its inputs
+from the run directory and writes its output there atomically, and skips itself when the
+output exists. Rerunning with the same run name therefore resumes, in a new flow run too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from spark_vl import pipeline, tracking
+from spark_vl.config import RunConfig, load_config
+
+_workspaces: dict[Path, pipeline.Workspace] = {}
+
+
+def _ws(cfg: RunConfig, run_dir: str) -> pipeline.Workspace:
+    """The process's workspace for a run directory: keeps the policy loaded between tasks."""
+    key = Path(run_dir)
+    if key not in _workspaces or _workspaces[key].config != cfg:
+        _workspaces[key] = pipeline.Workspace(cfg, key)
+    return _workspaces[key]
+
+
+def _stage(name: str, function):
+    @task(name=name, task_run_name=f"{name}-k{{k}}", cache_policy=NO_CACHE)
+    def run_stage(cfg: RunConfig, run_dir: str, k: int) -> None:
+        function(_ws(cfg, run_dir), k)
+
+    return run_stage
+
+
+prompts, rollout, verify = (_stage("prompts", pipeline.stage_prompts), _stage("rollout", pipeline.stage_rollout),
+                            _stage("verify", pipeline.stage_verify))
+recycle, train, evaluate = (_stage("recycle", pipeline.stage_recycle), _stage("train", pipeline.stage_train),
+                            _stage("evaluate", pipeline.stage_evaluate))
+
+
+@task(name="prepare", cache_policy=NO_CACHE)
+def prepare(cfg: RunConfig, run_dir: str) -> None:
+    pipeline.prepare_run(cfg, Path(run_dir))
+
+
+@task(name="log", task_run_name="log-k{k}", cache_policy=NO_CACHE)
+def log(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> dict[str, float]:
+    row = pipeline.stage_log(_ws(cfg, run_dir), k)
+    tracking.log_iteration(mlflow_run_id, k, row)
+    if "eval/task_acc" in row:
+        rows = pipeline.metric_rows(Path(run_dir))
+        plot = tracking.plot_coevolution(rows, Path(run_dir) / "coevolution.png")
+        tracking.log_artifact(mlflow_run_id, plot)
+        create_markdown_artifact(key="spark-metrics", markdown=pipeline.metrics_markdown(row),
+                                 description=f"SPARK metrics, iteration {k}")
+    return row
+
+
+@task(name="register", task_run_name="register-k{k}", cache_policy=NO_CACHE)
+def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> int:
+    marker = pipeline.iter_dir(Path(run_dir), k) / "registered.json"
+    if marker.exists():  # registered by an earlier flow run of this run directory
+        return pipeline.read_json(marker)["version"]
+    task_acc = pipeline.latest_task_accuracy(Path(run_dir), k)
+    version = tracking.register_policy(mlflow_run_id, pipeline.policy_dir(Path(run_dir), k),
+                                       cfg.tracking.registered_model, task_acc)
+    tracking.log_artifact(mlflow_run_id, Path(run_dir) / "config.yaml")
+    for name, rows in pipeline.sample_rows(Path(run_dir), k).items():
+        tracking.log_table(mlflow_run_id, rows, f"samples/{name}-k{k:04d}.json")
+    pipeline.write_json(marker, {"version": version, "model": cfg.tracking.registered_model})
+    return version
+
+
+@flow(name="co-evolve", log_prints=True)
+def co_evolve(config: RunConfig | None = None, config_path: str | None = None,
+              overrides: list[str] | None = None, run_name: str | None = None) -> str:
+    """Run SPARK: pass a full `config` (a form in the Prefect UI), or a YAML `config_path` with
+    `section.key=value` overrides. `run_name` names the run folder; the same name resumes."""
+    cfg = config or load_config(config_path or "configs/tiny.yaml", overrides or [])
+    name = run_name or flow_run.get_name() or "spark"
+    run_dir = str(Path(cfg.orchestration.runs_dir) / name)
+    retry = {"retries": cfg.orchestration.retries, "retry_delay_seconds": cfg.orchestration.retry_delay_s}
+
+    prepare.with_options(**retry)(cfg, run_dir)
+    mlflow_run_id = tracking.open_run(cfg, Path(run_dir), name, {"prefect.flow_run_id": str(flow_run.get_id())})
+    evaluate.with_options(**retry)(cfg, run_dir, 0)
+    log.with_options(**retry)(cfg, run_dir, 0, mlflow_run_id)
+    for k in range(1, cfg.train.iterations + 1):
+        for stage in (prompts, rollout, verify, recycle, train, evaluate):
+            stage.with_options(**retry)(cfg, run_dir, k)
+        log.with_options(**retry)(cfg, run_dir, k, mlflow_run_id)
+        every = cfg.tracking.register_every
+        if k == cfg.train.iterations or (every and k % every == 0):
+            register.with_options(**retry)(cfg, run_dir, k, mlflow_run_id)
+    return mlflow_run_id

@@ -1,0 +1,183 @@
+"""MLflow: one run per flow run, per-iteration metrics, artifacts, the co-evolution plot, registry.
+
+The only module of the library that knows MLflow. Every call takes the MLflow run id
+explicitly (Prefect may run a task in a thread where `mlflow.active_run()` is None).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from spark_vl.config import RunConfig
+from spark_vl.runio import logger
+
+DEFAULT_DB = Path("runs") / "mlflow.db"
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else SQLite at runs/mlflow.db under the working directory
+    (artifacts beside it in runs/mlruns)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    DEFAULT_DB.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{DEFAULT_DB.resolve()}"
+
+
+def _artifact_location() -> str | None:
+    """runs/mlruns for the default store; a configured store or server decides for itself."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (DEFAULT_DB.parent / "mlruns").resolve().as_uri()
+
+
+def client() -> MlflowClient:
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def open_run(config: RunConfig, run_dir: Path, run_name: str, tags: dict[str, str] | None = None) -> str:
+    """The MLflow run of this run directory: found by its tag when resuming, else created with the
+    config as params and tags for the commit and config hash."""
+    mlflow_client = client()
+    experiment = mlflow_client.get_experiment_by_name(config.tracking.experiment)
+    experiment_id = (experiment.experiment_id if experiment else
+                     mlflow_client.create_experiment(config.tracking.experiment, _artifact_location()))
+    run_dir_tag = str(run_dir.resolve())
+    found = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`spark_vl.run_dir` = '{run_dir_tag}'",
+                                      max_results=1)
+    if found:
+        return found[0].info.run_id
+    all_tags = {"spark_vl.run_dir": run_dir_tag, "git_commit": git_commit(), "config_hash": config.digest(),
+                **(tags or {})}
+    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    params = [Param(k, v[:6000]) for k, v in flatten(config.model_dump(mode="json")).items()]
+    for start in range(0, len(params), 100):
+        mlflow_client.log_batch(run.info.run_id, params=params[start:start + 100])
+    return run.info.run_id
+
+
+def logged_steps(run_id: str, key: str = "iteration") -> set[int]:
+    """Iterations whose metrics are already in MLflow, so a resumed run logs none twice."""
+    return {m.step for m in client().get_metric_history(run_id, key)}
+
+
+def log_iteration(run_id: str, k: int, metrics: dict[str, float]) -> bool:
+    """All metrics of iteration k in one batch, step k; False if k was logged before."""
+    if k in logged_steps(run_id):
+        return False
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, k) for key, value in metrics.items()
+             if isinstance(value, (int, float)) and not math.isnan(float(value))]
+    batch.append(Metric("iteration", float(k), now, k))
+    client().log_batch(run_id, metrics=batch)
+    return True
+
+
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    client().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def log_artifact(run_id: str, path: Path, folder: str | None = None) -> None:
+    client().log_artifact(run_id, str(path), folder)
+
+
+def log_table(run_id: str, rows: list[dict[str, Any]], name: str) -> None:
+    """Rows as an MLflow table artifact (shown in the UI's artifact view)."""
+    if not rows:
+        return
+    columns = sorted({key for row in rows for key in row})
+    data = {c: [str(row.get(c, "")) for row in rows] for c in columns}
+    client().log_table(run_id, data=data, artifact_file=name)
+
+
+def plot_coevolution(rows: list[dict[str, float]], out: Path) -> Path:
+    """Task accuracy with and without self-reflection and judge accuracy per iteration (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in rows if "eval/task_acc" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [r["iteration"] for r in evals]
+    for key, label in [("eval/task_acc", "task"), ("eval/task_acc_reflect", "task + self-reflection")]:
+        axes[0].plot(steps, [r.get(key, math.nan) for r in evals], marker="o", label=label)
+    for key, label in [("eval/judge_pointwise_acc", "pointwise"), ("eval/judge_pairwise_acc", "pairwise"),
+                       ("eval/judge_own_wrong_acc", "own wrong answers")]:
+        axes[1].plot(steps, [r.get(key, math.nan) for r in evals], marker="o", label=label)
+    axes[0].set_title("policy: held-out task accuracy")
+    axes[1].set_title("judge: held-out accuracy")
+    for ax in axes:
+        ax.set_xlabel("iteration")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def register_policy(run_id: str, policy_dir: Path, name: str, task_acc: float) -> int:
+    """Log the policy folder as a run artifact and register it as a new version of `name`, alias
+    `candidate`; `champion` moves to it only when its held-out task accuracy beats the champion's."""
+    mlflow_client = client()
+    folder = f"policy/{policy_dir.name}"
+    mlflow_client.log_artifacts(run_id, str(policy_dir), folder)
+    try:
+        mlflow_client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        mlflow_client.create_registered_model(name)
+    source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/{folder}"
+    version = mlflow_client.create_model_version(name, source=source, run_id=run_id,
+                                                 tags={"task_acc": f"{task_acc:.6f}"})
+    mlflow_client.set_registered_model_alias(name, "candidate", version.version)
+    try:
+        champion = mlflow_client.get_model_version_by_alias(name, "champion")
+        best = float(champion.tags.get("task_acc", "-inf"))
+    except mlflow.exceptions.MlflowException:
+        best = -math.inf
+    if task_acc > best:
+        mlflow_client.set_registered_model_alias(name, "champion", version.version)
+        logger.info("%s version %s is the new champion (task accuracy %.3f > %.3f)", name, version.version,
+                    task_acc, best)
+    return int(version.version)
+
+
+def resolve_model(uri: str, dest: Path | None = None) -> Path:
+    """A local checkpoint directory for a path or a `models:/NAME@alias` URI."""
+    if not uri.startswith("models:/"):
+        return Path(uri)
+    client()
+    return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dest) if dest else None))

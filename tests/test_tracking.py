@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from spark_vl import tracking
+from spark_vl.config import load_config
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts of a bare SQLite store under ./mlruns
+    return tmp_path
+
+
+def test_iteration_metrics_are_logged_once(store):
+    cfg = load_config(None, ["tracking.experiment=t1"])
+    run_id = tracking.open_run(cfg, store / "run", "r1")
+    assert tracking.open_run(cfg, store / "run", "r1") == run_id  # same run directory, same MLflow run
+    assert tracking.log_iteration(run_id, 0, {"eval/task_acc": 0.5, "eval/judge_pointwise_acc": float("nan")})
+    assert tracking.log_iteration(run_id, 1, {"eval/task_acc": 0.6})
+    assert not tracking.log_iteration(run_id, 1, {"eval/task_acc": 0.9})
+    history = tracking.client().get_metric_history(run_id, "eval/task_acc")
+    assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.6)]
+    run = tracking.client().get_run(run_id)
+    assert run.data.params["train.lr"] == str(cfg.train.lr)
+    assert run.data.tags["config_hash"] == cfg.digest()
+
+
+def test_registry_aliases_move_only_on_improvement(store, tiny_model_dir):
+    cfg = load_config(None, ["tracking.experiment=t2"])
+    run_id = tracking.open_run(cfg, store / "run", "r2")
+    mlflow_client = tracking.client()
+    assert tracking.register_policy(run_id, tiny_model_dir, "m", 0.5) == 1
+    assert tracking.register_policy(run_id, tiny_model_dir, "m", 0.4) == 2
+    assert mlflow_client.get_model_version_by_alias("m", "candidate").version == 2
+    assert mlflow_client.get_model_version_by_alias("m", "champion").version == 1
+    assert tracking.register_policy(run_id, tiny_model_dir, "m", 0.7) == 3
+    assert mlflow_client.get_model_version_by_alias("m", "champion").version == 3
+    local = tracking.resolve_model("models:/m@champion", store / "download")
+    assert json.loads((local / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+
+
+def test_coevolution_plot(tmp_path):
+    rows = [{"iteration": k, "eval/task_acc": 0.5 + k / 10, "eval/task_acc_reflect": 0.5,
+             "eval/judge_pointwise_acc": 0.5, "eval/judge_pairwise_acc": 0.6} for k in range(3)]
+    path = tracking.plot_coevolution(rows + [{"iteration": 3, "train/loss": 1.0}], tmp_path / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_command_loads_the_champion_from_the_registry(store, tiny_model_dir, tiny_data_dir):
+    from typer.testing import CliRunner
+
+    from spark_vl.cli import app
+
+    cfg = load_config(None, ["tracking.experiment=t3"])
+    run_id = tracking.open_run(cfg, store / "run", "r3")
+    tracking.register_policy(run_id, tiny_model_dir, "evalme", 0.1)
+    result = CliRunner().invoke(app, ["eval", "--model", "models:/evalme@champion", "--json",
+                                      "--data", str(tiny_data_dir / "eval.jsonl"), "--set", "eval.n_task=4",
+                                      "--set", "eval.n_judge=4", "--set", "eval.reflect_rounds=1"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output.strip().splitlines()[-1])
+    assert set(metrics) >= {"eval/task_acc", "eval/task_acc_reflect", "eval/judge_pointwise_acc"}
+    assert 0 <= metrics["eval/task_acc"] <= 1
