@@ -42,6 +42,8 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug lo
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for chatty in ("httpx", "httpcore", "alembic", "mlflow.store.db.utils"):  # per-request / migration lines
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 @app.command("init-tiny")
@@ -192,6 +194,10 @@ def run(
     run_name: Annotated[Optional[str], typer.Option(help="run folder under orchestration.runs_dir")] = None,
 ) -> None:
     """Run SPARK as the Prefect flow `co-evolve`, tracked in MLflow; the same --run-name resumes."""
+    import os
+
+    # Prefect's temporary local server needs more than its default 20 s on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from flows.co_evolve import co_evolve
     from spark_vl.pipeline import metric_rows
 
