@@ -22,7 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/spark-vl run $(CONFIG)
 
 test: setup
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m pytest -q

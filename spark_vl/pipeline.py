@@ -36,16 +36,13 @@ from spark_vl.data import TaskSample, load_dataset
 from spark_vl.data.tasks import make_dataset
 from spark_vl.evaluate import evaluate, solve_prompt
 from spark_vl.models import build_tiny_model, load_processor
-from spark_vl.records import JUDGE_KINDS, load_groups, load_prompts, save_groups, save_prompts
+from spark_vl.records import JUDGE_KINDS, REFLECT_KINDS, load_groups, load_prompts, save_groups, save_prompts
 from spark_vl.recycle import Templates, recycle, reply_is_intact
 from spark_vl.rollout.hf import HFRolloutEngine
 from spark_vl.runio import logger, read_jsonl, write_jsonl_atomic, write_text_atomic
 from spark_vl.train.trainer import PolicyTrainer
 from spark_vl.train.warmup import run_warmup
-from spark_vl.verify import GradeItem, GradingPool, extract_answer, extract_verdict, judge_reward
-
-STAGES = ("prompts", "rollout", "verify", "recycle", "train", "evaluate", "log")
-
+from spark_vl.verify import GradeItem, GradingPool, extract_answer, extract_verdict
 
 def iter_dir(run_dir: Path, k: int) -> Path:
     return run_dir / f"iter-{k:04d}"
@@ -260,7 +257,7 @@ def stage_verify(ws: Workspace, k: int) -> None:
         "rollout/all_wrong_frac": sum(all(r <= 0 for r in g.rewards) for g in solve) / max(1, len(solve)),
         "verify/timeout_frac": statuses.count("timeout") / max(1, len(statuses)),
         "aux/judge_reward_mean": mean_reward(JUDGE_KINDS),
-        "aux/reflect_reward_mean": mean_reward(("reflect_cot", "reflect_answer")),
+        "aux/reflect_reward_mean": mean_reward(REFLECT_KINDS),
         "time/verify_s": time.perf_counter() - start,
     })
 
