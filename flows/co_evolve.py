@@ -29,18 +29,18 @@ def _ws(cfg: RunConfig, run_dir: str) -> pipeline.Workspace:
     return _workspaces[key]
 
 
-def _stage(name: str, function):
+def _stage(name: str):
+    """A task running `pipeline.stage_<name>(workspace, k)`."""
+
     @task(name=name, task_run_name=f"{name}-k{{k}}", cache_policy=NO_CACHE)
     def run_stage(cfg: RunConfig, run_dir: str, k: int) -> None:
-        function(_ws(cfg, run_dir), k)
+        getattr(pipeline, f"stage_{name}")(_ws(cfg, run_dir), k)
 
     return run_stage
 
 
-prompts, rollout, verify = (_stage("prompts", pipeline.stage_prompts), _stage("rollout", pipeline.stage_rollout),
-                            _stage("verify", pipeline.stage_verify))
-recycle, train, evaluate = (_stage("recycle", pipeline.stage_recycle), _stage("train", pipeline.stage_train),
-                            _stage("evaluate", pipeline.stage_evaluate))
+prompts, rollout, verify, recycle, train, evaluate = map(
+    _stage, ["prompts", "rollout", "verify", "recycle", "train", "evaluate"])
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
