@@ -31,6 +31,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from spark_vl import tracking
 from spark_vl.config import RunConfig, save_config
 from spark_vl.data import TaskSample, load_dataset
 from spark_vl.data.tasks import make_dataset
@@ -53,8 +54,13 @@ def policy_dir(run_dir: Path, k: int) -> Path:
 
 
 def start_policy(config: RunConfig, run_dir: Path) -> Path:
-    """The policy of iteration 0, which is also the reference model of the KL term."""
-    return Path(config.model.path) if config.model.path else policy_dir(run_dir, 0)
+    """The policy of iteration 0, which is also the reference model of the KL term: the warm-
+    started tiny model, a registry model downloaded into the run, or `model.path` itself."""
+    if config.model.path is None:
+        return policy_dir(run_dir, 0)
+    if config.model.path.startswith("models:/"):
+        return run_dir / "model" / "from-registry"
+    return Path(config.model.path)
 
 
 def policy_at(config: RunConfig, run_dir: Path, k: int) -> Path:
@@ -158,6 +164,12 @@ def prepare_run(config: RunConfig, run_dir: Path) -> dict[str, Path]:
             logger.info("building tiny %s model in %s", config.model.tiny.family, init)
             build_tiny_model(config.model, init)
         warm_start(config, run_dir, init, start)
+    elif config.model.path.startswith("models:/") and not (start / "config.json").exists():
+        staging = start.with_name(".from-registry.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        logger.info("downloading %s into %s", config.model.path, start)
+        shutil.move(tracking.resolve_model(config.model.path, staging), start)
+        shutil.rmtree(staging, ignore_errors=True)
     elif not (start / "config.json").exists():
         raise FileNotFoundError(f"model.path {start} is not a Hugging Face checkpoint directory (no config.json)")
     ws.close()

@@ -38,7 +38,7 @@ def test_flow_two_iterations_logs_metrics_artifacts_and_registers(harness, tmp_p
     assert {"coevolution.png", "config.yaml", "samples", "policy"} <= artifacts
     samples = {a.path for a in client.list_artifacts(run_id, "samples")}
     assert samples == {"samples/rollouts-k0002.json", "samples/recycled-k0002.json"}
-    assert client.get_model_version_by_alias("flow-test", "champion").version == 1
+    assert int(client.get_model_version_by_alias("flow-test", "champion").version) == 1
 
     again = co_evolve(config=cfg, run_name="flow-test")  # a new flow run resumes: nothing is logged twice
     assert again == run_id

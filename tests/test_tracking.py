@@ -63,3 +63,18 @@ def test_eval_command_loads_the_champion_from_the_registry(store, tiny_model_dir
     metrics = json.loads(result.output.strip().splitlines()[-1])
     assert set(metrics) >= {"eval/task_acc", "eval/task_acc_reflect", "eval/judge_pointwise_acc"}
     assert 0 <= metrics["eval/task_acc"] <= 1
+
+
+def test_a_run_starts_from_the_registry_champion(store, tiny_model_dir, tiny_data_dir):
+    from spark_vl.pipeline import prepare_run, start_policy
+
+    cfg = load_config(None, ["tracking.experiment=t4"])
+    run_id = tracking.open_run(cfg, store / "run", "r4")
+    tracking.register_policy(run_id, tiny_model_dir, "start-here", 0.3)
+    retrain = load_config(None, ["model.path=models:/start-here@champion",
+                                 f"data.train_path={tiny_data_dir / 'train.jsonl'}",
+                                 f"data.eval_path={tiny_data_dir / 'eval.jsonl'}"])
+    prepare_run(retrain, store / "retrain")
+    start = start_policy(retrain, store / "retrain")
+    assert start == store / "retrain" / "model" / "from-registry"
+    assert (start / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()

@@ -1,0 +1,105 @@
+"""Integration: a real Prefect server and MLflow server on 127.0.0.1, the repository's prefect.yaml
+deployed, a process worker, a triggered run with a parameter, and the MLflow run it produced."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from spark_vl.config import load_config, save_config
+from tests.test_flow import DEEPSPEED
+from tests.test_pipeline import SMALL
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"server for {url} exited with {process.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} not healthy after {seconds} s")
+
+
+@pytest.fixture
+def servers(tmp_path):
+    prefect_port, mlflow_port = _free_port(), _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+           "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+    (tmp_path / "prefect").mkdir()
+    started = []
+    for command in (
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--backend-store-uri",
+         f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination", str(tmp_path / "mlartifacts")],
+    ):
+        log = open(tmp_path / f"{Path(command[0]).name}.log", "w")
+        started.append(subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True))
+    try:
+        _wait_healthy(f"http://127.0.0.1:{prefect_port}/api/health", started[0])
+        _wait_healthy(f"http://127.0.0.1:{mlflow_port}/health", started[1])
+        yield env
+    finally:
+        for process in started:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.slow
+def test_deploy_trigger_and_work(servers, tmp_path, tiny_data_dir):
+    env = servers
+    cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
+                                     f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", "train.iterations=1",
+                                     f"train.deepspeed_config={DEEPSPEED}", f"orchestration.runs_dir={tmp_path / 'runs'}",
+                                     "tracking.experiment=integration", "tracking.registered_model=integration"])
+    save_config(cfg, tmp_path / "cfg.yaml")
+
+    def prefect(*args, timeout=180):
+        result = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return result.stdout
+
+    prefect("work-pool", "create", "spark-vl", "--type", "process")
+    prefect("deploy", "--all", "--prefect-file", str(REPO / "prefect.yaml"))
+    prefect("deployment", "run", "co-evolve/on-demand", "--param", f"config_path={tmp_path / 'cfg.yaml'}",
+            "--param", "run_name=from-the-deployment")
+    prefect("worker", "start", "--pool", "spark-vl", "--run-once", timeout=600)
+
+    os.environ["MLFLOW_TRACKING_URI"], previous = env["MLFLOW_TRACKING_URI"], os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        from spark_vl import tracking
+
+        client = tracking.client()
+        experiment = client.get_experiment_by_name("integration")
+        assert experiment is not None, "the flow run logged nothing to the MLflow server"
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert run.info.run_name == "from-the-deployment"
+        assert run.data.tags["prefect.flow_run_id"]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "iteration")] == [0, 1]
+        assert int(client.get_model_version_by_alias("integration", "champion").version) == 1
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    assert (tmp_path / "runs" / "from-the-deployment" / "metrics.jsonl").exists()
