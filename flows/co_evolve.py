@@ -52,12 +52,11 @@ def prepare(cfg: RunConfig, run_dir: str) -> None:
 def log(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> dict[str, float]:
     row = pipeline.stage_log(_ws(cfg, run_dir), k)
     tracking.log_iteration(mlflow_run_id, k, row)
+    create_markdown_artifact(key="spark-metrics", markdown=pipeline.metrics_markdown(row),
+                             description=f"SPARK metrics, iteration {k}")
     if "eval/task_acc" in row:
-        rows = pipeline.metric_rows(Path(run_dir))
-        plot = tracking.plot_coevolution(rows, Path(run_dir) / "coevolution.png")
+        plot = tracking.plot_coevolution(pipeline.metric_rows(Path(run_dir)), Path(run_dir) / "coevolution.png")
         tracking.log_artifact(mlflow_run_id, plot)
-        create_markdown_artifact(key="spark-metrics", markdown=pipeline.metrics_markdown(row),
-                                 description=f"SPARK metrics, iteration {k}")
     return row
 
 

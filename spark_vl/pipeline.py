@@ -158,20 +158,21 @@ def prepare_run(config: RunConfig, run_dir: Path) -> dict[str, Path]:
     for split in ("train", "eval"):
         logger.info("%s prompts: %d usable from %s", split, len(ws.samples(split)), ws.paths[split])
     start = start_policy(config, run_dir)
-    if config.model.path is None and not (start / "config.json").exists():
-        init = run_dir / "model" / "init"
-        if not (init / "config.json").exists():
-            logger.info("building tiny %s model in %s", config.model.tiny.family, init)
-            build_tiny_model(config.model, init)
-        warm_start(config, run_dir, init, start)
-    elif config.model.path.startswith("models:/") and not (start / "config.json").exists():
-        staging = start.with_name(".from-registry.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        logger.info("downloading %s into %s", config.model.path, start)
-        shutil.move(tracking.resolve_model(config.model.path, staging), start)
-        shutil.rmtree(staging, ignore_errors=True)
-    elif not (start / "config.json").exists():
-        raise FileNotFoundError(f"model.path {start} is not a Hugging Face checkpoint directory (no config.json)")
+    if not (start / "config.json").exists():
+        if config.model.path is None:
+            init = run_dir / "model" / "init"
+            if not (init / "config.json").exists():
+                logger.info("building tiny %s model in %s", config.model.tiny.family, init)
+                build_tiny_model(config.model, init)
+            warm_start(config, run_dir, init, start)
+        elif config.model.path.startswith("models:/"):
+            staging = start.with_name(".from-registry.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            logger.info("downloading %s into %s", config.model.path, start)
+            shutil.move(tracking.resolve_model(config.model.path, staging), start)
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            raise FileNotFoundError(f"model.path {start} is not a Hugging Face checkpoint directory (no config.json)")
     ws.close()
     return {"run_dir": run_dir, "policy": start, **ws.paths}
 

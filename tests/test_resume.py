@@ -35,7 +35,8 @@ def test_sigkill_during_training_then_rerun(tmp_path, tiny_data_dir):
         deadline = time.monotonic() + 400
         while not in_training.exists() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.killpg(first.pid, signal.SIGKILL)  # the flow process and everything it started
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)  # the flow process and everything it started
         first.wait()
     assert in_training.exists(), (tmp_path / "first.log").read_text()[-3000:]
     assert not (run_dir / "model" / "policy-0002" / "config.json").exists()
