@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from spark_vl.config import load_config, save_config
+from tests.conftest import clean_environment
 from tests.test_flow import DEEPSPEED
 from tests.test_pipeline import SMALL
 
@@ -42,7 +43,7 @@ def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120) -> 
 @pytest.fixture
 def servers(tmp_path):
     prefect_port, mlflow_port = _free_port(), _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"),
+    env = {**clean_environment(), "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
     (tmp_path / "prefect").mkdir()
