@@ -132,6 +132,7 @@ def verify(
     for i, line in enumerate(path.read_text().splitlines()):
         if not line.strip():
             continue
+        row = None
         try:
             row = json.loads(line)
             kind = row.get("kind", "task")

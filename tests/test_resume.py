@@ -19,7 +19,7 @@ def _run_command(cfg_path: Path) -> list[str]:
     return [sys.executable, "-m", "spark_vl.cli", "run", str(cfg_path), "--run-name", "killed"]
 
 
-def test_sigkill_during_training_then_rerun(tmp_path, tiny_data_dir):
+def test_sigkill_during_training_then_rerun(tmp_path, monkeypatch, tiny_data_dir):
     cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
                                      f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", "train.iterations=3",
                                      f"train.deepspeed_config={DEEPSPEED}", "eval.every=2"])
@@ -52,14 +52,8 @@ def test_sigkill_during_training_then_rerun(tmp_path, tiny_data_dir):
     assert rewritten <= in_flight | summaries, rewritten
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
-    os.environ["MLFLOW_TRACKING_URI"], previous = env["MLFLOW_TRACKING_URI"], os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        client = tracking.client()
-        (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "iteration")] == [0, 1, 2, 3]
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/task_acc")] == [0, 2, 3]
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI")
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    client = tracking.client()
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "iteration")] == [0, 1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/task_acc")] == [0, 2, 3]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from spark_vl import tracking
 from spark_vl.config import load_config, save_config
 from tests.conftest import clean_environment
 from tests.test_flow import DEEPSPEED
@@ -66,7 +67,7 @@ def servers(tmp_path):
 
 
 @pytest.mark.slow
-def test_deploy_trigger_and_work(servers, tmp_path, tiny_data_dir):
+def test_deploy_trigger_and_work(servers, tmp_path, monkeypatch, tiny_data_dir):
     env = servers
     cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
                                      f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", "train.iterations=1",
@@ -86,21 +87,13 @@ def test_deploy_trigger_and_work(servers, tmp_path, tiny_data_dir):
             "--param", "run_name=from-the-deployment")
     prefect("worker", "start", "--pool", "spark-vl", "--run-once", timeout=600)
 
-    os.environ["MLFLOW_TRACKING_URI"], previous = env["MLFLOW_TRACKING_URI"], os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        from spark_vl import tracking
-
-        client = tracking.client()
-        experiment = client.get_experiment_by_name("integration")
-        assert experiment is not None, "the flow run logged nothing to the MLflow server"
-        (run,) = client.search_runs([experiment.experiment_id])
-        assert run.info.run_name == "from-the-deployment"
-        assert run.data.tags["prefect.flow_run_id"]
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "iteration")] == [0, 1]
-        assert int(client.get_model_version_by_alias("integration", "champion").version) == 1
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI")
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    client = tracking.client()
+    experiment = client.get_experiment_by_name("integration")
+    assert experiment is not None, "the flow run logged nothing to the MLflow server"
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "from-the-deployment"
+    assert run.data.tags["prefect.flow_run_id"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "iteration")] == [0, 1]
+    assert int(client.get_model_version_by_alias("integration", "champion").version) == 1
     assert (tmp_path / "runs" / "from-the-deployment" / "metrics.jsonl").exists()

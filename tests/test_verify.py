@@ -77,4 +77,5 @@ def test_verify_cli_keeps_order_and_marks_errors(tmp_path):
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [(r["reward"], r["status"]) for r in out] == [(1, "ok"), (0, "ok"), (0, "error"), (1, "ok"), (0, "error")]
     assert out[1]["kind"] == "judge" and out[0]["response"] == r"\boxed{4}"
+    assert out[4]["raw"] == "not json"  # the unparseable line itself, not a copy of the row before
     assert "5 rows" in result.output
