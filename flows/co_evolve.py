@@ -25,8 +25,16 @@ def _ws(cfg: RunConfig, run_dir: str) -> pipeline.Workspace:
     """The process's workspace for a run directory: keeps the policy loaded between tasks."""
     key = Path(run_dir)
     if key not in _workspaces or _workspaces[key].config != cfg:
+        if key in _workspaces:
+            _workspaces[key].close()
         _workspaces[key] = pipeline.Workspace(cfg, key)
     return _workspaces[key]
+
+
+def _close_workspace(run_dir: str) -> None:
+    """Stop the run's vLLM server and grading pool, also when the run failed."""
+    if Path(run_dir) in _workspaces:
+        _workspaces.pop(Path(run_dir)).close()
 
 
 def _stage(name: str):
@@ -87,13 +95,16 @@ def co_evolve(config: RunConfig | None = None, config_path: str | None = None,
 
     prepare.with_options(**retry)(cfg, run_dir)
     mlflow_run_id = tracking.open_run(cfg, Path(run_dir), name, {"prefect.flow_run_id": str(flow_run.get_id())})
-    evaluate.with_options(**retry)(cfg, run_dir, 0)
-    log.with_options(**retry)(cfg, run_dir, 0, mlflow_run_id)
-    for k in range(1, cfg.train.iterations + 1):
-        for stage in (prompts, rollout, verify, recycle, train, evaluate):
-            stage.with_options(**retry)(cfg, run_dir, k)
-        log.with_options(**retry)(cfg, run_dir, k, mlflow_run_id)
-        every = cfg.tracking.register_every
-        if k == cfg.train.iterations or (every and k % every == 0):
-            register.with_options(**retry)(cfg, run_dir, k, mlflow_run_id)
+    try:
+        evaluate.with_options(**retry)(cfg, run_dir, 0)
+        log.with_options(**retry)(cfg, run_dir, 0, mlflow_run_id)
+        for k in range(1, cfg.train.iterations + 1):
+            for stage in (prompts, rollout, verify, recycle, train, evaluate):
+                stage.with_options(**retry)(cfg, run_dir, k)
+            log.with_options(**retry)(cfg, run_dir, k, mlflow_run_id)
+            every = cfg.tracking.register_every
+            if k == cfg.train.iterations or (every and k % every == 0):
+                register.with_options(**retry)(cfg, run_dir, k, mlflow_run_id)
+    finally:
+        _close_workspace(run_dir)  # stops the vLLM server the rollouts started
     return mlflow_run_id

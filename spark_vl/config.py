@@ -95,6 +95,28 @@ class DataConfig(Section):
     )
 
 
+class VLLMConfig(Section):
+    """The vLLM OpenAI-compatible server behind `rollout.engine: vllm`: started by the run (in its
+    own environment, see README "vLLM rollouts"), or already running at `url`."""
+
+    url: str | None = Field(None, description="a server someone else runs; null: the run starts one")
+    served_model_name: str = "policy"
+    python: str = Field(".venv-vllm/bin/python", description="interpreter of the vLLM environment")
+    host: str = Field("127.0.0.1", description="listen address; nothing beyond loopback unless set here")
+    port: int = Field(0, ge=0, le=65535, description="0: a free port")
+    args: list[str] = Field(
+        ["--dtype", "float32", "--enforce-eager", "--distributed-executor-backend", "uni",
+         "--max-model-len", "1024", "--limit-mm-per-prompt", '{"image": 1, "video": 0}'],
+        description="extra server arguments (these defaults suit the tiny model on a CPU)")
+    env: dict[str, str] = Field(
+        {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"},
+        description="extra environment of the server process")
+    startup_timeout_s: float = Field(600.0, gt=0)
+    request_timeout_s: float = Field(600.0, gt=0)
+    max_concurrent_requests: int = Field(32, ge=1)
+    sleep_during_train: bool = Field(False, description="release GPU memory while the policy trains")
+
+
 class RolloutConfig(Section):
     engine: Literal["hf", "vllm"] = "hf"
     prompts_per_batch: int = Field(16, ge=1)
@@ -105,6 +127,7 @@ class RolloutConfig(Section):
     verify_timeout_s: float = Field(5.0, gt=0, description="hard deadline to grade one response")
     verify_workers: int = Field(2, ge=1, description="grading processes")
     seed: int = 0
+    vllm: VLLMConfig = VLLMConfig()
 
 
 class SparkConfig(Section):
@@ -117,9 +140,9 @@ class SparkConfig(Section):
     reflect_cot_share: float = Field(0.5, ge=0, le=1)
     templates: str = Field("default", description="prompt template pools: default, tiny, or a JSON file")
     balance_judge_labels: bool = Field(True, description="equal correct and wrong pointwise judge samples")
-    judge_reply_check: Literal["verdict", "format", "restate"] = Field(
+    judge_reply_check: Literal["verdict", "format", "restate", "grounded"] = Field(
         "format", description="judge reward 1 needs: the right verdict only; also the reply format; "
-        "also the proposed answer restated exactly")
+        "also the proposed answer restated exactly; also the image described as the ground truth")
 
 
 class WarmupConfig(Section):
@@ -133,6 +156,11 @@ class WarmupConfig(Section):
 
 class TrainConfig(Section):
     iterations: int = Field(20, ge=1)
+    processes_per_node: int = Field(1, ge=1, description="above 1: the train task launches DeepSpeed workers")
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile: train across these nodes")
+    launcher: Literal["torchrun", "deepspeed"] = Field(
+        "torchrun", description="how workers start on one node (a hostfile always uses `deepspeed`)")
+    gradient_checkpointing: bool = False
     lr: float = Field(5e-4, gt=0)
     micro_batch_size: int = Field(32, ge=1)
     clip_eps: float = Field(0.2, gt=0)

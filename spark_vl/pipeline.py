@@ -36,11 +36,14 @@ from spark_vl.config import RunConfig, save_config
 from spark_vl.data import TaskSample, load_dataset
 from spark_vl.data.tasks import make_dataset
 from spark_vl.evaluate import evaluate, solve_prompt
-from spark_vl.models import build_tiny_model, load_processor
+from spark_vl.models import build_tiny_model, load_model, load_processor, vision_token_ids
 from spark_vl.records import JUDGE_KINDS, REFLECT_KINDS, load_groups, load_prompts, save_groups, save_prompts
 from spark_vl.recycle import Templates, recycle, reply_is_intact
-from spark_vl.rollout.hf import HFRolloutEngine
+from spark_vl.rollout.hf import HFRolloutEngine, RolloutEngine
+from spark_vl.rollout.vllm import VLLMRolloutEngine
+from spark_vl.rollout.vllm_server import VLLMServer
 from spark_vl.runio import logger, read_jsonl, write_jsonl_atomic, write_text_atomic
+from spark_vl.train.launch import distributed, is_worker, launch_training
 from spark_vl.train.trainer import PolicyTrainer
 from spark_vl.train.warmup import run_warmup
 from spark_vl.verify import GradeItem, GradingPool, extract_answer, extract_verdict
@@ -134,14 +137,40 @@ class Workspace:
             self.trainer, self.trainer_iteration = trainer, k
         return self.trainer
 
-    def engine_at(self, k: int) -> HFRolloutEngine:
-        trainer = self.trainer_at(k)
-        return HFRolloutEngine(trainer.model, self.processor, self.config.rollout, self.config.model,
-                               show_progress=False)
+    @property
+    def rollout_server(self) -> VLLMServer:
+        """The run's vLLM server (started on first use, see `engine_at`)."""
+        if "server" not in self._cache:
+            self._cache["server"] = VLLMServer(self.config.rollout.vllm, start_policy(self.config, self.run_dir),
+                                               self.run_dir / "vllm")
+        return self._cache["server"]
+
+    def engine_at(self, k: int) -> RolloutEngine:
+        """An engine sampling from policy k: the trainer's model, or the vLLM server holding its weights
+        (started, or restarted after a failed health check, here)."""
+        if self.config.rollout.engine == "vllm":
+            server = self.rollout_server
+            server.ensure_running()
+            server.wake_up()
+            server.load_weights(policy_at(self.config, self.run_dir, k))
+            patch = getattr(self.processor.image_processor, "patch_size", 14)
+            return VLLMRolloutEngine(server, self.config.rollout, self.config.model,
+                                     vision_token_ids(self.processor.tokenizer), patch, show_progress=False)
+        model = self.trainer_at(k).model if not distributed(self.config.train) else self.rollout_model_at(k)
+        return HFRolloutEngine(model, self.processor, self.config.rollout, self.config.model, show_progress=False)
+
+    def rollout_model_at(self, k: int):
+        """Policy k for generation only, when training happens in launched workers."""
+        if self._cache.get("rollout_model_iteration") != k:
+            self._cache["rollout_model"] = load_model(policy_at(self.config, self.run_dir, k), self.config.model.dtype)
+            self._cache["rollout_model_iteration"] = k
+        return self._cache["rollout_model"]
 
     def close(self) -> None:
-        if "pool" in self._cache:
-            self._cache.pop("pool").close()
+        """Stop what the workspace started: the grading pool and the vLLM server."""
+        for key in ("pool", "server"):
+            if key in self._cache:
+                self._cache.pop(key).close()
 
 
 def prepare_run(config: RunConfig, run_dir: Path) -> dict[str, Path]:
@@ -296,16 +325,28 @@ def stage_recycle(ws: Workspace, k: int) -> None:
 
 
 def stage_train(ws: Workspace, k: int) -> None:
+    """One GRPO step from policy k-1 to policy k: in this process, or on launched DeepSpeed
+    workers (each runs this function; rank 0 writes the outputs)."""
     out = policy_dir(ws.run_dir, k)
     if (out / "config.json").exists():
         return
     start = time.perf_counter()
+    if ws.config.rollout.engine == "vllm" and ws.config.rollout.vllm.sleep_during_train:
+        ws.rollout_server.sleep()
+    if distributed(ws.config.train) and not is_worker():
+        launch_training(ws.config.train, ws.run_dir, k)
+        ws.trainer, ws.trainer_iteration = None, None
+        train_json = iter_dir(ws.run_dir, k) / "train.json"
+        write_json(train_json, {**read_json(train_json), "time/train_s": time.perf_counter() - start})
+        return
     trainer = ws.trainer_at(k - 1)
     stats = trainer.grpo_step(load_groups(iter_dir(ws.run_dir, k) / "verified.jsonl"))
-    write_json(iter_dir(ws.run_dir, k) / "train.json", {**stats, "time/train_s": time.perf_counter() - start})
+    if trainer.rank == 0:
+        write_json(iter_dir(ws.run_dir, k) / "train.json", {**stats, "time/train_s": time.perf_counter() - start})
     trainer.save(out, ws.run_dir / "deepspeed", f"iter-{k:04d}")
     ws.trainer_iteration = k
-    _prune_deepspeed_state(ws.run_dir / "deepspeed", keep=f"iter-{k:04d}")
+    if trainer.rank == 0:
+        _prune_deepspeed_state(ws.run_dir / "deepspeed", keep=f"iter-{k:04d}")
 
 
 def _prune_deepspeed_state(ds_dir: Path, keep: str) -> None:

@@ -51,7 +51,7 @@ def test_rollout_logprobs_match_the_training_forward(setup, tiny_model_dir, tiny
     batch = completion_batch(processor, [conversation(g.prompt, cfg.model) for g, _ in flat],
                              [g.response_ids[i] for g, i in flat], torch.device("cpu"))
     with torch.no_grad():
-        logps, _ = completion_logps(trainer.model, batch)
+        logps, _ = completion_logps(trainer.model, batch, suppress_ids=trainer.suppress)
     for row, (g, i) in enumerate(flat):
         expected = torch.tensor(g.logprobs[i])
         assert torch.allclose(logps[row, :len(expected)], expected, atol=1e-4)

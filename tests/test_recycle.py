@@ -160,3 +160,6 @@ def test_judge_reply_checks():
         True, True, False]
     assert [reply_is_intact(r, prompt, TEMPLATES, "restate") for r in (faithful, misquoted, degenerate)] == [
         True, False, False]
+    misread = r"The image shows 4. The proposed answer is 4. \box{No}"  # the truth (label source) is 3
+    assert [reply_is_intact(r, prompt, TEMPLATES, "grounded") for r in (faithful, misquoted, misread, degenerate)] == [
+        True, False, False, False]

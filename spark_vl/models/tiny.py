@@ -107,7 +107,7 @@ def _model_config(tiny: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> 
         bos_token_id=pad_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,  # vLLM's in-place weight reload leaves a tied head at the old weights
     )
     vision = dict(
         depth=tiny.vision_depth,
@@ -127,7 +127,7 @@ def _model_config(tiny: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> 
         text["rope_parameters"]["mrope_interleaved"] = True
         vision.update(intermediate_size=2 * tiny.vision_hidden_size, out_hidden_size=tiny.hidden_size,
                       num_position_embeddings=64, deepstack_visual_indexes=[])
-    config = config_cls(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
+    config = config_cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
     config.eos_token_id = eos_id
     config.pad_token_id = pad_id
     return config

@@ -61,13 +61,18 @@ class Templates:
 def reply_is_intact(response: str, prompt: PromptRecord, templates: Templates, check: str) -> bool:
     """Whether a judge reply passes `check` beyond its verdict: `format` (the template's reply
     format; without it the text before the verdict degenerates), `restate` (also the proposed
-    answer copied exactly) or `verdict` (nothing more)."""
+    answer copied exactly), `grounded` (also what the image shows stated as the ground truth,
+    which the recycled sample knows) or `verdict` (nothing more)."""
     if check == "verdict":
         return True
-    match = templates.reply_pattern(prompt.kind == "judge_pairwise").match(response)
+    pairwise = prompt.kind == "judge_pairwise"
+    match = templates.reply_pattern(pairwise).match(response)
     if match is None:
         return False
-    return check == "format" or prompt.kind == "judge_pairwise" or match.group(2).strip() == prompt.proposed[0].strip()
+    restated = pairwise or match.group(2).strip() == prompt.proposed[0].strip()
+    if check == "grounded":
+        return restated and match.group(1).strip() == prompt.answer.strip()
+    return check == "format" or restated
 
 
 @dataclass

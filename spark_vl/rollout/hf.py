@@ -11,6 +11,7 @@ from spark_vl.config import ModelConfig, RolloutConfig
 from spark_vl.models import vision_token_ids
 from spark_vl.records import PromptRecord, RolloutGroup
 from spark_vl.rollout.inputs import encode_prompts, image_message
+from spark_vl.train.forward import policy_logits
 
 
 class RolloutEngine(Protocol):
@@ -27,8 +28,8 @@ def conversation(prompt: PromptRecord, model_cfg: ModelConfig) -> list[dict]:
 class HFRolloutEngine:
     """Samples `n` responses per prompt with `generate`, keeping the sampling policy's log-probs.
 
-    Log-probs are those of the temperature-scaled distribution (top-p is not renormalised),
-    which is what the training forward recomputes.
+    Log-probs are those of the temperature-scaled distribution without vision tokens (top-p is
+    not renormalised), which is what the training forward recomputes.
     """
 
     def __init__(self, model, processor, rollout_cfg: RolloutConfig, model_cfg: ModelConfig,
@@ -70,7 +71,7 @@ class HFRolloutEngine:
         )
         completion = out.sequences[:, inputs["input_ids"].shape[1]:]
         temperature = 1.0 if greedy else self.cfg.temperature
-        logits = torch.stack(out.logits, dim=1).float() / temperature
+        logits = policy_logits(torch.stack(out.logits, dim=1), temperature, self.suppress)
         token_logps = torch.log_softmax(logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
         groups = []
         for i, prompt in enumerate(prompts):

@@ -32,14 +32,24 @@ def completion_batch(processor, conversations: list[list[dict]], completions: li
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
-def completion_logps(model, batch: dict[str, torch.Tensor], temperature: float = 1.0,
-                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def policy_logits(logits: torch.Tensor, temperature: float, suppress_ids: list[int]) -> torch.Tensor:
+    """The logits the rollout engines sample from: temperature-scaled, vision tokens excluded.
+    Training and both engines use this same distribution, so their log-probs agree."""
+    logits = logits.float() / temperature
+    if suppress_ids:
+        index = torch.tensor(suppress_ids, device=logits.device)
+        logits = logits.index_fill(-1, index, -1e9)
+    return logits
+
+
+def completion_logps(model, batch: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
+                     suppress_ids: list[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(per-token log-probs, per-token entropy or None), both (B, T) over the completion."""
     completion_ids = batch["completion_ids"]
     width = completion_ids.shape[1]
     model_inputs = {k: v for k, v in batch.items() if k not in ("completion_ids", "completion_mask")}
     logits = model(**model_inputs, logits_to_keep=width + 1).logits[:, :-1, :]
-    logits = logits.float() / temperature
+    logits = policy_logits(logits, temperature, list(suppress_ids))
     logps = torch.log_softmax(logits, dim=-1)
     per_token = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     entropy = None

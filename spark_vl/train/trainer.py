@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 
 from spark_vl.config import RunConfig
-from spark_vl.models import load_model
+from spark_vl.models import load_model, vision_token_ids
 from spark_vl.records import RolloutGroup
 from spark_vl.rollout.hf import conversation
 from spark_vl.runio import logger
@@ -48,8 +49,12 @@ class PolicyTrainer:
                  lr: float | None = None):
         self.config = config
         self.processor = processor
+        self.suppress = vision_token_ids(processor.tokenizer)
         model = load_model(policy_dir, config.model.dtype)
         self.device = next(model.parameters()).device
+        if config.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
         model.train()
         train = config.train
         self.engine = build_engine(model, train.deepspeed_config, train.micro_batch_size, lr or train.lr,
@@ -63,8 +68,17 @@ class PolicyTrainer:
     def model(self):
         return self.engine.module
 
+    @property
+    def rank(self) -> int:
+        return torch.distributed.get_rank()
+
+    @property
+    def world_size(self) -> int:
+        return torch.distributed.get_world_size()
+
     def grpo_step(self, groups: list[RolloutGroup]) -> dict[str, float]:
-        """One optimizer step over every sequence with signal, in micro-batches."""
+        """One optimizer step over every sequence with signal, in micro-batches; with several
+        workers each takes every world_size-th sequence and the gradients are averaged."""
         train = self.config.train
         sequences, flat_groups = sequences_with_signal(groups, self.config)
         stats = {"train/flat_groups": float(flat_groups), "train/sequences": float(len(sequences))}
@@ -72,10 +86,19 @@ class PolicyTrainer:
             logger.info("no group with differing rewards: no update this iteration")
             return {**stats, "train/loss": 0.0, "train/kl": 0.0, "train/entropy": 0.0, "train/clip_frac": 0.0}
         total_tokens = sum(len(s.completion) for s in sequences)
-        micro = train.micro_batch_size
-        chunks = [sequences[i:i + micro] for i in range(0, len(sequences), micro)]
+        # DeepSpeed averages gradients over workers: normalise each worker's share accordingly.
+        normaliser = total_tokens / self.world_size
+        mine = sequences[self.rank::self.world_size]
+        # Every worker runs the same number of micro-batches, so their collectives pair up.
+        n_chunks = math.ceil(math.ceil(len(sequences) / self.world_size) / train.micro_batch_size)
+        size = max(1, math.ceil(len(mine) / n_chunks))
+        chunks = [mine[i * size:(i + 1) * size] for i in range(n_chunks)]
         loss_sum = kl_sum = clipped = entropy_sum = 0.0
         for i, chunk in enumerate(chunks):
+            self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
+            if not chunk:  # fewer sequences than workers: take part in the average with zeros
+                self.engine.backward(sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0)
+                continue
             batch = completion_batch(self.processor, [s.conversation for s in chunk], [s.completion for s in chunk],
                                      self.device)
             mask = batch["completion_mask"]
@@ -83,21 +106,25 @@ class PolicyTrainer:
             for row, seq in enumerate(chunk):
                 old[row, :len(seq.old_logps)] = torch.tensor(seq.old_logps)
             advantages = torch.tensor([s.advantage for s in chunk], device=self.device)
-            self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
-            logps, entropy = completion_logps(self.engine, batch, self.config.rollout.temperature, with_entropy=True)
+            temperature = self.config.rollout.temperature
+            logps, entropy = completion_logps(self.engine, batch, temperature, True, self.suppress)
             if self.reference is not None:
                 with torch.no_grad():
-                    ref, _ = completion_logps(self.reference, batch, self.config.rollout.temperature)
+                    ref, _ = completion_logps(self.reference, batch, temperature, suppress_ids=self.suppress)
             else:
                 ref = logps.detach()
             loss, chunk_stats = grpo_loss(logps, old, ref, advantages, mask, train.clip_eps, train.kl_coef,
-                                          total_tokens)
+                                          normaliser)
             self.engine.backward(loss)
             loss_sum += loss.item()
             kl_sum += chunk_stats["kl_sum"]
             clipped += chunk_stats["clipped_sum"]
             entropy_sum += float((entropy * mask).sum())
         self.engine.step()
+        sums = torch.tensor([loss_sum / self.world_size, kl_sum, entropy_sum, clipped], dtype=torch.float64)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(sums)
+        loss_sum, kl_sum, entropy_sum, clipped = sums.tolist()
         return {**stats, "train/loss": loss_sum, "train/kl": kl_sum / total_tokens,
                 "train/entropy": entropy_sum / total_tokens, "train/clip_frac": clipped / total_tokens}
 
@@ -119,16 +146,21 @@ class PolicyTrainer:
         return loss_sum
 
     def save(self, hf_dir: Path, ds_dir: Path | None = None, tag: str | None = None) -> None:
-        """DeepSpeed state first (optimizer included), then the HF policy renamed into place:
-        an existing `hf_dir` means the whole step was saved."""
+        """DeepSpeed state first (optimizer included; every worker writes its part), then the HF
+        policy renamed into place by rank 0: an existing `hf_dir` means the whole step was saved."""
         if ds_dir is not None:
             self.engine.save_checkpoint(str(ds_dir), tag=tag)
-        staging = hf_dir.with_name(f".{hf_dir.name}.partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        self.model.save_pretrained(staging)
-        self.processor.save_pretrained(staging)
-        shutil.rmtree(hf_dir, ignore_errors=True)
-        staging.rename(hf_dir)
+        # ZeRO-3 shards the weights over workers: gather a full copy (all workers take part).
+        state = self.engine._zero3_consolidated_16bit_state_dict() if self.engine.zero_optimization_stage() == 3 else None
+        if self.rank == 0:
+            staging = hf_dir.with_name(f".{hf_dir.name}.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            self.model.save_pretrained(staging, state_dict=state)
+            self.processor.save_pretrained(staging)
+            shutil.rmtree(hf_dir, ignore_errors=True)
+            staging.rename(hf_dir)
+        if self.world_size > 1:
+            torch.distributed.barrier()
 
     def load_state(self, ds_dir: Path, tag: str) -> None:
         """Restore weights and optimizer state saved by `save` (exact resume)."""

@@ -1,0 +1,78 @@
+"""Rollouts from a vLLM OpenAI-compatible server: the same interface as the transformers engine."""
+
+from __future__ import annotations
+
+import base64
+import io
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from qwen_vl_utils import fetch_image
+from tqdm import tqdm
+
+from spark_vl.config import ModelConfig, RolloutConfig
+from spark_vl.records import PromptRecord, RolloutGroup
+from spark_vl.rollout.vllm_server import RolloutServerError, VLLMServer
+
+
+def image_data_url(path: str, min_pixels: int, max_pixels: int, patch_size: int) -> str:
+    """The image resized by qwen-vl-utils exactly as for the training forward, as a PNG data URL
+    (the server's processor then has nothing left to resize)."""
+    image = fetch_image({"image": f"file://{Path(path).resolve()}", "min_pixels": min_pixels,
+                         "max_pixels": max_pixels}, image_patch_size=patch_size)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+class VLLMRolloutEngine:
+    """Samples `n` responses per prompt with one chat request per prompt (requests run
+    concurrently; the server batches them), keeping the per-token log-probs of the sampled tokens
+    under the temperature-scaled distribution, as the transformers engine does."""
+
+    def __init__(self, server: VLLMServer, rollout_cfg: RolloutConfig, model_cfg: ModelConfig,
+                 suppress_ids: list[int], image_patch_size: int, show_progress: bool = True):
+        self.server = server
+        self.cfg = rollout_cfg
+        self.model_cfg = model_cfg
+        self.suppress_ids = suppress_ids
+        self.patch = image_patch_size
+        self.show_progress = show_progress
+
+    def request_body(self, prompt: PromptRecord, n: int, greedy: bool, seed: int) -> dict:
+        m = self.model_cfg
+        content = [{"type": "image_url", "image_url": {"url": image_data_url(p, m.min_pixels, m.max_pixels, self.patch)}}
+                   for p in prompt.images]
+        content.append({"type": "text", "text": prompt.text})
+        return {
+            "model": self.server.config.served_model_name,
+            "messages": [{"role": "user", "content": content}],
+            "n": n, "seed": seed, "max_tokens": self.cfg.max_new_tokens,
+            "temperature": 0.0 if greedy else self.cfg.temperature, "top_p": 1.0 if greedy else self.cfg.top_p,
+            "logprobs": True, "return_token_ids": True, "skip_special_tokens": True,
+            "logit_bias": {str(i): -100 for i in self.suppress_ids},  # a weak model samples vision tokens
+        }
+
+    def _generate_one(self, prompt: PromptRecord, n: int, greedy: bool, seed: int) -> RolloutGroup:
+        reply = self.server.post("/v1/chat/completions", self.request_body(prompt, n, greedy, seed))
+        texts, ids, logps = [], [], []
+        for choice in sorted(reply["choices"], key=lambda c: c["index"]):
+            tokens = choice.get("token_ids")
+            content = (choice.get("logprobs") or {}).get("content") or []
+            if tokens is None or len(content) != len(tokens):
+                raise RolloutServerError("the vLLM server returned no token ids or log-probs per token: it must "
+                                         "support `return_token_ids` (vLLM 0.11 or newer)")
+            texts.append(choice["message"]["content"] or "")
+            ids.append(list(tokens))
+            logps.append([round(max(t["logprob"], -1e4), 6) for t in content])
+        return RolloutGroup(prompt, texts, ids, logps)
+
+    def generate(self, prompts: list[PromptRecord], n: int, greedy: bool = False, seed: int = 0) -> list[RolloutGroup]:
+        n = 1 if greedy else n
+        seeds = random.Random(seed)  # far apart: the server seeds the n samples of a request consecutively
+        workers = min(self.server.config.max_concurrent_requests, max(1, len(prompts)))
+        with ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(self._generate_one, p, n, greedy, seeds.getrandbits(31)) for p in prompts]
+            return [f.result() for f in tqdm(futures, desc="rollout (vLLM)", unit="prompt", leave=False,
+                                             disable=not self.show_progress)]
