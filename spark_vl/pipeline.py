@@ -31,7 +31,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from spark_vl import tracking
 from spark_vl.config import RunConfig, save_config
 from spark_vl.data import TaskSample, load_dataset
 from spark_vl.data.tasks import make_dataset
@@ -198,7 +197,9 @@ def prepare_run(config: RunConfig, run_dir: Path) -> dict[str, Path]:
             staging = start.with_name(".from-registry.partial")
             shutil.rmtree(staging, ignore_errors=True)
             logger.info("downloading %s into %s", config.model.path, start)
-            shutil.move(tracking.resolve_model(config.model.path, staging), start)
+            from spark_vl.tracking import resolve_model  # MLflow only where a registry model is asked for
+
+            shutil.move(resolve_model(config.model.path, staging), start)
             shutil.rmtree(staging, ignore_errors=True)
         else:
             raise FileNotFoundError(f"model.path {start} is not a Hugging Face checkpoint directory (no config.json)")

@@ -181,3 +181,19 @@ def resolve_model(uri: str, dest: Path | None = None) -> Path:
         return Path(uri)
     client()
     return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dest) if dest else None))
+
+
+def log_summary(experiment: str, run_name: str, metrics: dict[str, float], artifacts: list[Path],
+                tags: dict[str, str] | None = None) -> str:
+    """One MLflow run holding a summary (e.g. a benchmark table): metrics, files, commit tag."""
+    mlflow_client = client()
+    found = mlflow_client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else mlflow_client.create_experiment(experiment, _artifact_location())
+    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags={"git_commit": git_commit(), **(tags or {})})
+    now = int(time.time() * 1000)
+    mlflow_client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
+                                                      if not math.isnan(float(v))])
+    for path in artifacts:
+        mlflow_client.log_artifact(run.info.run_id, str(path))
+    mlflow_client.set_terminated(run.info.run_id)
+    return run.info.run_id

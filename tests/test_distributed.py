@@ -48,20 +48,28 @@ def _train_copy(cfg, run_dir: Path, dest: Path, overrides: list[str]) -> Path:
     return dest
 
 
-def test_two_workers_make_the_same_update_as_one(verified_run, tmp_path):
+@pytest.fixture(scope="module")
+def one_process(verified_run, tmp_path_factory):
     cfg, run_dir = verified_run
-    one = _train_copy(cfg, run_dir, tmp_path / "one", [])
-    two = _train_copy(cfg, run_dir, tmp_path / "two", ["train.processes_per_node=2"])
+    return _train_copy(cfg, run_dir, tmp_path_factory.mktemp("one") / "run", [])
+
+
+@pytest.mark.parametrize("zero", ["zero0", "zero3"])
+def test_two_workers_make_the_same_update_as_one(verified_run, one_process, tmp_path, zero):
+    cfg, run_dir = verified_run
+    two = _train_copy(cfg, run_dir, tmp_path / "two", [
+        "train.processes_per_node=2", f"train.deepspeed_config={DEEPSPEED.with_name(zero + '.json')}"])
     assert (two / "iter-0001" / "train-workers.log").exists()
-    stats_one = pipeline.read_json(one / "iter-0001" / "train.json")
+    stats_one = pipeline.read_json(one_process / "iter-0001" / "train.json")
     stats_two = pipeline.read_json(two / "iter-0001" / "train.json")
     assert stats_one["train/sequences"] > 0
     for key in ("train/loss", "train/kl", "train/entropy", "train/sequences"):
         assert stats_two[key] == pytest.approx(stats_one[key], rel=1e-4, abs=1e-7), key
     start = load_file(cfg.model.path + "/model.safetensors")
-    w_one = load_file(one / "model" / "policy-0001" / "model.safetensors")
-    w_two = load_file(two / "model" / "policy-0001" / "model.safetensors")
+    w_one = load_file(one_process / "model" / "policy-0001" / "model.safetensors")
+    w_two = load_file(two / "model" / "policy-0001" / "model.safetensors")  # ZeRO-3: gathered from both
     assert any(not torch.equal(start[k], w_one[k]) for k in start)  # the step changed the weights
+    assert w_two.keys() == w_one.keys()
     for name in w_one:
         assert torch.allclose(w_one[name], w_two[name], atol=1e-5), name  # an update is ~lr = 5e-4
     assert (two / "deepspeed" / "iter-0001").exists()

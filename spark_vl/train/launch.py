@@ -38,7 +38,9 @@ def launch_command(train: TrainConfig, run_dir: Path, k: int, port: int) -> list
     module = ["spark_vl.train.launch", str(run_dir), str(k)]
     if train.hostfile is not None or train.launcher == "deepspeed":
         hosts = ["--hostfile", train.hostfile] if train.hostfile else ["--num_gpus", str(train.processes_per_node)]
-        return ["deepspeed", *hosts, "--master_port", str(port), "--module", *module]
+        beside = Path(sys.executable).with_name("deepspeed")  # the launcher of this environment
+        return [str(beside) if beside.exists() else "deepspeed", *hosts, "--master_port", str(port), "--module",
+                *module]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(train.processes_per_node),
             "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", *module]
 

@@ -93,7 +93,7 @@ class PolicyTrainer:
         n_chunks = math.ceil(math.ceil(len(sequences) / self.world_size) / train.micro_batch_size)
         size = max(1, math.ceil(len(mine) / n_chunks))
         chunks = [mine[i * size:(i + 1) * size] for i in range(n_chunks)]
-        loss_sum = kl_sum = clipped = entropy_sum = 0.0
+        loss_sum = kl_sum = clipped = entropy_sum = tokens = 0.0
         for i, chunk in enumerate(chunks):
             self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
             if not chunk:  # fewer sequences than workers: take part in the average with zeros
@@ -102,6 +102,7 @@ class PolicyTrainer:
             batch = completion_batch(self.processor, [s.conversation for s in chunk], [s.completion for s in chunk],
                                      self.device)
             mask = batch["completion_mask"]
+            tokens += float(batch["attention_mask"].sum())
             old = torch.zeros(mask.shape, device=self.device)
             for row, seq in enumerate(chunk):
                 old[row, :len(seq.old_logps)] = torch.tensor(seq.old_logps)
@@ -121,11 +122,11 @@ class PolicyTrainer:
             clipped += chunk_stats["clipped_sum"]
             entropy_sum += float((entropy * mask).sum())
         self.engine.step()
-        sums = torch.tensor([loss_sum / self.world_size, kl_sum, entropy_sum, clipped], dtype=torch.float64)
+        sums = torch.tensor([loss_sum / self.world_size, kl_sum, entropy_sum, clipped, tokens], dtype=torch.float64)
         if self.world_size > 1:
             torch.distributed.all_reduce(sums)
-        loss_sum, kl_sum, entropy_sum, clipped = sums.tolist()
-        return {**stats, "train/loss": loss_sum, "train/kl": kl_sum / total_tokens,
+        loss_sum, kl_sum, entropy_sum, clipped, tokens = sums.tolist()
+        return {**stats, "train/tokens": tokens, "train/loss": loss_sum, "train/kl": kl_sum / total_tokens,
                 "train/entropy": entropy_sum / total_tokens, "train/clip_frac": clipped / total_tokens}
 
     def sft_step(self, conversations: list[list[dict]], targets: list[list[int]]) -> float:
