@@ -79,3 +79,13 @@ def test_verify_cli_keeps_order_and_marks_errors(tmp_path):
     assert out[1]["kind"] == "judge" and out[0]["response"] == r"\boxed{4}"
     assert out[4]["raw"] == "not json"  # the unparseable line itself, not a copy of the row before
     assert "5 rows" in result.output
+
+
+@pytest.mark.parametrize("predicted, answer, needed", [
+    ("2", "2", False), ("2", "3", False), ("2.50", "2.5", False), ("red", "blue", False), (None, "2", False),
+    ("1/2", "0.5", True), ("\\frac{1}{2}", "0.5", True), ("x+1", "1+x", True),
+])
+def test_only_differing_mathematics_goes_to_math_verify(predicted, answer, needed):
+    from spark_vl.verify.grading import needs_math_verify
+
+    assert needs_math_verify(predicted, answer) is needed

@@ -48,6 +48,7 @@ class VLLMServer:
         self.port = config.port
         self.weights: Path | None = None  # the checkpoint the server holds now
         self.sleeping = False
+        self.startup_s: float | None = None  # seconds the last start took to become healthy
         self.client = httpx.Client(timeout=httpx.Timeout(config.request_timeout_s, connect=10.0))
 
     @property

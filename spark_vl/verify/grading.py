@@ -20,6 +20,7 @@ from spark_vl.verify.extract import extract_answer, extract_verdict, normalise
 Kind = Literal["task", "judge"]
 _STARTUP_TIMEOUT_S = 300
 _MATHY = re.compile(r"[0-9\\^_/+\-*=()\[\]]")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,27 @@ class Grade:
     detail: str = ""
 
 
+def needs_math_verify(predicted: str | None, answer: str) -> bool:
+    """Whether only math-verify can tell: two different strings that both look like mathematics
+    and are not both plain numbers. Everything else is decided without sympy."""
+    if predicted is None or normalise(predicted) == normalise(answer):
+        return False
+    if _NUMBER.fullmatch(normalise(predicted)) and _NUMBER.fullmatch(normalise(answer)):
+        return False
+    return bool(_MATHY.search(answer) and _MATHY.search(predicted))  # "red" would be the product r*e*d
+
+
 def task_reward(response: str, answer: str) -> float:
-    """1 when the last \\boxed{} equals the ground truth (normalised string, else math-verify)."""
+    """1 when the last \\boxed{} equals the ground truth (normalised string or number, else
+    math-verify)."""
     predicted = extract_answer(response)
     if predicted is None:
         return 0.0
     if normalise(predicted) == normalise(answer):
         return 1.0
-    if not (_MATHY.search(answer) and _MATHY.search(predicted)):
-        return 0.0  # words are compared as strings: sympy would read "red" as the product r*e*d
+    if not needs_math_verify(predicted, answer):
+        plain = _NUMBER.fullmatch(normalise(predicted)) and _NUMBER.fullmatch(normalise(answer))
+        return float(bool(plain) and float(normalise(predicted)) == float(normalise(answer)))
     from math_verify import parse, verify
 
     gold = parse(f"${answer}$")
@@ -69,7 +82,9 @@ def grade_one(item: GradeItem) -> Grade:
 
 
 def _worker(conn) -> None:
-    conn.send("ready")  # start-up (imports of the parent's main module) is not graded time
+    import math_verify  # noqa: F401  (imported before "ready": start-up is not graded time)
+
+    conn.send("ready")
     while True:
         item = conn.recv()
         if item is None:
@@ -103,8 +118,9 @@ class GradingPool:
             for slot in range(len(self._workers)):
                 if slot not in busy and pending:
                     index = pending.pop()
-                    if items[index].kind == "judge":  # no sympy involved: grade here
-                        results[index] = grade_one(items[index])
+                    item = items[index]
+                    if item.kind == "judge" or not needs_math_verify(extract_answer(item.response), item.answer):
+                        results[index] = grade_one(item)  # no sympy involved: grade here, no round trip
                         continue
                     self._workers[slot][1].send(items[index])
                     busy[slot] = (index, time.monotonic() + self.timeout_s)
