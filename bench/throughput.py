@@ -128,7 +128,10 @@ def child_trl(base: Path, work: Path) -> dict:
 
 
 def run_child(framework: str, base: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    from spark_vl.train.launch import LAUNCHER_VARIABLES
+
+    # Without the variables the warm-up's in-process DeepSpeed engine left (its port is taken).
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES} | {"OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, __file__, "--child", framework, "--base", str(base)], env=env,
                          capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
