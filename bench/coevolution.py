@@ -24,8 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
+from report import RESULTS, publish
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 ARMS = {"spark": "true", "grpo": "false"}
 COLUMNS = [("eval/task_acc", "task acc"), ("eval/task_acc_reflect", "task acc + self-reflection"),
            ("eval/judge_pointwise_acc", "judge pointwise"), ("eval/judge_pairwise_acc", "judge pairwise"),
@@ -124,19 +125,16 @@ def main() -> None:
     args = parser.parse_args()
     from spark_vl import tracking
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for config in [(ROOT / c).resolve() for c in args.configs]:
         jobs = [(arm, seed) for seed in args.seeds for arm in ARMS]
         with ThreadPoolExecutor(args.parallel) as pool:
             run_dirs = dict(zip(jobs, pool.map(lambda job: run_one(config, *job), jobs)))
         evals = {job: evaluations(run_dir) for job, run_dir in run_dirs.items()}
         text, summary = table(config, args.seeds, evals)
-        md = RESULTS / f"coevolution-{config.stem}.md"
-        md.write_text(text + "\n")
+        md = publish(f"coevolution-{config.stem}", text)
         png = plot(config, args.seeds, evals, RESULTS / f"coevolution-{config.stem}.png")
         tracking.log_summary("spark-vl-bench", f"coevolution-{config.stem}", summary, [md, png],
                              {"seeds": " ".join(map(str, args.seeds))})
-        print(text)
 
 
 if __name__ == "__main__":

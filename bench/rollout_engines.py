@@ -19,6 +19,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from report import publish
+
 import torch
 
 from spark_vl.config import load_config
@@ -99,11 +101,7 @@ def main() -> None:
         "Command: `.venv/bin/python bench/rollout_engines.py" + (f" --repeats {args.repeats}" if args.repeats != 5 else "")
         + "`",
     ]
-    table = "\n".join(lines)
-    print(table)
-    out = ROOT / "bench" / "results" / "rollout_engines.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table + "\n")
+    publish("rollout_engines", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from report import publish
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ["rollout", "verify", "recycle", "train", "evaluate"]
 
@@ -78,11 +80,7 @@ def main() -> None:
               f"(orchestration overhead {overhead:.1f} s = {overhead / flow_s:.1%} of the flow run).", "",
               "Command: `.venv/bin/python bench/stage_profile.py" + (f" --iterations {args.iterations}"
                                                                    if args.iterations != 10 else "") + "`"]
-    text = "\n".join(lines)
-    print(text)
-    out = ROOT / "bench" / "results" / "stage_profile.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    publish("stage_profile", "\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import shutil
@@ -29,6 +28,8 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from report import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS, GROUP, NEW_TOKENS = 16, 8, 24
@@ -128,10 +129,9 @@ def child_trl(base: Path, work: Path) -> dict:
 
 
 def run_child(framework: str, base: Path) -> dict:
-    from spark_vl.train.launch import LAUNCHER_VARIABLES
+    from spark_vl.train.launch import environment_without_launcher
 
-    # Without the variables the warm-up's in-process DeepSpeed engine left (its port is taken).
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES} | {"OMP_NUM_THREADS": "1"}
+    env = environment_without_launcher() | {"OMP_NUM_THREADS": "1"}  # the warm-up's engine holds its port
     out = subprocess.run([sys.executable, __file__, "--child", framework, "--base", str(base)], env=env,
                          capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
@@ -176,11 +176,7 @@ def main() -> None:
     lines += ["", f"spark-vl / TRL throughput: **{rate['spark-vl'] / rate['trl']:.2f}x**.", "",
               "Command: `.venv/bin/python bench/throughput.py" + (f" --repeats {args.repeats}" if args.repeats != 5
                                                                  else "") + "`"]
-    text = "\n".join(lines)
-    print(text)
-    out = ROOT / "bench" / "results" / "throughput.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    publish("throughput", "\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -47,6 +47,7 @@ from spark_vl.train.trainer import PolicyTrainer
 from spark_vl.train.warmup import run_warmup
 from spark_vl.verify import GradeItem, GradingPool, extract_answer, extract_verdict
 
+
 def iter_dir(run_dir: Path, k: int) -> Path:
     return run_dir / f"iter-{k:04d}"
 

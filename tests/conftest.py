@@ -13,14 +13,6 @@ from spark_vl.config import BuiltinDataConfig, ModelConfig  # noqa: E402
 
 torch.set_num_threads(1)
 
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-def clean_environment() -> dict[str, str]:
-    """This environment without the launcher variables that an in-process DeepSpeed engine set:
-    a child process inheriting MASTER_PORT would find the port taken by this process."""
-    return {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from spark_vl import tracking
 from spark_vl.config import load_config, save_config
-from tests.conftest import clean_environment
+from spark_vl.train.launch import environment_without_launcher
 from tests.test_flow import DEEPSPEED
 from tests.test_pipeline import SMALL
 
@@ -25,7 +25,7 @@ def test_sigkill_during_training_then_rerun(tmp_path, monkeypatch, tiny_data_dir
                                      f"train.deepspeed_config={DEEPSPEED}", "eval.every=2"])
     cfg_path = tmp_path / "cfg.yaml"
     save_config(cfg, cfg_path)
-    env = {**clean_environment(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    env = {**environment_without_launcher(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
     (tmp_path / "prefect").mkdir()
     run_dir = tmp_path / "runs" / "killed"

@@ -3,7 +3,6 @@ deployed, a process worker, a triggered run with a parameter, and the MLflow run
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +13,13 @@ import pytest
 
 from spark_vl import tracking
 from spark_vl.config import load_config, save_config
-from tests.conftest import clean_environment
+from spark_vl.runio import free_port
+from spark_vl.train.launch import environment_without_launcher
 from tests.test_flow import DEEPSPEED
 from tests.test_pipeline import SMALL
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120) -> None:
@@ -43,8 +37,8 @@ def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120) -> 
 
 @pytest.fixture
 def servers(tmp_path):
-    prefect_port, mlflow_port = _free_port(), _free_port()
-    env = {**clean_environment(), "PREFECT_HOME": str(tmp_path / "prefect"),
+    prefect_port, mlflow_port = free_port(), free_port()
+    env = {**environment_without_launcher(), "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
     (tmp_path / "prefect").mkdir()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,19 +18,13 @@ from pathlib import Path
 import httpx
 
 from spark_vl.config import VLLMConfig
-from spark_vl.runio import logger, write_text_atomic
+from spark_vl.runio import free_port, logger, write_text_atomic
 
 CACHE_RESETS = ("/reset_encoder_cache", "/reset_mm_cache", "/reset_prefix_cache")
 
 
 class RolloutServerError(RuntimeError):
     """The vLLM server could not be started or reached; the message says what to fix."""
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class VLLMServer:

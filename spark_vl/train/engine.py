@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from spark_vl.runio import logger
+from spark_vl.runio import free_port, logger
 
 
 def _ensure_single_process_env() -> None:
@@ -16,11 +16,7 @@ def _ensure_single_process_env() -> None:
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}.items():
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+        os.environ["MASTER_PORT"] = str(free_port())
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

@@ -19,10 +19,16 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from spark_vl.config import TrainConfig
-from spark_vl.runio import logger
+from spark_vl.runio import free_port, logger
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                       "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def environment_without_launcher() -> dict[str, str]:
+    """This environment without launcher variables: a launcher sets them for each worker, and
+    those an in-process DeepSpeed engine left (its MASTER_PORT is taken) would clash."""
+    return {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARIABLES}
 
 
 def is_worker() -> bool:
@@ -47,13 +53,10 @@ def launch_command(train: TrainConfig, run_dir: Path, k: int, port: int) -> list
 
 def launch_training(train: TrainConfig, run_dir: Path, k: int) -> None:
     """Run iteration k's train stage on all workers; raise with their error if one fails."""
-    from spark_vl.rollout.vllm_server import free_port
-
     log_path = run_dir / f"iter-{k:04d}" / "train-workers.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = launch_command(train, run_dir, k, free_port("127.0.0.1"))
-    # The launcher sets these for each worker; values left by an in-process engine would clash.
-    env = {key: value for key, value in os.environ.items() if key not in LAUNCHER_VARIABLES}
+    env = environment_without_launcher()
     env.setdefault("OMP_NUM_THREADS", "1")
     logger.info("training iteration %d on %s workers: %s", k, train.processes_per_node, " ".join(command))
     with open(log_path, "w") as log:
