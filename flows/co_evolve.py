@@ -99,8 +99,10 @@ def co_evolve(config: RunConfig | None = None, config_path: str | None = None,
         evaluate.with_options(**retry)(cfg, run_dir, 0)
         log.with_options(**retry)(cfg, run_dir, 0, mlflow_run_id)
         for k in range(1, cfg.train.iterations + 1):
-            for stage in (prompts, rollout, verify, recycle, train, evaluate):
+            for stage in (prompts, rollout, verify, recycle, train):
                 stage.with_options(**retry)(cfg, run_dir, k)
+            if pipeline.evaluation_due(cfg, k):
+                evaluate.with_options(**retry)(cfg, run_dir, k)
             log.with_options(**retry)(cfg, run_dir, k, mlflow_run_id)
             every = cfg.tracking.register_every
             if k == cfg.train.iterations or (every and k % every == 0):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from spark_vl.config import ModelConfig
@@ -58,3 +59,26 @@ def test_other_families_build_and_generate(tmp_path, tiny_data_dir, family):
     image = str(tiny_data_dir / "images" / "train" / "000001.png")
     _, _, completion = _generate(model_dir, image, greedy=False)
     assert completion.numel() > 0
+
+
+def test_repeated_prompts_are_encoded_once_with_the_same_result(tiny_model_dir, tiny_data_dir):
+    """A training batch repeats each prompt per response: encoding the distinct ones and repeating
+    their rows and patches must give exactly what encoding every row gives."""
+    cfg = ModelConfig()
+    processor = load_processor(tiny_model_dir, cfg.min_pixels, cfg.max_pixels)
+    images = [str(tiny_data_dir / "images" / "train" / f"{i:06d}.png") for i in range(3)]
+    one = image_message(images[:1], "What colour is the shape?", cfg.min_pixels, cfg.max_pixels)
+    other = image_message(images[1:2], "How many circles are there?", cfg.min_pixels, cfg.max_pixels)
+    two_images = image_message([images[2], images[0]], "Same colour?", cfg.min_pixels, cfg.max_pixels)
+    batch = [one, one, other, two_images, other, one, two_images]
+    repeated = encode_prompts(processor, batch)
+    row_by_row = processor(text=[processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                                 for c in batch],
+                           images=[Image.open(p).convert("RGB") for c in batch for p in
+                                   [part["image"].removeprefix("file://") for part in c[0]["content"]
+                                    if part["type"] == "image"]],
+                           padding=True, return_tensors="pt")
+    assert set(repeated) == set(row_by_row)
+    for key in row_by_row:
+        assert torch.equal(repeated[key], row_by_row[key]), key
+    assert repeated["pixel_values"].shape[0] == 9 * 64  # 9 images of 8 x 8 patches

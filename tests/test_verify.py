@@ -61,6 +61,19 @@ def test_pool_grades_in_order_and_times_out_a_hanging_sympy_expression():
         assert again[0].reward == 1 and again[0].status == "ok"
 
 
+def test_pool_starts_no_worker_while_no_answer_needs_math_verify():
+    import multiprocessing
+
+    before = len(multiprocessing.active_children())
+    with GradingPool(workers=2, timeout_s=2.0) as pool:
+        grades = pool.grade([GradeItem(r"\boxed{2}", "2"), GradeItem(r"\box{Yes}", "Yes", "judge"),
+                             GradeItem(r"\boxed{red}", "blue")])
+        assert [g.reward for g in grades] == [1, 1, 0]
+        assert len(multiprocessing.active_children()) == before
+        assert pool.grade([GradeItem(r"\boxed{1/2}", "0.5")])[0].reward == 1
+        assert len(multiprocessing.active_children()) == before + 2
+
+
 def test_verify_cli_keeps_order_and_marks_errors(tmp_path):
     import json
 

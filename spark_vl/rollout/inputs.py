@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+import torch
 from qwen_vl_utils import process_vision_info
+from transformers import BatchFeature
+
+# Processor outputs with one row per conversation, and with one entry per image.
+PER_CONVERSATION = ("input_ids", "attention_mask", "mm_token_type_ids")
+PER_IMAGE = ("pixel_values", "image_grid_thw")
 
 
 def image_message(images: list[str] | tuple[str, ...], text: str, min_pixels: int, max_pixels: int) -> list[dict]:
@@ -20,7 +28,36 @@ def image_message(images: list[str] | tuple[str, ...], text: str, min_pixels: in
 
 
 def encode_prompts(processor, conversations: list[list[dict]]) -> dict:
-    """Tokenised, left-padded batch with pixel values for a list of conversations."""
+    """Tokenised, left-padded batch with pixel values for a list of conversations.
+
+    A training batch repeats each prompt once per sampled response: each distinct conversation
+    is read, resized and tokenised once, and its rows and patches are repeated.
+    """
+    keys = [json.dumps(conv, sort_keys=True) for conv in conversations]
+    distinct = {key: conv for key, conv in zip(keys, conversations)}
+    if len(distinct) == len(keys):
+        return _encode(processor, conversations)
+    inputs = _encode(processor, list(distinct.values()))
+    if not set(inputs) <= set(PER_CONVERSATION + PER_IMAGE):  # e.g. video inputs: no shortcut
+        return _encode(processor, conversations)
+    position = {key: i for i, key in enumerate(distinct)}
+    rows = [position[key] for key in keys]
+    out = {key: inputs[key][rows] for key in PER_CONVERSATION if key in inputs}
+    if "pixel_values" in inputs:
+        image_start = [0, *accumulate(_image_count(conv) for conv in distinct.values())]
+        patch_start = [0, *accumulate(inputs["image_grid_thw"].prod(-1).tolist())]
+        images = [i for row in rows for i in range(image_start[row], image_start[row + 1])]
+        out["image_grid_thw"] = inputs["image_grid_thw"][images]
+        out["pixel_values"] = torch.cat([inputs["pixel_values"][patch_start[i]:patch_start[i + 1]] for i in images])
+    return BatchFeature(out)
+
+
+def _image_count(conversation: list[dict]) -> int:
+    return sum(isinstance(part, dict) and part.get("type") == "image"
+               for turn in conversation for part in (turn["content"] if isinstance(turn["content"], list) else []))
+
+
+def _encode(processor, conversations: list[list[dict]]) -> dict:
     texts = [processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True) for conv in conversations]
     patch = getattr(processor.image_processor, "patch_size", 14)
     images, _ = process_vision_info(conversations, image_patch_size=patch)

@@ -93,35 +93,52 @@ def _worker(conn) -> None:
 
 
 class GradingPool:
-    """A few worker processes grading one item each at a time, with a hard deadline per item."""
+    """A few worker processes grading one item each at a time, with a hard deadline per item.
+
+    Answers that need no sympy (numbers, plain strings, verdicts) are graded in this process; the
+    workers start, all at once, when the first item that needs math-verify arrives."""
 
     def __init__(self, workers: int = 2, timeout_s: float = 5.0):
         self.timeout_s = timeout_s
+        self.size = max(1, workers)
         self._ctx = mp.get_context("spawn")
-        self._workers = [self._spawn() for _ in range(max(1, workers))]
+        self._workers: list = []
 
-    def _spawn(self):
+    def _launch(self):
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(target=_worker, args=(child,), daemon=True)
         process.start()
         child.close()
+        return process, parent
+
+    @staticmethod
+    def _await_ready(process, parent):
         if not parent.poll(_STARTUP_TIMEOUT_S) or parent.recv() != "ready":
             process.kill()
             raise RuntimeError(f"a grading worker did not start within {_STARTUP_TIMEOUT_S} s")
         return process, parent
+
+    def _spawn(self):
+        return self._await_ready(*self._launch())
+
+    def _start(self) -> None:
+        launched = [self._launch() for _ in range(self.size)]
+        self._workers = [self._await_ready(*worker) for worker in launched]
 
     def grade(self, items: list[GradeItem]) -> list[Grade]:
         results: list[Grade | None] = [None] * len(items)
         pending = list(range(len(items)))[::-1]
         busy: dict[int, tuple[int, float]] = {}  # worker slot -> (item index, deadline)
         while pending or busy:
-            for slot in range(len(self._workers)):
+            for slot in range(self.size):
                 if slot not in busy and pending:
                     index = pending.pop()
                     item = items[index]
                     if item.kind == "judge" or not needs_math_verify(extract_answer(item.response), item.answer):
                         results[index] = grade_one(item)  # no sympy involved: grade here, no round trip
                         continue
+                    if not self._workers:
+                        self._start()
                     self._workers[slot][1].send(items[index])
                     busy[slot] = (index, time.monotonic() + self.timeout_s)
             if not busy:
