@@ -6,6 +6,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from spark_vl.config import ModelConfig
 from spark_vl.models import build_tiny_model, load_model, load_processor, vision_token_ids
 from spark_vl.rollout.inputs import encode_prompts, image_message
+from spark_vl.train.forward import completion_batch, completion_logps
 
 
 def _generate(model_dir, image, greedy=True):
@@ -82,3 +83,36 @@ def test_repeated_prompts_are_encoded_once_with_the_same_result(tiny_model_dir, 
     for key in row_by_row:
         assert torch.equal(repeated[key], row_by_row[key]), key
     assert repeated["pixel_values"].shape[0] == 9 * 64  # 9 images of 8 x 8 patches
+
+
+def test_sharing_image_features_keeps_log_probs_and_gradients(tiny_model_dir, tiny_data_dir):
+    """Training encodes each distinct image once: log-probs and every gradient (the vision
+    tower's included) must equal those of encoding each row's own copy."""
+    cfg = ModelConfig()
+    processor = load_processor(tiny_model_dir, cfg.min_pixels, cfg.max_pixels)
+    images = [str(tiny_data_dir / "images" / "train" / f"{i:06d}.png") for i in range(2)]
+    one = image_message(images[:1], "What colour is the shape?", cfg.min_pixels, cfg.max_pixels)
+    other = image_message(images[1:], "How many circles are there?", cfg.min_pixels, cfg.max_pixels)
+    conversations = [one, one, one, other, other, one]
+    tokenizer = processor.tokenizer
+    completions = [tokenizer.encode(text, add_special_tokens=False) for text in
+                   [r"\boxed{red}", r"\boxed{blue}", "x", r"\boxed{2}", r"\boxed{12} and more", r"\boxed{red}"]]
+    shared = completion_batch(processor, conversations, completions, torch.device("cpu"))
+    assert shared["pixel_values"].shape[0] == 2 * 64 and shared["image_index"].tolist() == [0, 0, 0, 1, 1, 0]
+    repeated = {k: v for k, v in shared.items() if k not in ("distinct_image_grid_thw", "image_index")}
+    repeated["pixel_values"] = encode_prompts(processor, conversations)["pixel_values"]
+    assert repeated["pixel_values"].shape[0] == 6 * 64
+
+    def logps_and_grads(batch):
+        model = load_model(tiny_model_dir, device=torch.device("cpu"))
+        logps, _ = completion_logps(model, batch)
+        (logps * batch["completion_mask"]).sum().backward()
+        return logps.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    logps_shared, grads_shared = logps_and_grads(shared)
+    logps_repeated, grads_repeated = logps_and_grads(repeated)
+    assert torch.allclose(logps_shared, logps_repeated, atol=1e-5)
+    assert grads_shared.keys() == grads_repeated.keys()
+    assert any("visual" in name for name in grads_shared)
+    for name, grad in grads_shared.items():
+        assert torch.allclose(grad, grads_repeated[name], atol=1e-5, rtol=1e-4), name

@@ -27,11 +27,14 @@ def image_message(images: list[str] | tuple[str, ...], text: str, min_pixels: in
     return [{"role": "user", "content": content}]
 
 
-def encode_prompts(processor, conversations: list[list[dict]]) -> dict:
+def encode_prompts(processor, conversations: list[list[dict]], share_images: bool = False) -> BatchFeature:
     """Tokenised, left-padded batch with pixel values for a list of conversations.
 
     A training batch repeats each prompt once per sampled response: each distinct conversation
-    is read, resized and tokenised once, and its rows and patches are repeated.
+    is read, resized and tokenised once, and its rows are repeated. Its images' patches are
+    repeated too, unless `share_images`: then `pixel_values` holds each distinct image once,
+    `distinct_image_grid_thw` their grids and `image_index` which one each image of the batch
+    is (see `train.forward.shared_image_features`).
     """
     keys = [json.dumps(conv, sort_keys=True) for conv in conversations]
     distinct = {key: conv for key, conv in zip(keys, conversations)}
@@ -45,10 +48,16 @@ def encode_prompts(processor, conversations: list[list[dict]]) -> dict:
     out = {key: inputs[key][rows] for key in PER_CONVERSATION if key in inputs}
     if "pixel_values" in inputs:
         image_start = [0, *accumulate(_image_count(conv) for conv in distinct.values())]
-        patch_start = [0, *accumulate(inputs["image_grid_thw"].prod(-1).tolist())]
         images = [i for row in rows for i in range(image_start[row], image_start[row + 1])]
         out["image_grid_thw"] = inputs["image_grid_thw"][images]
-        out["pixel_values"] = torch.cat([inputs["pixel_values"][patch_start[i]:patch_start[i + 1]] for i in images])
+        if share_images:
+            out["pixel_values"] = inputs["pixel_values"]
+            out["distinct_image_grid_thw"] = inputs["image_grid_thw"]
+            out["image_index"] = torch.tensor(images)
+        else:
+            patch_start = [0, *accumulate(inputs["image_grid_thw"].prod(-1).tolist())]
+            out["pixel_values"] = torch.cat([inputs["pixel_values"][patch_start[i]:patch_start[i + 1]]
+                                             for i in images])
     return BatchFeature(out)
 
 
@@ -57,7 +66,7 @@ def _image_count(conversation: list[dict]) -> int:
                for turn in conversation for part in (turn["content"] if isinstance(turn["content"], list) else []))
 
 
-def _encode(processor, conversations: list[list[dict]]) -> dict:
+def _encode(processor, conversations: list[list[dict]]) -> BatchFeature:
     texts = [processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True) for conv in conversations]
     patch = getattr(processor.image_processor, "patch_size", 14)
     images, _ = process_vision_info(conversations, image_patch_size=patch)

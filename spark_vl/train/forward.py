@@ -6,15 +6,19 @@ import torch
 
 from spark_vl.rollout.inputs import encode_prompts
 
+# Batch entries that are not model inputs.
+BATCH_ONLY = ("completion_ids", "completion_mask", "distinct_image_grid_thw", "image_index")
+
 
 def completion_batch(processor, conversations: list[list[dict]], completions: list[list[int]],
                      device: torch.device) -> dict[str, torch.Tensor]:
     """Left-padded prompts followed by right-padded completions, ready for a forward pass.
 
     `mm_token_type_ids` is extended with zeros over the completion: without it Qwen-VL's 3-D
-    rotary positions are wrong there and log-probs drift from those of generation.
+    rotary positions are wrong there and log-probs drift from those of generation. Each distinct
+    image is encoded once (`shared_image_features`): the responses of a group share their prompt.
     """
-    inputs = encode_prompts(processor, conversations)
+    inputs = encode_prompts(processor, conversations, share_images=True)
     width = max(len(c) for c in completions)
     pad = processor.tokenizer.pad_token_id
     ids = torch.full((len(completions), width), pad, dtype=torch.long)
@@ -42,12 +46,28 @@ def policy_logits(logits: torch.Tensor, temperature: float, suppress_ids: list[i
     return logits
 
 
+def shared_image_features(model, batch: dict[str, torch.Tensor]):
+    """The vision encoder's output for every image of the batch, computing each distinct image
+    once; rows sharing an image share its features, so their gradients add up as if each row
+    had encoded its own copy."""
+    module = getattr(model, "module", model)  # a DeepSpeed engine or the model itself
+    features = module.get_image_features(batch["pixel_values"], batch["distinct_image_grid_thw"], return_dict=True)
+    index = batch["image_index"].tolist()
+    features.pooler_output = tuple(features.pooler_output[i] for i in index)
+    if getattr(features, "deepstack_features", None) is not None:  # Qwen3-VL
+        features.deepstack_features = [tuple(level[i] for i in index) for level in features.deepstack_features]
+    return features
+
+
 def completion_logps(model, batch: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
                      suppress_ids: list[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(per-token log-probs, per-token entropy or None), both (B, T) over the completion."""
     completion_ids = batch["completion_ids"]
     width = completion_ids.shape[1]
-    model_inputs = {k: v for k, v in batch.items() if k not in ("completion_ids", "completion_mask")}
+    model_inputs = {k: v for k, v in batch.items() if k not in BATCH_ONLY}
+    if "image_index" in batch:
+        model_inputs["mm_encoder_outputs"] = {"image": shared_image_features(model, batch)}
+        del model_inputs["pixel_values"]
     logits = model(**model_inputs, logits_to_keep=width + 1).logits[:, :-1, :]
     logits = policy_logits(logits, temperature, list(suppress_ids))
     logps = torch.log_softmax(logits, dim=-1)
