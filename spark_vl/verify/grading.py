@@ -121,7 +121,10 @@ class GradingPool:
     def _spawn(self):
         return self._await_ready(*self._launch())
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the workers now (they start on their own when first needed)."""
+        if self._workers:
+            return
         launched = [self._launch() for _ in range(self.size)]
         self._workers = [self._await_ready(*worker) for worker in launched]
 
@@ -137,8 +140,7 @@ class GradingPool:
                     if item.kind == "judge" or not needs_math_verify(extract_answer(item.response), item.answer):
                         results[index] = grade_one(item)  # no sympy involved: grade here, no round trip
                         continue
-                    if not self._workers:
-                        self._start()
+                    self.start()
                     self._workers[slot][1].send(items[index])
                     busy[slot] = (index, time.monotonic() + self.timeout_s)
             if not busy:
