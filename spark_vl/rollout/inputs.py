@@ -36,7 +36,7 @@ def encode_prompts(processor, conversations: list[list[dict]], share_images: boo
     `distinct_image_grid_thw` their grids and `image_index` which one each image of the batch
     is (see `train.forward.shared_image_features`).
     """
-    keys = [json.dumps(conv, sort_keys=True) for conv in conversations]
+    keys = [json.dumps(conv, sort_keys=True, default=repr) for conv in conversations]  # in-memory images: by identity
     distinct = {key: conv for key, conv in zip(keys, conversations)}
     if len(distinct) == len(keys):
         return _encode(processor, conversations)

@@ -1,0 +1,95 @@
+"""Can this model learn the judge at all? A supervised upper bound with TRUE verdicts.
+
+    .venv/bin/python bench/judge_probe.py [--config configs/tiny-judge.yaml] [--steps 300] [--set KEY=VALUE ...]
+
+Builds the config's tiny model and trains it supervised, like the warm-up, but with the right
+verdict in every judge reply (half of each batch task prompts answered in a box, half pointwise
+judge prompts in the restate-then-verdict reply of the config's templates, proposed answers
+correct or wrong with equal odds). Then it evaluates held-out pointwise judge accuracy, broken
+down by how the two restated answers are tokenised: if the model cannot reach a judge accuracy
+here, with the answer given, reinforcement learning from its own rollouts will not either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import random
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny-judge.yaml")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    from tqdm import tqdm
+
+    from spark_vl import pipeline
+    from spark_vl.config import load_config
+    from spark_vl.data.tasks import make_dataset
+    from spark_vl.evaluate import evaluate, solve_prompt, wrong_answers
+    from spark_vl.models import build_tiny_model, load_processor
+    from spark_vl.recycle import pointwise_judge_sample
+    from spark_vl.rollout.hf import HFRolloutEngine, conversation
+    from spark_vl.train.trainer import PolicyTrainer
+
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(tempfile.mkdtemp(prefix="judge-probe-"))
+    make_dataset(run_dir / "data", config.data.builtin)
+    build_tiny_model(config.model, run_dir / "model" / "init")
+    ws = pipeline.Workspace(config, run_dir)
+    processor = load_processor(run_dir / "model" / "init", config.model.min_pixels, config.model.max_pixels)
+    trainer = PolicyTrainer(config, processor, run_dir / "model" / "init", None, lr=config.train.warmup.lr)
+    samples, templates, tokenizer = ws.samples("train"), ws.templates, processor.tokenizer
+    pool = wrong_answers(samples)
+    end = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    rng = random.Random(config.train.seed)
+
+    def example():
+        sample = rng.choice(samples)
+        source = solve_prompt(sample, config.data.instruction)
+        if rng.random() < 0.5:
+            return conversation(source, config.model), f"\\boxed{{{sample.answer}}}"
+        proposed = sample.answer if rng.random() < 0.5 else rng.choice(
+            [a for a in pool[sample.question] if a != sample.answer])
+        prompt = pointwise_judge_sample(source, proposed, True, templates.pointwise[0], "probe")
+        positive, negative = templates.pointwise[0]["labels"]
+        return conversation(prompt, config.model), templates.judge_reply.format(
+            seen=sample.answer, answer=proposed, verdict=positive if proposed == sample.answer else negative)
+
+    for _ in tqdm(range(args.steps), desc="supervised, true verdicts", unit="step"):
+        batch = [example() for _ in range(config.train.warmup.batch_size)]
+        trainer.sft_step([conv for conv, _ in batch],
+                         [tokenizer.encode(text, add_special_tokens=False) + end for _, text in batch])
+    engine = HFRolloutEngine(trainer.model, processor, config.rollout, config.model, show_progress=False)
+    metrics, records = evaluate(engine, ws.samples("eval"), config, templates, ws.pool)
+    ws.close()
+
+    def shape(answer: str) -> str:
+        return "one token" if len(tokenizer.encode(f" {answer.strip()}", add_special_tokens=False)) == 1 else "split"
+
+    pattern = templates.reply_pattern(False)
+    counts: collections.Counter = collections.Counter()
+    for record in records:
+        if record["kind"] != "judge_pointwise":
+            continue
+        match = pattern.match(record["response"])
+        form = f"restated {shape(match.group(1))} / {shape(match.group(2))}" if match else "reply not in format"
+        counts[(record["label"], form, "n")] += 1
+        counts[(record["label"], form, "right")] += record["reward"]
+    print(f"{args.steps} supervised steps with true verdicts ({args.config.name} {' '.join(args.overrides)}): "
+          f"held-out task {metrics['eval/task_acc']:.3f}, judge pointwise {metrics['eval/judge_pointwise_acc']:.3f}")
+    for label, form in sorted({key[:2] for key in counts}):
+        print(f"  label {label}, {form}: {counts[(label, form, 'right')]:.0f} / {counts[(label, form, 'n')]} right")
+
+
+if __name__ == "__main__":
+    main()
