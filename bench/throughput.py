@@ -69,7 +69,9 @@ def child_spark(base: Path, work: Path) -> dict:
     run_dir = work / "spark"
     shutil.copytree(base, run_dir)
     ws = pipeline.Workspace(load_config(run_dir / "config.yaml"), run_dir)
-    ws.trainer_at(0), ws.pool.start()  # setup outside the timing: the trainer and the grading pool persist in a run
+    # Set up outside the timing: the trainer and the grading pool persist in a run.
+    ws.trainer_at(0)
+    ws.pool.start()
     seconds = []
     for k in (1, 2):
         pipeline.stage_prompts(ws, k)

@@ -15,27 +15,13 @@ same log-probs on the same weights.
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from before_after import import_as_of
+
 BEFORE = "b7d4c2e"
-
-
-def load_before():
-    """train/forward.py and rollout/inputs.py as of BEFORE, importable beside the current ones."""
-    folder = Path(tempfile.mkdtemp())
-    for source, name in (("spark_vl/rollout/inputs.py", "inputs_before"), ("spark_vl/train/forward.py", "forward_before")):
-        text = subprocess.run(["git", "show", f"{BEFORE}:{source}"], cwd=ROOT, check=True, capture_output=True,
-                              text=True).stdout
-        (folder / f"{name}.py").write_text(text.replace("from spark_vl.rollout.inputs import", "from inputs_before import"))
-    sys.path.insert(0, str(folder))
-    return importlib.import_module("forward_before")
 
 
 def main() -> None:
@@ -52,7 +38,8 @@ def main() -> None:
     from spark_vl.records import load_groups
     from spark_vl.train import forward, trainer as trainer_module
 
-    before = load_before()
+    before = import_as_of(BEFORE, {"spark_vl/rollout/inputs.py": "inputs_before",
+                                   "spark_vl/train/forward.py": "forward_before"})
     ws = pipeline.Workspace(load_config(args.run_dir / "config.yaml"), args.run_dir)
     trainer = ws.trainer_at(0)
     batches = [load_groups(pipeline.iter_dir(args.run_dir, k) / "verified.jsonl")

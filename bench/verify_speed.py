@@ -11,25 +11,13 @@ stage has; prints seconds per 128 responses and the ratio.
 from __future__ import annotations
 
 import argparse
-import importlib
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from before_after import import_as_of
+
 BEFORE = "1b0cce8"
-
-
-def load_before():
-    source = subprocess.run(["git", "show", f"{BEFORE}:spark_vl/verify/grading.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    folder = Path(tempfile.mkdtemp())
-    (folder / "grading_before.py").write_text(source)
-    sys.path.insert(0, str(folder))  # spawned grading workers import it by name, with this path
-    return importlib.import_module("grading_before")
 
 
 def main() -> None:
@@ -40,7 +28,7 @@ def main() -> None:
     from spark_vl.records import load_groups
     from spark_vl.verify import grading
 
-    before = load_before()
+    before = import_as_of(BEFORE, {"spark_vl/verify/grading.py": "grading_before"})
     groups = [g for path in sorted(args.run_dir.glob("iter-*/verified.jsonl")) for g in load_groups(path)]
     solve = [(r, g.prompt.label) for g in groups if g.prompt.kind in ("solve", "reflect_cot", "reflect_answer")
              for r in g.responses]
