@@ -163,6 +163,8 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = False
     lr: float = Field(5e-4, gt=0)
     micro_batch_size: int = Field(32, ge=1)
+    updates_per_batch: int = Field(1, ge=1, description="optimizer steps on each rollout batch (GRPO's mu); "
+                                   "above 1 the clipped ratio keeps later steps near the sampling policy")
     clip_eps: float = Field(0.2, gt=0)
     kl_coef: float = Field(1e-3, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)

@@ -81,6 +81,25 @@ def test_grpo_step_on_deepspeed_changes_weights_and_resumes_exactly(setup, tiny_
         assert torch.allclose(v, continued[k], atol=1e-6), k
 
 
+def test_updates_per_batch_are_optimizer_steps_on_the_same_rollouts(setup, tiny_model_dir, tiny_data_dir):
+    cfg, processor = setup
+    engine = HFRolloutEngine(PolicyTrainer(cfg, processor, tiny_model_dir, None).model, processor, cfg.rollout,
+                             cfg.model, show_progress=False)
+    groups = engine.generate(_prompts(tiny_data_dir, 3), n=4, seed=4)
+    for g in groups:
+        g.rewards = [1.0, 0.0, 0.0, 1.0]
+    twice = PolicyTrainer(load_config(None, SMALL + ["train.updates_per_batch=2"]), processor, tiny_model_dir,
+                          tiny_model_dir)
+    stats = twice.grpo_step(groups)
+    once = PolicyTrainer(cfg, processor, tiny_model_dir, tiny_model_dir)
+    first = once.grpo_step(groups)
+    once.grpo_step(groups)
+    assert twice.engine.global_steps == once.engine.global_steps == 2
+    for k, v in twice.model.state_dict().items():
+        assert torch.allclose(v, once.model.state_dict()[k], atol=1e-6), k
+    assert stats["train/loss"] != pytest.approx(first["train/loss"], abs=1e-9)  # the average of both steps
+
+
 def test_micro_batches_with_accumulation_match_one_big_batch(setup, tiny_model_dir, tiny_data_dir):
     cfg, processor = setup
     trainer = PolicyTrainer(cfg, processor, tiny_model_dir, tiny_model_dir)

@@ -77,8 +77,9 @@ class PolicyTrainer:
         return torch.distributed.get_world_size()
 
     def grpo_step(self, groups: list[RolloutGroup]) -> dict[str, float]:
-        """One optimizer step over every sequence with signal, in micro-batches; with several
-        workers each takes every world_size-th sequence and the gradients are averaged."""
+        """`train.updates_per_batch` optimizer steps over every sequence with signal, in
+        micro-batches; with several workers each takes every world_size-th sequence and the
+        gradients are averaged. Loss, KL, entropy and clipping are averaged over the steps."""
         train = self.config.train
         sequences, flat_groups = sequences_with_signal(groups, self.config)
         stats = {"train/flat_groups": float(flat_groups), "train/sequences": float(len(sequences))}
@@ -86,6 +87,18 @@ class PolicyTrainer:
             logger.info("no group with differing rewards: no update this iteration")
             return {**stats, "train/loss": 0.0, "train/kl": 0.0, "train/entropy": 0.0, "train/clip_frac": 0.0}
         total_tokens = sum(len(s.completion) for s in sequences)
+        sums = torch.zeros(5, dtype=torch.float64)
+        for _ in range(train.updates_per_batch):
+            sums += self._update(sequences, total_tokens)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(sums)
+        loss_sum, kl_sum, entropy_sum, clipped, tokens = (sums / train.updates_per_batch).tolist()
+        return {**stats, "train/tokens": tokens, "train/loss": loss_sum, "train/kl": kl_sum / total_tokens,
+                "train/entropy": entropy_sum / total_tokens, "train/clip_frac": clipped / total_tokens}
+
+    def _update(self, sequences: list, total_tokens: int) -> torch.Tensor:
+        """One optimizer step; returns this worker's sums of loss, KL, entropy, clipped tokens, tokens."""
+        train = self.config.train
         # DeepSpeed averages gradients over workers: normalise each worker's share accordingly.
         normaliser = total_tokens / self.world_size
         mine = sequences[self.rank::self.world_size]
@@ -122,12 +135,7 @@ class PolicyTrainer:
             clipped += chunk_stats["clipped_sum"]
             entropy_sum += float((entropy * mask).sum())
         self.engine.step()
-        sums = torch.tensor([loss_sum / self.world_size, kl_sum, entropy_sum, clipped, tokens], dtype=torch.float64)
-        if self.world_size > 1:
-            torch.distributed.all_reduce(sums)
-        loss_sum, kl_sum, entropy_sum, clipped, tokens = sums.tolist()
-        return {**stats, "train/tokens": tokens, "train/loss": loss_sum, "train/kl": kl_sum / total_tokens,
-                "train/entropy": entropy_sum / total_tokens, "train/clip_frac": clipped / total_tokens}
+        return torch.tensor([loss_sum / self.world_size, kl_sum, entropy_sum, clipped, tokens], dtype=torch.float64)
 
     def sft_step(self, conversations: list[list[dict]], targets: list[list[int]]) -> float:
         """One supervised step (mean token cross-entropy of the targets), used by the warm-up."""
