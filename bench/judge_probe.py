@@ -1,6 +1,7 @@
 """Can this model learn the judge at all? A supervised upper bound with TRUE verdicts.
 
     .venv/bin/python bench/judge_probe.py [--config configs/tiny-judge.yaml] [--steps 300] [--set KEY=VALUE ...]
+    .venv/bin/python bench/judge_probe.py --samples runs/NAME/iter-0200/eval_samples.jsonl
 
 Builds the config's tiny model and trains it supervised, like the warm-up, but with the right
 verdict in every judge reply (half of each batch task prompts answered in a box, half pointwise
@@ -8,6 +9,7 @@ judge prompts in the restate-then-verdict reply of the config's templates, propo
 correct or wrong with equal odds). Then it evaluates held-out pointwise judge accuracy, broken
 down by how the two restated answers are tokenised: if the model cannot reach a judge accuracy
 here, with the answer given, reinforcement learning from its own rollouts will not either.
+With --samples it trains nothing and breaks down the judge replies of a run's evaluation.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "tiny-judge.yaml")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--samples", type=Path, help="a run's iter-K/eval_samples.jsonl: break it down, train nothing")
     args = parser.parse_args()
+    if args.samples:
+        break_down_run(args.samples)
+        return
     import torch
 
     torch.set_num_threads(1)
@@ -73,6 +79,28 @@ def main() -> None:
     metrics, records = evaluate(engine, ws.samples("eval"), config, templates, ws.pool)
     ws.close()
 
+    print(f"{args.steps} supervised steps with true verdicts ({args.config.name} {' '.join(args.overrides)}): "
+          f"held-out task {metrics['eval/task_acc']:.3f}, judge pointwise {metrics['eval/judge_pointwise_acc']:.3f}")
+    print_breakdown(records, templates, tokenizer)
+
+
+def break_down_run(samples: Path) -> None:
+    import json
+
+    from spark_vl.config import load_config
+    from spark_vl.models import load_processor
+    from spark_vl.recycle import Templates
+
+    run_dir = samples.parent.parent
+    config = load_config(run_dir / "config.yaml", [])
+    tokenizer = load_processor(run_dir / "model" / "init", config.model.min_pixels, config.model.max_pixels).tokenizer
+    records = [json.loads(line) for line in samples.read_text().splitlines() if line.strip()]
+    print(f"{samples}: judge pointwise replies")
+    print_breakdown(records, Templates.load(config.spark.templates), tokenizer)
+
+
+def print_breakdown(records: list[dict], templates, tokenizer) -> None:
+    """Pointwise judge accuracy by label and by how the two restated answers are tokenised."""
     def shape(answer: str) -> str:
         return "one token" if len(tokenizer.encode(f" {answer.strip()}", add_special_tokens=False)) == 1 else "split"
 
@@ -85,8 +113,6 @@ def main() -> None:
         form = f"restated {shape(match.group(1))} / {shape(match.group(2))}" if match else "reply not in format"
         counts[(record["label"], form, "n")] += 1
         counts[(record["label"], form, "right")] += record["reward"]
-    print(f"{args.steps} supervised steps with true verdicts ({args.config.name} {' '.join(args.overrides)}): "
-          f"held-out task {metrics['eval/task_acc']:.3f}, judge pointwise {metrics['eval/judge_pointwise_acc']:.3f}")
     for label, form in sorted({key[:2] for key in counts}):
         print(f"  label {label}, {form}: {counts[(label, form, 'right')]:.0f} / {counts[(label, form, 'n')]} right")
 

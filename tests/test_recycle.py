@@ -1,11 +1,12 @@
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from spark_vl.config import SparkConfig
 from spark_vl.records import PromptRecord, RolloutGroup
-from spark_vl.recycle import POSITIVE_LABELS, Templates, recycle
+from spark_vl.recycle import POSITIVE_LABELS, Templates, pointwise_judge_sample, recycle
 
 TEMPLATES = Templates.load()
 
@@ -124,6 +125,16 @@ def test_reply_pattern_matches_intact_judge_reply():
     assert TEMPLATES.reply_pattern(pairwise=True).match(r"The image shows 3. \box{A}")
 
 
+def test_parenthesised_template_file_loads_and_parses_its_replies():
+    path = Path(__file__).resolve().parent.parent / "configs" / "templates-tiny-parens.json"
+    templates = Templates.load(str(path))
+    reply = r"The image shows (red). The proposed answer is (blue). \box{No}"
+    match = templates.reply_pattern(pairwise=False).match(reply)
+    assert match and match.groups() == ("red", "blue", "No")
+    assert "(green)" in pointwise_judge_sample(group("g", ["3"], [1]).prompt, "green", False,
+                                               templates.pointwise[0], "j").text
+
+
 def test_recycle_cli_prints_samples_from_verified_rollouts(tmp_path):
     import json
     from dataclasses import asdict
@@ -148,7 +159,7 @@ def test_recycle_cli_prints_samples_from_verified_rollouts(tmp_path):
 
 
 def test_judge_reply_checks():
-    from spark_vl.recycle import pointwise_judge_sample, reply_is_intact
+    from spark_vl.recycle import reply_is_intact
 
     source = group("g", ["3"], [1]).prompt
     prompt = pointwise_judge_sample(source, "4", False, TEMPLATES.pointwise[0], "j")
