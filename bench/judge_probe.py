@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import random
+import re
 import tempfile
 from pathlib import Path
 
@@ -100,17 +101,26 @@ def break_down_run(samples: Path) -> None:
 
 
 def print_breakdown(records: list[dict], templates, tokenizer) -> None:
-    """Pointwise judge accuracy by label and by how the two restated answers are tokenised."""
+    """Pointwise judge accuracy by label and by how the word the reply restates as seen and the
+    prompt's proposed answer are tokenised (one token, or a space token and then the word)."""
     def shape(answer: str) -> str:
         return "one token" if len(tokenizer.encode(f" {answer.strip()}", add_special_tokens=False)) == 1 else "split"
 
-    pattern = templates.reply_pattern(False)
+    def template_pattern(text: str) -> re.Pattern:
+        pattern = re.escape(text.replace("{{", "{").replace("}}", "}"))
+        return re.compile(pattern.replace(re.escape("{question}"), ".+?").replace(re.escape("{answer}"), "(.+?)"))
+
+    reply = templates.reply_pattern(False)
+    prompts = [template_pattern(t["text"]) for t in templates.pointwise]
     counts: collections.Counter = collections.Counter()
     for record in records:
         if record["kind"] != "judge_pointwise":
             continue
-        match = pattern.match(record["response"])
-        form = f"restated {shape(match.group(1))} / {shape(match.group(2))}" if match else "reply not in format"
+        match = reply.match(record["response"])
+        proposed = next(m.group(1) for m in (p.fullmatch(record["prompt"]) for p in prompts) if m)
+        form = (f"seen {shape(match.group(1))} / proposed {shape(proposed)}"
+                f" ({'same word' if match.group(1).strip() == proposed.strip() else 'other words'})"
+                if match else "reply not in format")
         counts[(record["label"], form, "n")] += 1
         counts[(record["label"], form, "right")] += record["reward"]
     for label, form in sorted({key[:2] for key in counts}):
