@@ -90,7 +90,8 @@ class PolicyTrainer:
         sums = torch.zeros(5, dtype=torch.float64)
         for _ in range(train.updates_per_batch):
             sums += self._update(sequences, total_tokens)
-        if self.world_size > 1:
+        if self.world_size > 1:  # on the engine's device: NCCL reduces CUDA tensors only
+            sums = sums.to(self.device)
             torch.distributed.all_reduce(sums)
         loss_sum, kl_sum, entropy_sum, clipped, tokens = (sums / train.updates_per_batch).tolist()
         return {**stats, "train/tokens": tokens, "train/loss": loss_sum, "train/kl": kl_sum / total_tokens,
