@@ -103,15 +103,13 @@ def break_down_run(samples: Path) -> None:
 def print_breakdown(records: list[dict], templates, tokenizer) -> None:
     """Pointwise judge accuracy by label and by how the word the reply restates as seen and the
     prompt's proposed answer are tokenised (one token, or a space token and then the word)."""
+    from spark_vl.recycle.core import template_pattern
+
     def shape(answer: str) -> str:
         return "one token" if len(tokenizer.encode(f" {answer.strip()}", add_special_tokens=False)) == 1 else "split"
 
-    def template_pattern(text: str) -> re.Pattern:
-        pattern = re.escape(text.replace("{{", "{").replace("}}", "}"))
-        return re.compile(pattern.replace(re.escape("{question}"), ".+?").replace(re.escape("{answer}"), "(.+?)"))
-
     reply = templates.reply_pattern(False)
-    prompts = [template_pattern(t["text"]) for t in templates.pointwise]
+    prompts = [re.compile(template_pattern(t["text"], ("answer",), ("question",))) for t in templates.pointwise]
     counts: collections.Counter = collections.Counter()
     for record in records:
         if record["kind"] != "judge_pointwise":

@@ -52,10 +52,17 @@ class Templates:
     def reply_pattern(self, pairwise: bool) -> re.Pattern:
         """Regex of an intact judge reply; groups: what the image shows, [answer,] verdict."""
         reply = self.pairwise_reply if pairwise else self.judge_reply
-        pattern = re.escape(reply.replace("{{", "{").replace("}}", "}"))
-        for name in ("seen", "answer", "verdict"):
-            pattern = pattern.replace(re.escape("{" + name + "}"), "(.+?)")
-        return re.compile(r"^\s*" + pattern + r"\s*$", re.DOTALL)
+        return re.compile(r"^\s*" + template_pattern(reply, ("seen", "answer", "verdict")) + r"\s*$", re.DOTALL)
+
+
+def template_pattern(template: str, groups: tuple[str, ...], skipped: tuple[str, ...] = ()) -> str:
+    """Regex source matching `template` once filled: each field in `groups` a lazy group (numbered
+    in order of appearance), each in `skipped` matched without a group."""
+    pattern = re.escape(template.replace("{{", "{").replace("}}", "}"))
+    for names, regex in ((groups, "(.+?)"), (skipped, ".+?")):
+        for name in names:
+            pattern = pattern.replace(re.escape("{" + name + "}"), regex)
+    return pattern
 
 
 def reply_is_intact(response: str, prompt: PromptRecord, templates: Templates, check: str) -> bool:
