@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from spark_vl import pipeline
+from spark_vl import layout, pipeline, workspace
 from spark_vl.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,13 +77,13 @@ def run_with_reward_signal(config, run_dir: Path) -> list[dict]:
     responses are given reward 1 after verification: every group then trains, as in a real run."""
     from spark_vl.records import load_groups, save_groups
 
-    ws = pipeline.Workspace(config, run_dir)
+    ws = workspace.Workspace(config, run_dir)
     rows = []
     try:
         for k in range(1, config.train.iterations + 1):
             for stage in (pipeline.stage_prompts, pipeline.stage_rollout, pipeline.stage_verify):
                 stage(ws, k)
-            verified = pipeline.iter_dir(run_dir, k) / "verified.jsonl"
+            verified = layout.iter_dir(run_dir, k) / "verified.jsonl"
             groups = load_groups(verified)
             for group in groups:
                 group.rewards = [float(i % 2) for i in range(len(group.rewards))]

@@ -39,7 +39,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from tqdm import tqdm
 
-    from spark_vl import pipeline
+    from spark_vl import workspace
     from spark_vl.config import load_config
     from spark_vl.data.tasks import make_dataset
     from spark_vl.evaluate import evaluate, solve_prompt, wrong_answers
@@ -52,7 +52,7 @@ def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="judge-probe-"))
     make_dataset(run_dir / "data", config.data.builtin)
     build_tiny_model(config.model, run_dir / "model" / "init")
-    ws = pipeline.Workspace(config, run_dir)
+    ws = workspace.Workspace(config, run_dir)
     processor = load_processor(run_dir / "model" / "init", config.model.min_pixels, config.model.max_pixels)
     trainer = PolicyTrainer(config, processor, run_dir / "model" / "init", None, lr=config.train.warmup.lr)
     samples, templates, tokenizer = ws.samples("train"), ws.templates, processor.tokenizer

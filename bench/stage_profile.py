@@ -48,7 +48,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     from flows.co_evolve import co_evolve
-    from spark_vl import pipeline, tracking
+    from spark_vl import layout, pipeline, tracking, workspace
     from spark_vl.config import load_config
 
     config = load_config(ROOT / "configs" / "tiny.yaml",
@@ -61,7 +61,7 @@ def main() -> None:
     shutil.copytree(base, plain_dir)
     shutil.copytree(base, flow_dir)
     start = time.perf_counter()
-    ws = pipeline.Workspace(config, plain_dir)
+    ws = workspace.Workspace(config, plain_dir)
     pipeline.stage_evaluate(ws, 0)
     pipeline.stage_log(ws, 0)
     plain_startup = time.perf_counter() - start
@@ -82,8 +82,8 @@ def main() -> None:
     flow_walls = [b - a for a, b in zip(ends, ends[1:])]
     flow_startup, flow_finish = ends[0] - start_clock, start_clock + flow_s - ends[-1]
 
-    plain_rows = [r for r in pipeline.metric_rows(plain_dir) if r["iteration"] > 0]
-    flow_rows = [r for r in pipeline.metric_rows(flow_dir) if r["iteration"] > 0]
+    plain_rows = [r for r in layout.metric_rows(plain_dir) if r["iteration"] > 0]
+    flow_rows = [r for r in layout.metric_rows(flow_dir) if r["iteration"] > 0]
     plain_untimed = statistics.mean(untimed(r, w) for r, w in zip(plain_rows, plain_walls))
     flow_untimed = statistics.mean(untimed(r, w) for r, w in zip(flow_rows, flow_walls))
     overhead = flow_untimed - plain_untimed

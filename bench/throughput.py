@@ -53,22 +53,22 @@ def prepare(work: Path) -> Path:
 
 def iteration_prompts(base: Path, k: int):
     """The task prompts spark-vl draws for iteration k: TRL gets the same ones."""
-    from spark_vl import pipeline
+    from spark_vl import layout, pipeline, workspace
     from spark_vl.config import load_config
     from spark_vl.records import load_prompts
 
-    ws = pipeline.Workspace(load_config(base / "config.yaml"), base)
+    ws = workspace.Workspace(load_config(base / "config.yaml"), base)
     pipeline.stage_prompts(ws, k)
-    return load_prompts(pipeline.iter_dir(base, k) / "prompts.jsonl")
+    return load_prompts(layout.iter_dir(base, k) / "prompts.jsonl")
 
 
 def child_spark(base: Path, work: Path) -> dict:
-    from spark_vl import pipeline
+    from spark_vl import pipeline, workspace
     from spark_vl.config import load_config
 
     run_dir = work / "spark"
     shutil.copytree(base, run_dir)
-    ws = pipeline.Workspace(load_config(run_dir / "config.yaml"), run_dir)
+    ws = workspace.Workspace(load_config(run_dir / "config.yaml"), run_dir)
     # Set up outside the timing: the trainer and the grading pool persist in a run.
     ws.trainer_at(0)
     ws.pool.start()

@@ -33,16 +33,16 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from spark_vl import pipeline
+    from spark_vl import layout, workspace
     from spark_vl.config import load_config
     from spark_vl.records import load_groups
     from spark_vl.train import forward, trainer as trainer_module
 
     before = import_as_of(BEFORE, {"spark_vl/rollout/inputs.py": "inputs_before",
                                    "spark_vl/train/forward.py": "forward_before"})
-    ws = pipeline.Workspace(load_config(args.run_dir / "config.yaml"), args.run_dir)
+    ws = workspace.Workspace(load_config(args.run_dir / "config.yaml"), args.run_dir)
     trainer = ws.trainer_at(0)
-    batches = [load_groups(pipeline.iter_dir(args.run_dir, k) / "verified.jsonl")
+    batches = [load_groups(layout.iter_dir(args.run_dir, k) / "verified.jsonl")
                for k in range(1, args.iterations + 1)]
 
     sequences, _ = trainer_module.sequences_with_signal(batches[0], ws.config)

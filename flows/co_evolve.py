@@ -8,6 +8,7 @@ output exists. Rerunning with the same run name therefore resumes, in a new flow
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from prefect import flow, task
@@ -15,19 +16,22 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from spark_vl import pipeline, tracking
-from spark_vl.config import RunConfig, load_config
+from spark_vl import layout, pipeline, tracking, workspace
+from spark_vl.config import ConfigError, RunConfig, check_paths, load_config
+from spark_vl.data import DatasetError
+from spark_vl.faults import fault_point
+from spark_vl.runio import DamagedOutput
 
-_workspaces: dict[Path, pipeline.Workspace] = {}
+_workspaces: dict[Path, workspace.Workspace] = {}
 
 
-def _ws(cfg: RunConfig, run_dir: str) -> pipeline.Workspace:
+def _ws(cfg: RunConfig, run_dir: str) -> workspace.Workspace:
     """The process's workspace for a run directory: keeps the policy loaded between tasks."""
     key = Path(run_dir)
     if key not in _workspaces or _workspaces[key].config != cfg:
         if key in _workspaces:
             _workspaces[key].close()
-        _workspaces[key] = pipeline.Workspace(cfg, key)
+        _workspaces[key] = workspace.Workspace(cfg, key)
     return _workspaces[key]
 
 
@@ -35,6 +39,14 @@ def _close_workspace(run_dir: str) -> None:
     """Stop the run's vLLM server and grading pool, also when the run failed."""
     if Path(run_dir) in _workspaces:
         _workspaces.pop(Path(run_dir)).close()
+
+
+def transient(task, task_run, state) -> bool:
+    """Retry a failed task unless its error is one a retry cannot mend: bad input, a damaged
+    file, a full disk (the error says what to fix)."""
+    error = state.result(raise_on_failure=False)
+    permanent = (ConfigError, DatasetError, DamagedOutput, FileNotFoundError, NotADirectoryError)
+    return not isinstance(error, permanent) and getattr(error, "errno", None) != errno.ENOSPC
 
 
 def _stage(name: str):
@@ -59,27 +71,29 @@ def prepare(cfg: RunConfig, run_dir: str) -> None:
 @task(name="log", task_run_name="log-k{k}", cache_policy=NO_CACHE)
 def log(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> dict[str, float]:
     row = pipeline.stage_log(_ws(cfg, run_dir), k)
-    tracking.log_iteration(mlflow_run_id, k, row)
+    tracking.log_missing_iterations(mlflow_run_id, layout.metric_rows(Path(run_dir)))  # back-fills any MLflow missed
     create_markdown_artifact(key="spark-metrics", markdown=pipeline.metrics_markdown(row),
                              description=f"SPARK metrics, iteration {k}")
     if "eval/task_acc" in row:
-        plot = tracking.plot_coevolution(pipeline.metric_rows(Path(run_dir)), Path(run_dir) / "coevolution.png")
+        plot = tracking.plot_coevolution(layout.metric_rows(Path(run_dir)), Path(run_dir) / "coevolution.png")
         tracking.log_artifact(mlflow_run_id, plot)
     return row
 
 
 @task(name="register", task_run_name="register-k{k}", cache_policy=NO_CACHE)
 def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> int:
-    marker = pipeline.iter_dir(Path(run_dir), k) / "registered.json"
+    marker = layout.iter_dir(Path(run_dir), k) / "registered.json"
     if marker.exists():  # registered by an earlier flow run of this run directory
-        return pipeline.read_json(marker)["version"]
-    task_acc = pipeline.latest_task_accuracy(Path(run_dir), k)
-    version = tracking.register_policy(mlflow_run_id, pipeline.policy_dir(Path(run_dir), k),
+        return layout.read_json(marker)["version"]
+    task_acc = layout.latest_task_accuracy(Path(run_dir), k)
+    fault_point("register", k, "before")
+    version = tracking.register_policy(mlflow_run_id, layout.policy_dir(Path(run_dir), k),
                                        cfg.tracking.registered_model, task_acc)
+    fault_point("register", k, "after")
     tracking.log_artifact(mlflow_run_id, Path(run_dir) / "config.yaml")
     for name, rows in pipeline.sample_rows(Path(run_dir), k).items():
         tracking.log_table(mlflow_run_id, rows, f"samples/{name}-k{k:04d}.json")
-    pipeline.write_json(marker, {"version": version, "model": cfg.tracking.registered_model})
+    layout.write_json(marker, {"version": version, "model": cfg.tracking.registered_model})
     return version
 
 
@@ -91,10 +105,13 @@ def co_evolve(config: RunConfig | None = None, config_path: str | None = None,
     cfg = config or load_config(config_path or "configs/tiny.yaml", overrides or [])
     name = run_name or flow_run.get_name() or "spark"
     run_dir = str(Path(cfg.orchestration.runs_dir) / name)
-    retry = {"retries": cfg.orchestration.retries, "retry_delay_seconds": cfg.orchestration.retry_delay_s}
+    retry = {"retries": cfg.orchestration.retries, "retry_delay_seconds": cfg.orchestration.retry_delay_s,
+             "retry_condition_fn": transient}
 
+    check_paths(cfg)  # a missing file fails the flow now, not a task after minutes of work
     prepare.with_options(**retry)(cfg, run_dir)
     mlflow_run_id = tracking.open_run(cfg, Path(run_dir), name, {"prefect.flow_run_id": str(flow_run.get_id())})
+    status = "FAILED"
     try:
         evaluate.with_options(**retry)(cfg, run_dir, 0)
         log.with_options(**retry)(cfg, run_dir, 0, mlflow_run_id)
@@ -107,6 +124,8 @@ def co_evolve(config: RunConfig | None = None, config_path: str | None = None,
             every = cfg.tracking.register_every
             if k == cfg.train.iterations or (every and k % every == 0):
                 register.with_options(**retry)(cfg, run_dir, k, mlflow_run_id)
+        status = "FINISHED"
     finally:
         _close_workspace(run_dir)  # stops the vLLM server the rollouts started
+        tracking.end_run(mlflow_run_id, status)
     return mlflow_run_id

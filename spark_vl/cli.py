@@ -188,6 +188,13 @@ def recycle_cmd(
     typer.echo(f"{len(solve)} solve groups -> {json.dumps(result.counts)}", err=True)
 
 
+# A run reaches no telemetry host: without these, Prefect's temporary server and MLflow print
+# ERROR lines for every report they fail to send (a user's own settings win).
+QUIET_ENV = {"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+             # Prefect's temporary local server needs more than its default 20 s on a busy 2-core machine.
+             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
+
+
 @app.command("run")
 def run(
     config: Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/tiny.yaml")],
@@ -195,17 +202,37 @@ def run(
     run_name: Annotated[Optional[str], typer.Option(help="run folder under orchestration.runs_dir")] = None,
 ) -> None:
     """Run SPARK as the Prefect flow `co-evolve`, tracked in MLflow; the same --run-name resumes."""
+    import errno
     import os
 
-    # Prefect's temporary local server needs more than its default 20 s on a busy 2-core machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    from flows.co_evolve import co_evolve
-    from spark_vl.pipeline import metric_rows
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    from spark_vl.config import check_paths
+    from spark_vl.data import DatasetError
+    from spark_vl.layout import check_resumable, metric_rows
+    from spark_vl.runio import DamagedOutput
 
     cfg = _config(config, set_)
     name = run_name or config.stem
-    co_evolve(config=cfg, run_name=name)
     run_dir = Path(cfg.orchestration.runs_dir) / name
+    try:
+        check_paths(cfg)
+        check_resumable(cfg, run_dir)
+    except (ConfigError, DamagedOutput) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    from flows.co_evolve import co_evolve
+
+    try:
+        co_evolve(config=cfg, run_name=name)
+    except (DamagedOutput, DatasetError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"run directory: {run_dir}  (metrics: {run_dir / 'metrics.jsonl'}, plot: {run_dir / 'coevolution.png'})")
     _print_evals([r for r in metric_rows(run_dir) if "eval/task_acc" in r])
 

@@ -169,6 +169,10 @@ class TrainConfig(Section):
     kl_coef: float = Field(1e-3, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     deepspeed_config: str = "configs/deepspeed/zero0.json"
+    keep_policies: int | None = Field(
+        2, ge=1, description="newest policies kept in the run directory (as verl's max_actor_ckpt_to_keep, "
+        "Hugging Face's save_total_limit); the starting and registered ones are kept too; null keeps all")
+    keep_every: int = Field(0, ge=0, description="also keep every N-th policy (0: none)")
     warmup: WarmupConfig = WarmupConfig()
     seed: int = 0
 
@@ -282,6 +286,39 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = apply_overrides(data, overrides)
         source += " (with --set overrides)"
     return validate_config(data, source)
+
+
+def check_paths(config: RunConfig) -> None:
+    """Raise ConfigError naming every file or folder the config points at that is not there, so a
+    run stops before it starts instead of failing (and being retried) midway."""
+    problems = []
+
+    def need(key: str, value: str | None, what: str, is_dir: bool = False) -> None:
+        path = Path(value) if value else None
+        if path is not None and not (path.is_dir() if is_dir else path.exists()):
+            problems.append(f"{key}: {value} does not exist ({what})")
+
+    need("data.train_path", config.data.train_path, "a JSONL, JSON or Parquet file or a datasets folder; "
+         "null uses the built-in tasks")
+    need("data.eval_path", config.data.eval_path, "held-out prompts; null uses the built-in held-out split, "
+         "or the training set when data.train_path is set")
+    model_path = config.model.path
+    if model_path and not model_path.startswith("models:/"):
+        if not (Path(model_path) / "config.json").exists():
+            problems.append(f"model.path: {model_path} is not a Hugging Face checkpoint folder (no config.json); "
+                            "give a local checkpoint folder, a models:/NAME@ALIAS registry URI, or null for the "
+                            "tiny model")
+    need("train.deepspeed_config", config.train.deepspeed_config, "a DeepSpeed JSON, e.g. "
+         "configs/deepspeed/zero0.json")
+    need("train.hostfile", config.train.hostfile, "a DeepSpeed hostfile; see infra/deepspeed/hostfile.example")
+    if config.spark.templates not in ("default", "tiny"):
+        need("spark.templates", config.spark.templates, "a template JSON file, or `default` / `tiny`")
+    vllm = config.rollout.vllm
+    if config.rollout.engine == "vllm" and vllm.url is None:
+        need("rollout.vllm.python", vllm.python, "the vLLM environment's interpreter: run `make vllm-env`, or set "
+             "rollout.vllm.url to a running server")
+    if problems:
+        raise ConfigError("the config names what is not there:\n  " + "\n  ".join(problems))
 
 
 def save_config(config: RunConfig, path: Path) -> None:

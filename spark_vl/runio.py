@@ -34,11 +34,25 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+class DamagedOutput(RuntimeError):
+    """A run-directory file that cannot be read back (cut short by a crash or a full disk, edited by
+    hand). Deleting it makes the stage that wrote it run again."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path = Path(path)
+        super().__init__(f"{path} is damaged: {problem}. Delete it and rerun the same command: the stage "
+                         f"that wrote it runs again (see README, 'When a run is killed').")
+
+
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     with open(path) as handle:
-        for line in handle:
-            if line.strip():
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
                 yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DamagedOutput(path, f"line {number} is not valid JSON ({exc.msg})") from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

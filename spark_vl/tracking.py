@@ -23,20 +23,41 @@ from spark_vl.runio import logger
 DEFAULT_DB = Path("runs") / "mlflow.db"
 
 
+# MLflow 3 shows an experiment without this tag as a GenAI one ("Evaluation runs").
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def _default_uri() -> str:
+    return f"sqlite:///{DEFAULT_DB.resolve()}"
+
+
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` when set, else SQLite at runs/mlflow.db under the working directory
     (artifacts beside it in runs/mlruns)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     DEFAULT_DB.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{DEFAULT_DB.resolve()}"
+    return _default_uri()
 
 
 def _artifact_location() -> str | None:
-    """runs/mlruns for the default store; a configured store or server decides for itself."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    """runs/mlruns for the default store; a configured store or server decides for itself. (The
+    URI is compared, not the variable: `mlflow.set_tracking_uri` sets MLFLOW_TRACKING_URI too.)"""
+    if tracking_uri() != _default_uri():
         return None
     return (DEFAULT_DB.parent / "mlruns").resolve().as_uri()
+
+
+def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
+    """The experiment `name`, created (artifacts under runs/mlruns by default) when missing and
+    tagged as model training."""
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is None:
+        return mlflow_client.create_experiment(name, _artifact_location(), tags=EXPERIMENT_TAGS)
+    if found.tags.get("mlflow.experimentKind") != EXPERIMENT_TAGS["mlflow.experimentKind"]:
+        for key, value in EXPERIMENT_TAGS.items():
+            mlflow_client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def client() -> MlflowClient:
@@ -66,24 +87,28 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def open_run(config: RunConfig, run_dir: Path, run_name: str, tags: dict[str, str] | None = None) -> str:
-    """The MLflow run of this run directory: found by its tag when resuming, else created with the
-    config as params and tags for the commit and config hash."""
+    """The MLflow run of this run directory: found by its tag when resuming (and RUNNING again),
+    else created with the config as params and tags for the commit and config hash."""
     mlflow_client = client()
-    experiment = mlflow_client.get_experiment_by_name(config.tracking.experiment)
-    experiment_id = (experiment.experiment_id if experiment else
-                     mlflow_client.create_experiment(config.tracking.experiment, _artifact_location()))
+    experiment = experiment_id(mlflow_client, config.tracking.experiment)
     run_dir_tag = str(run_dir.resolve())
-    found = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`spark_vl.run_dir` = '{run_dir_tag}'",
+    found = mlflow_client.search_runs([experiment], filter_string=f"tags.`spark_vl.run_dir` = '{run_dir_tag}'",
                                       max_results=1)
     if found:
+        mlflow_client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     all_tags = {"spark_vl.run_dir": run_dir_tag, "git_commit": git_commit(), "config_hash": config.digest(),
                 **(tags or {})}
-    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    run = mlflow_client.create_run(experiment, run_name=run_name, tags=all_tags)
     params = [Param(k, v[:6000]) for k, v in flatten(config.model_dump(mode="json")).items()]
     for start in range(0, len(params), 100):
         mlflow_client.log_batch(run.info.run_id, params=params[start:start + 100])
     return run.info.run_id
+
+
+def end_run(run_id: str, status: str) -> None:
+    """FINISHED or FAILED, with an end time (a killed run stays RUNNING until it is resumed)."""
+    client().set_terminated(run_id, status)
 
 
 def logged_steps(run_id: str, key: str = "iteration") -> set[int]:
@@ -91,16 +116,23 @@ def logged_steps(run_id: str, key: str = "iteration") -> set[int]:
     return {m.step for m in client().get_metric_history(run_id, key)}
 
 
-def log_iteration(run_id: str, k: int, metrics: dict[str, float]) -> bool:
-    """All metrics of iteration k in one batch, step k; False if k was logged before."""
-    if k in logged_steps(run_id):
-        return False
-    now = int(time.time() * 1000)
-    batch = [Metric(key, float(value), now, k) for key, value in metrics.items()
-             if isinstance(value, (int, float)) and not math.isnan(float(value))]
-    batch.append(Metric("iteration", float(k), now, k))
-    client().log_batch(run_id, metrics=batch)
-    return True
+def log_missing_iterations(run_id: str, rows: list[dict[str, float]]) -> list[int]:
+    """Every row of metrics.jsonl (the source of truth) that MLflow lacks, one batch per
+    iteration with step = iteration; an iteration MLflow already has is never logged twice.
+    Returns the iterations logged."""
+    logged = logged_steps(run_id)
+    added = []
+    for row in rows:
+        k = int(row["iteration"])
+        if k in logged:
+            continue
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, k) for key, value in row.items()
+                 if key != "iteration" and isinstance(value, (int, float)) and not math.isnan(float(value))]
+        batch.append(Metric("iteration", float(k), now, k))  # last: it marks the iteration as logged
+        client().log_batch(run_id, metrics=batch)
+        added.append(k)
+    return added
 
 
 def set_tags(run_id: str, tags: dict[str, str]) -> None:
@@ -154,14 +186,20 @@ def register_policy(run_id: str, policy_dir: Path, name: str, task_acc: float) -
     `candidate`; `champion` moves to it only when its held-out task accuracy beats the champion's."""
     mlflow_client = client()
     folder = f"policy/{policy_dir.name}"
-    mlflow_client.log_artifacts(run_id, str(policy_dir), folder)
     try:
         mlflow_client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
         mlflow_client.create_registered_model(name)
-    source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/{folder}"
-    version = mlflow_client.create_model_version(name, source=source, run_id=run_id,
-                                                 tags={"task_acc": f"{task_acc:.6f}"})
+    # A run killed after the registry call and before its marker registered this policy already.
+    earlier = [v for v in mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+               if v.tags.get("spark_vl.policy") == policy_dir.name]
+    if earlier:
+        version = earlier[0]
+    else:
+        mlflow_client.log_artifacts(run_id, str(policy_dir), folder)
+        source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/{folder}"
+        version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags={
+            "task_acc": f"{task_acc:.6f}", "spark_vl.policy": policy_dir.name})
     mlflow_client.set_registered_model_alias(name, "candidate", version.version)
     try:
         champion = mlflow_client.get_model_version_by_alias(name, "champion")
@@ -187,9 +225,8 @@ def log_summary(experiment: str, run_name: str, metrics: dict[str, float], artif
                 tags: dict[str, str] | None = None) -> str:
     """One MLflow run holding a summary (e.g. a benchmark table): metrics, files, commit tag."""
     mlflow_client = client()
-    found = mlflow_client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else mlflow_client.create_experiment(experiment, _artifact_location())
-    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags={"git_commit": git_commit(), **(tags or {})})
+    run = mlflow_client.create_run(experiment_id(mlflow_client, experiment), run_name=run_name,
+                                   tags={"git_commit": git_commit(), **(tags or {})})
     now = int(time.time() * 1000)
     mlflow_client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()
                                                       if not math.isnan(float(v))])

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spark_vl import pipeline
+from spark_vl import layout, pipeline, workspace
 from spark_vl.records import load_groups, save_groups
-from spark_vl.config import apply_overrides, load_config, validate_config
+from spark_vl.config import apply_overrides, load_config, save_config, validate_config
 from tests.test_pipeline import SMALL
 
 DEEPSPEED = Path(__file__).resolve().parent.parent / "configs" / "deepspeed" / "zero0.json"
@@ -24,7 +24,7 @@ def verified_run(tiny_data_dir, tiny_model_dir, tmp_path_factory):
                                      f"train.deepspeed_config={DEEPSPEED}", "rollout.prompts_per_batch=8",
                                      "train.micro_batch_size=5"])
     pipeline.prepare_run(cfg, run_dir)
-    ws = pipeline.Workspace(cfg, run_dir)
+    ws = workspace.Workspace(cfg, run_dir)
     for stage in (pipeline.stage_prompts, pipeline.stage_rollout, pipeline.stage_verify):
         stage(ws, 1)
     ws.close()
@@ -39,8 +39,8 @@ def verified_run(tiny_data_dir, tiny_model_dir, tmp_path_factory):
 def _train_copy(cfg, run_dir: Path, dest: Path, overrides: list[str]) -> Path:
     shutil.copytree(run_dir, dest)
     config = validate_config(apply_overrides(cfg.model_dump(mode="json"), overrides))
-    pipeline.save_config(config, dest / "config.yaml")
-    ws = pipeline.Workspace(config, dest)
+    save_config(config, dest / "config.yaml")
+    ws = workspace.Workspace(config, dest)
     try:
         pipeline.stage_train(ws, 1)
     finally:
@@ -60,8 +60,8 @@ def test_two_workers_make_the_same_update_as_one(verified_run, one_process, tmp_
     two = _train_copy(cfg, run_dir, tmp_path / "two", [
         "train.processes_per_node=2", f"train.deepspeed_config={DEEPSPEED.with_name(zero + '.json')}"])
     assert (two / "iter-0001" / "train-workers.log").exists()
-    stats_one = pipeline.read_json(one_process / "iter-0001" / "train.json")
-    stats_two = pipeline.read_json(two / "iter-0001" / "train.json")
+    stats_one = layout.read_json(one_process / "iter-0001" / "train.json")
+    stats_two = layout.read_json(two / "iter-0001" / "train.json")
     assert stats_one["train/sequences"] > 0
     for key in ("train/loss", "train/kl", "train/entropy", "train/sequences"):
         assert stats_two[key] == pytest.approx(stats_one[key], rel=1e-4, abs=1e-7), key

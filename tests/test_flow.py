@@ -67,3 +67,29 @@ def test_a_task_that_fails_once_is_retried(harness, tmp_path, monkeypatch, tiny_
     run_id = co_evolve(config=cfg, run_name="retry-test")
     assert calls == [1, 1]
     assert [m.step for m in tracking.client().get_metric_history(run_id, "rollout/reward_mean")] == [1]
+
+
+def test_a_task_failing_on_bad_input_is_not_retried_and_the_mlflow_run_fails(harness, tmp_path, monkeypatch,
+                                                                              tiny_data_dir):
+    from spark_vl import pipeline
+    from spark_vl.runio import DamagedOutput
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def verify_reading_a_damaged_file(ws, k):
+        calls.append(k)
+        raise DamagedOutput(tmp_path / "rollouts.jsonl", "line 3 is not valid JSON")
+
+    monkeypatch.setattr(pipeline, "stage_verify", verify_reading_a_damaged_file)
+    cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
+                                     f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", "train.iterations=1",
+                                     f"train.deepspeed_config={DEEPSPEED}", "orchestration.retries=2",
+                                     "orchestration.retry_delay_s=0"])
+    with pytest.raises(DamagedOutput):
+        co_evolve(config=cfg, run_name="bad-input")
+    assert calls == [1]
+    client = tracking.client()
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert run.info.status == "FAILED"

@@ -103,3 +103,28 @@ def test_validate_data_cli(dataset_dir):
     empty = dataset_dir / "empty.jsonl"
     empty.write_text(json.dumps({"image": "corrupt.png", "question": "q?", "answer": "1"}) + "\n")
     assert CliRunner().invoke(app, ["validate-data", str(empty)]).exit_code == 1
+
+
+def test_a_run_warns_of_bad_rows_once(dataset_dir, tiny_data_dir):
+    import logging
+
+    from spark_vl.config import load_config
+    from spark_vl.pipeline import run
+    from tests.test_flow import DEEPSPEED
+    from tests.test_pipeline import SMALL
+
+    path = _write_mixed(dataset_dir)
+    cfg = load_config(None, SMALL + [f"data.train_path={path}", "train.iterations=2",
+                                     f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", f"train.deepspeed_config={DEEPSPEED}"])
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("spark_vl").addHandler(handler)
+    try:
+        run(cfg, dataset_dir / "run")
+    finally:
+        logging.getLogger("spark_vl").removeHandler(handler)
+    scanned = scan_dataset(path)
+    bad, rows = len(scanned.bad), len(scanned.bad) + len(scanned.samples)
+    dropped = [r.getMessage() for r in records if "dropped" in r.getMessage()]
+    assert dropped == [f"{path}: dropped {bad} bad row(s) of {rows}; run `spark-vl validate-data {path}` for the list"]

@@ -8,7 +8,9 @@ import torch
 
 from spark_vl.config import load_config
 from spark_vl.models import load_processor
-from spark_vl.pipeline import Workspace, policy_dir, run
+from spark_vl.layout import policy_dir
+from spark_vl.pipeline import run
+from spark_vl.workspace import Workspace
 from spark_vl.records import PromptRecord
 from spark_vl.rollout.hf import HFRolloutEngine, conversation
 from spark_vl.train.forward import completion_batch, completion_logps

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -13,29 +14,60 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_iteration_metrics_are_logged_once(store):
+def test_iterations_missing_from_mlflow_are_back_filled_once(store):
     cfg = load_config(None, ["tracking.experiment=t1"])
     run_id = tracking.open_run(cfg, store / "run", "r1")
-    assert tracking.open_run(cfg, store / "run", "r1") == run_id  # same run directory, same MLflow run
-    assert tracking.log_iteration(run_id, 0, {"eval/task_acc": 0.5, "eval/judge_pointwise_acc": float("nan")})
-    assert tracking.log_iteration(run_id, 1, {"eval/task_acc": 0.6})
-    assert not tracking.log_iteration(run_id, 1, {"eval/task_acc": 0.9})
+    rows = [{"iteration": 0, "eval/task_acc": 0.5, "eval/judge_pointwise_acc": float("nan")},
+            {"iteration": 1, "eval/task_acc": 0.6}]
+    assert tracking.log_missing_iterations(run_id, rows[:1]) == [0]
+    # MLflow missed iteration 1 (server down, or killed before the batch): the next log adds it.
+    rows.append({"iteration": 2, "eval/task_acc": 0.7})
+    assert tracking.log_missing_iterations(run_id, rows) == [1, 2]
+    assert tracking.log_missing_iterations(run_id, rows) == []
     history = tracking.client().get_metric_history(run_id, "eval/task_acc")
-    assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.6)]
+    assert [(m.step, m.value) for m in history] == [(0, 0.5), (1, 0.6), (2, 0.7)]
     run = tracking.client().get_run(run_id)
     assert run.data.params["train.lr"] == str(cfg.train.lr)
     assert run.data.tags["config_hash"] == cfg.digest()
+
+
+def test_run_status_and_experiment_kind(store):
+    cfg = load_config(None, ["tracking.experiment=t5"])
+    run_id = tracking.open_run(cfg, store / "run", "r5")
+    mlflow_client = tracking.client()
+    experiment = mlflow_client.get_experiment_by_name("t5")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert mlflow_client.get_run(run_id).info.status == "RUNNING"
+    tracking.end_run(run_id, "FINISHED")
+    finished = mlflow_client.get_run(run_id).info
+    assert finished.status == "FINISHED" and finished.end_time
+    assert tracking.open_run(cfg, store / "run", "r5") == run_id  # same run directory, same MLflow run
+    assert mlflow_client.get_run(run_id).info.status == "RUNNING"  # resumed
+    tracking.end_run(run_id, "FAILED")
+    assert mlflow_client.get_run(run_id).info.status == "FAILED"
+
+
+def _policies(tiny_model_dir, folder, n):
+    """n copies of the tiny model as the policies of iterations 1..n."""
+    paths = [folder / f"policy-{k:04d}" for k in range(1, n + 1)]
+    for path in paths:
+        shutil.copytree(tiny_model_dir, path)
+    return paths
 
 
 def test_registry_aliases_move_only_on_improvement(store, tiny_model_dir):
     cfg = load_config(None, ["tracking.experiment=t2"])
     run_id = tracking.open_run(cfg, store / "run", "r2")
     mlflow_client = tracking.client()
-    assert tracking.register_policy(run_id, tiny_model_dir, "m", 0.5) == 1
-    assert tracking.register_policy(run_id, tiny_model_dir, "m", 0.4) == 2
+    first, second, third = _policies(tiny_model_dir, store / "model", 3)
+    assert tracking.register_policy(run_id, first, "m", 0.5) == 1
+    assert tracking.register_policy(run_id, second, "m", 0.4) == 2
     assert mlflow_client.get_model_version_by_alias("m", "candidate").version == 2
     assert mlflow_client.get_model_version_by_alias("m", "champion").version == 1
-    assert tracking.register_policy(run_id, tiny_model_dir, "m", 0.7) == 3
+    # Killed after the registry call, before its marker: the rerun finds the version it made.
+    assert tracking.register_policy(run_id, second, "m", 0.4) == 2
+    assert len(mlflow_client.search_model_versions("name='m'")) == 2
+    assert tracking.register_policy(run_id, third, "m", 0.7) == 3
     assert mlflow_client.get_model_version_by_alias("m", "champion").version == 3
     local = tracking.resolve_model("models:/m@champion", store / "download")
     assert json.loads((local / "config.json").read_text())["model_type"] == "qwen2_5_vl"
@@ -66,7 +98,8 @@ def test_eval_command_loads_the_champion_from_the_registry(store, tiny_model_dir
 
 
 def test_a_run_starts_from_the_registry_champion(store, tiny_model_dir, tiny_data_dir):
-    from spark_vl.pipeline import prepare_run, start_policy
+    from spark_vl.layout import start_policy
+    from spark_vl.pipeline import prepare_run
 
     cfg = load_config(None, ["tracking.experiment=t4"])
     run_id = tracking.open_run(cfg, store / "run", "r4")

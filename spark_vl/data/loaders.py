@@ -225,12 +225,19 @@ def scan_dataset(path: str | Path, max_image_pixels: int = 50_000_000, split: st
     return result
 
 
-def load_dataset(path: str | Path, max_image_pixels: int = 50_000_000, split: str = "train") -> LoadedDataset:
-    """The good rows of a dataset; warns with the count of dropped rows, fails when none is good."""
-    result = scan_dataset(path, max_image_pixels, split)
+def warn_bad_rows(result: LoadedDataset) -> None:
     if result.bad:
         logger.warning("%s: dropped %d bad row(s) of %d; run `spark-vl validate-data %s` for the list",
-                       path, len(result.bad), len(result.bad) + len(result.samples), path)
+                       result.path, len(result.bad), len(result.bad) + len(result.samples), result.path)
+
+
+def load_dataset(path: str | Path, max_image_pixels: int = 50_000_000, split: str = "train",
+                 warn: bool = True) -> LoadedDataset:
+    """The good rows of a dataset; fails when none is good. `warn`: warn here of dropped rows
+    (a run warns once, from `prepare_run`, however often its stages load the dataset)."""
+    result = scan_dataset(path, max_image_pixels, split)
+    if warn:
+        warn_bad_rows(result)
     if not result.samples:
         raise DatasetError(f"{path} has no usable row ({len(result.bad)} bad); "
                            f"run `spark-vl validate-data {path}` to see why")

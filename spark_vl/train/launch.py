@@ -69,16 +69,16 @@ def launch_training(train: TrainConfig, run_dir: Path, k: int) -> None:
 
 @record
 def main(argv: list[str]) -> None:
-    from spark_vl import pipeline
+    from spark_vl import pipeline, workspace
     from spark_vl.config import load_config
 
     run_dir, k = Path(argv[0]), int(argv[1])
     config = load_config(run_dir / "config.yaml")
-    workspace = pipeline.Workspace(config, run_dir)
+    ws = workspace.Workspace(config, run_dir)
     try:
-        pipeline.stage_train(workspace, k)
+        pipeline.stage_train(ws, k)
     finally:
-        workspace.close()
+        ws.close()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,9 +156,11 @@ class PolicyTrainer:
         self.engine.step()
         return loss_sum
 
-    def save(self, hf_dir: Path, ds_dir: Path | None = None, tag: str | None = None) -> None:
+    def save(self, hf_dir: Path, ds_dir: Path | None = None, tag: str | None = None,
+             before_publish: Callable[[], None] | None = None) -> None:
         """DeepSpeed state first (optimizer included; every worker writes its part), then the HF
-        policy renamed into place by rank 0: an existing `hf_dir` means the whole step was saved."""
+        policy renamed into place by rank 0: an existing `hf_dir` means the whole step was saved.
+        `before_publish` runs just before that rename (a fault point)."""
         if ds_dir is not None:
             self.engine.save_checkpoint(str(ds_dir), tag=tag)
         # ZeRO-3 shards the weights over workers: gather a full copy (all workers take part).
@@ -165,8 +168,14 @@ class PolicyTrainer:
         if self.rank == 0:
             staging = hf_dir.with_name(f".{hf_dir.name}.partial")
             shutil.rmtree(staging, ignore_errors=True)
-            self.model.save_pretrained(staging, state_dict=state)
-            self.processor.save_pretrained(staging)
+            try:
+                self.model.save_pretrained(staging, state_dict=state)
+                self.processor.save_pretrained(staging)
+                if before_publish is not None:
+                    before_publish()
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             shutil.rmtree(hf_dir, ignore_errors=True)
             staging.rename(hf_dir)
         if self.world_size > 1:
