@@ -29,7 +29,8 @@ from report import RESULTS, publish
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"spark": "true", "grpo": "false"}
 COLUMNS = [("eval/task_acc", "task acc"), ("eval/task_acc_reflect", "task acc + self-reflection"),
-           ("eval/judge_pointwise_acc", "judge pointwise"), ("eval/judge_pairwise_acc", "judge pairwise"),
+           ("eval/well_formed", "well-formed answers"), ("eval/judge_pointwise_acc", "judge pointwise"),
+           ("eval/judge_same_form_acc", "judge on look-alikes"), ("eval/judge_pairwise_acc", "judge pairwise"),
            ("eval/judge_own_wrong_acc", "judge on own wrong answers")]
 
 
@@ -96,7 +97,8 @@ def plot(config: Path, seeds: list[int], evals: dict[tuple[str, int], list[dict]
     import matplotlib.pyplot as plt
 
     keys = [("eval/task_acc", "held-out task accuracy"), ("eval/task_acc_reflect", "task + self-reflection"),
-            ("eval/judge_pointwise_acc", "judge pointwise accuracy")]
+            ("eval/judge_pointwise_acc", "judge pointwise accuracy"),
+            ("eval/judge_same_form_acc", "judge on look-alike wrong answers")]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
     for ax, (key, title) in zip(axes, keys):
         for arm, colour in (("spark", "tab:blue"), ("grpo", "tab:orange")):

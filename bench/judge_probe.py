@@ -77,7 +77,7 @@ def main() -> None:
         trainer.sft_step([conv for conv, _ in batch],
                          [tokenizer.encode(text, add_special_tokens=False) + end for _, text in batch])
     engine = HFRolloutEngine(trainer.model, processor, config.rollout, config.model, show_progress=False)
-    metrics, records = evaluate(engine, ws.samples("eval"), config, templates, ws.pool)
+    metrics, records = evaluate(engine, ws.samples("eval"), config, templates, ws.pool, tokenizer)
     ws.close()
 
     print(f"{args.steps} supervised steps with true verdicts ({args.config.name} {' '.join(args.overrides)}): "

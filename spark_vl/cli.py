@@ -237,12 +237,19 @@ def run(
     _print_evals([r for r in metric_rows(run_dir) if "eval/task_acc" in r])
 
 
+EVAL_COLUMNS = [("eval/task_acc", "task"), ("eval/task_acc_reflect", "reflect"), ("eval/well_formed", "formed"),
+                ("eval/judge_pointwise_acc", "judge pt"), ("eval/judge_same_form_acc", "same form"),
+                ("eval/judge_pairwise_acc", "judge pw"), ("eval/judge_own_wrong_acc", "own wrong")]
+
+
 def _print_evals(rows: list[dict]) -> None:
-    typer.echo(f"{'iteration':>9} {'task':>6} {'reflect':>8} {'judge pt':>9} {'judge pw':>9} {'own wrong':>10}")
+    """The evaluations as a table: task accuracy (greedy, with self-reflection), the share of
+    well-formed answers, and the judge (pointwise, on look-alike wrong answers, pairwise, on the
+    policy's own mistakes)."""
+    typer.echo(f"{'iteration':>9}" + "".join(f" {title:>9}" for _, title in EVAL_COLUMNS))
     for r in rows:
-        typer.echo(f"{r.get('iteration', '-'):>9} {r['eval/task_acc']:>6.3f} {r['eval/task_acc_reflect']:>8.3f} "
-                   f"{r['eval/judge_pointwise_acc']:>9.3f} {r['eval/judge_pairwise_acc']:>9.3f} "
-                   f"{r['eval/judge_own_wrong_acc']:>10.3f}")
+        typer.echo(f"{r.get('iteration', '-'):>9}" + "".join(f" {r.get(key, float('nan')):>9.3f}"
+                                                            for key, _ in EVAL_COLUMNS))
 
 
 @app.command("eval")
@@ -276,7 +283,7 @@ def eval_cmd(
         processor = load_processor(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
         engine = HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
         with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s) as pool:
-            metrics, _ = evaluate(engine, samples, cfg, Templates.load(cfg.spark.templates), pool)
+            metrics, _ = evaluate(engine, samples, cfg, Templates.load(cfg.spark.templates), pool, processor.tokenizer)
     if as_json:
         typer.echo(json.dumps(metrics))
     else:

@@ -152,6 +152,9 @@ class WarmupConfig(Section):
     steps: int = Field(200, ge=0)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
+    verdict_accuracy: float = Field(0.5, ge=0, le=1, description="share of warm-up judge verdicts that are "
+                                    "right: 0.5 says nothing (judging comes from SPARK alone); above it, a weak "
+                                    "prior like a pretrained model's")
 
 
 class TrainConfig(Section):
@@ -165,7 +168,13 @@ class TrainConfig(Section):
     micro_batch_size: int = Field(32, ge=1)
     updates_per_batch: int = Field(1, ge=1, description="optimizer steps on each rollout batch (GRPO's mu); "
                                    "above 1 the clipped ratio keeps later steps near the sampling policy")
-    clip_eps: float = Field(0.2, gt=0)
+    clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip: [1 - clip_eps, 1 + clip_eps_high]")
+    clip_eps_high: float | None = Field(None, gt=0, description="upper clip (DAPO's clip-higher; verl "
+                                        "clip_ratio_high, TRL epsilon_high); null: clip_eps")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus per token (verl entropy_coeff)")
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
+        "token-mean", description="verl's loss_agg_mode: token-mean (DAPO), seq-mean-token-mean (GRPO paper), "
+        "seq-mean-token-sum-norm (Dr. GRPO: token sums over sequences x rollout.max_new_tokens)")
     kl_coef: float = Field(1e-3, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     deepspeed_config: str = "configs/deepspeed/zero0.json"

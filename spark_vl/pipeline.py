@@ -253,7 +253,8 @@ def stage_evaluate(ws: Workspace, k: int) -> None:
     if out.exists() or not evaluation_due(ws.config, k):
         return
     start = time.perf_counter()
-    metrics, records = evaluate(ws.engine_at(k), ws.samples("eval"), ws.config, ws.templates, ws.pool)
+    metrics, records = evaluate(ws.engine_at(k), ws.samples("eval"), ws.config, ws.templates, ws.pool,
+                                ws.processor.tokenizer)
     fault_point("evaluate", k, "before")
     write_jsonl_atomic(iter_dir(ws.run_dir, k) / "eval_samples.jsonl", records)
     write_json(out, {**metrics, "time/evaluate_s": time.perf_counter() - start})

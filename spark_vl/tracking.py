@@ -162,10 +162,11 @@ def plot_coevolution(rows: list[dict[str, float]], out: Path) -> Path:
     evals = [r for r in rows if "eval/task_acc" in r]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     steps = [r["iteration"] for r in evals]
-    for key, label in [("eval/task_acc", "task"), ("eval/task_acc_reflect", "task + self-reflection")]:
+    for key, label in [("eval/task_acc", "task"), ("eval/task_acc_reflect", "task + self-reflection"),
+                       ("eval/well_formed", "well-formed answers")]:
         axes[0].plot(steps, [r.get(key, math.nan) for r in evals], marker="o", label=label)
-    for key, label in [("eval/judge_pointwise_acc", "pointwise"), ("eval/judge_pairwise_acc", "pairwise"),
-                       ("eval/judge_own_wrong_acc", "own wrong answers")]:
+    for key, label in [("eval/judge_pointwise_acc", "pointwise"), ("eval/judge_same_form_acc", "pointwise, look-alikes"),
+                       ("eval/judge_pairwise_acc", "pairwise"), ("eval/judge_own_wrong_acc", "own wrong answers")]:
         axes[1].plot(steps, [r.get(key, math.nan) for r in evals], marker="o", label=label)
     axes[0].set_title("policy: held-out task accuracy")
     axes[1].set_title("judge: held-out accuracy")

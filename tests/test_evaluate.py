@@ -1,5 +1,7 @@
 import random
 
+import pytest
+
 from spark_vl.config import load_config
 from spark_vl.data import TaskSample
 from spark_vl.evaluate import held_out_judge_prompts, solve_prompt, wrong_answers
@@ -47,8 +49,10 @@ def test_wrong_answers_pool_per_question():
     assert wrong_answers(SAMPLES) == {"What colour is the shape?": sorted(COLOURS)}
 
 
-def test_warmup_judge_verdicts_carry_no_information():
-    cfg = load_config(None)
+@pytest.mark.parametrize("accuracy", [0.5, 0.8])
+def test_warmup_judge_verdicts_are_right_as_often_as_asked(accuracy):
+    """At 0.5 (the default) they carry no information; at 0.8, a weak prior."""
+    cfg = load_config(None, [f"train.warmup.verdict_accuracy={accuracy}"])
     rng = random.Random(0)
     pool = wrong_answers(SAMPLES)
     counts = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
@@ -63,4 +67,24 @@ def test_warmup_judge_verdicts_carry_no_information():
     yes_if_right = counts[(True, True)] / (counts[(True, True)] + counts[(True, False)])
     yes_if_wrong = counts[(False, True)] / (counts[(False, True)] + counts[(False, False)])
     assert sum(counts.values()) > 300
-    assert abs(yes_if_right - yes_if_wrong) < 0.12
+    assert yes_if_right == pytest.approx(accuracy, abs=0.06)
+    assert yes_if_wrong == pytest.approx(1 - accuracy, abs=0.06)
+
+
+def test_same_form_accuracy_gives_a_shape_rule_no_credit(tiny_model_dir):
+    from spark_vl.evaluate.core import same_form_accuracy, token_form
+    from spark_vl.models import load_processor
+    from spark_vl.recycle import pointwise_judge_sample
+
+    tokenizer = load_processor(tiny_model_dir, 12544, 12544).tokenizer
+    forms = {colour: token_form(tokenizer, colour) for colour in COLOURS}
+    assert forms["red"] == forms["blue"] and forms["red"] != forms["green"]  # the tiny tokenizer's shapes
+    template = TEMPLATES.pointwise[0]
+    source = solve_prompt(SAMPLES[0], "Answer with \\boxed{}.")  # the answer is red
+    prompts = [pointwise_judge_sample(source, "red", True, template, "right"),
+               pointwise_judge_sample(source, "blue", False, template, "alike"),
+               pointwise_judge_sample(source, "green", False, template, "other")]
+    # "Yes when the words look alike" is right on red and green, wrong on blue: no credit.
+    assert same_form_accuracy(prompts, [1.0, 0.0, 1.0], tokenizer) == 0.5
+    assert same_form_accuracy(prompts, [0.0, 1.0, 0.0], tokenizer) == 0.5  # always No
+    assert same_form_accuracy(prompts, [1.0, 1.0, 0.0], tokenizer) == 1.0  # the look-alike caught

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from spark_vl.train.grpo import group_advantages, grpo_loss
+from spark_vl.train.grpo import group_advantages, grpo_loss, loss_normaliser
 
 
 def test_group_advantages_normalise_and_flat_groups_carry_nothing():
@@ -61,3 +61,44 @@ def test_micro_batches_accumulate_to_the_full_batch_loss():
     parts = [grpo_loss(logps[i:i + 1], logps[i:i + 1], ref[i:i + 1], adv[i:i + 1], mask[i:i + 1], 0.2, 0.1,
                        int(mask.sum()))[0] for i in range(3)]
     assert sum(p.item() for p in parts) == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_clip_higher_lets_a_positive_advantage_grow_past_clip_eps():
+    logps, mask = _inputs()
+    old = logps.clone()
+    adv = torch.ones(3)
+    symmetric = (logps + 0.25).requires_grad_()  # ratio e^0.25 = 1.284: above 1.2, below 1.3
+    loss, stats = grpo_loss(symmetric, old, old, adv, mask, 0.2, 0.0, int(mask.sum()))
+    loss.backward()
+    assert stats["clipped_sum"] == 9 and torch.all(symmetric.grad == 0)
+    higher = (logps + 0.25).requires_grad_()
+    loss, stats = grpo_loss(higher, old, old, adv, mask, 0.2, 0.0, int(mask.sum()), clip_eps_high=0.3)
+    loss.backward()
+    assert stats["clipped_sum"] == 0
+    assert higher.grad[mask.bool()] == pytest.approx(torch.full((9,), -torch.exp(torch.tensor(0.25)).item() / 9))
+
+
+def test_entropy_bonus_is_minus_coef_times_token_mean_entropy():
+    logps, mask = _inputs()
+    entropy = torch.rand(3, 5)
+    loss, _ = grpo_loss(logps, logps, logps, torch.zeros(3), mask, 0.2, 0.0, int(mask.sum()),
+                        per_token_entropy=entropy, entropy_coef=0.01)
+    assert loss.item() == pytest.approx(-0.01 * (entropy * mask).sum().item() / 9, rel=1e-6)
+
+
+def test_loss_aggregation_modes_by_hand():
+    logps, mask = _inputs()  # completion lengths 3, 5 and 1
+    adv = torch.tensor([1.0, -0.5, 2.0])
+    assert loss_normaliser("token-mean", 9, 3, 5) == 9
+    assert loss_normaliser("seq-mean-token-mean", 9, 3, 5) == 3
+    assert loss_normaliser("seq-mean-token-sum-norm", 9, 3, 5) == 15
+    # On policy each token's loss is -advantage: every sequence's mean is -advantage, weighed alike.
+    seq_mean, _ = grpo_loss(logps, logps, logps, adv, mask, 0.2, 0.0, 3, loss_agg_mode="seq-mean-token-mean")
+    assert seq_mean.item() == pytest.approx(-(1.0 - 0.5 + 2.0) / 3, rel=1e-6)
+    # Dr. GRPO: token sums (1*3 - 0.5*5 + 2*1) over 3 sequences x 5 new tokens.
+    dr_grpo, _ = grpo_loss(logps, logps, logps, adv, mask, 0.2, 0.0, 15, loss_agg_mode="seq-mean-token-sum-norm")
+    assert dr_grpo.item() == pytest.approx(-(3 - 2.5 + 2) / 15, rel=1e-6)
+    # Micro-batches still add up to the whole batch in every mode.
+    parts = [grpo_loss(logps[i:i + 1], logps[i:i + 1], logps[i:i + 1], adv[i:i + 1], mask[i:i + 1], 0.2, 0.0, 3,
+                       loss_agg_mode="seq-mean-token-mean")[0].item() for i in range(3)]
+    assert sum(parts) == pytest.approx(seq_mean.item(), rel=1e-6)

@@ -17,6 +17,7 @@ from spark_vl.train.forward import completion_batch, completion_logps
 from spark_vl.train.trainer import PolicyTrainer
 
 METRICS = ["eval/task_acc", "eval/task_acc_reflect", "eval/judge_pointwise_acc", "eval/judge_pairwise_acc",
+           "eval/well_formed", "eval/judge_well_formed", "eval/judge_same_form_acc",
            "rollout/reward_mean", "rollout/all_correct_frac", "rollout/all_wrong_frac", "rollout/response_len",
            "verify/timeout_frac", "recycle/n_pointwise", "recycle/n_pairwise", "recycle/n_reflect",
            "aux/judge_reward_mean", "aux/reflect_reward_mean", "train/loss", "train/kl", "train/entropy",
@@ -146,3 +147,19 @@ def test_two_iterations_end_to_end_and_rerun_skips(tmp_path, tiny_data_dir):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines] == [0, 1, 2]
     Workspace(cfg, run_dir).close()
+
+
+@pytest.mark.parametrize("options", [["train.entropy_coef=0.01"], ["train.clip_eps_high=0.28"],
+                                     ["train.loss_agg_mode=seq-mean-token-mean"],
+                                     ["train.loss_agg_mode=seq-mean-token-sum-norm"]])
+def test_grpo_options_train_on_deepspeed(setup, tiny_model_dir, tiny_data_dir, options):
+    cfg, processor = setup
+    trainer = PolicyTrainer(load_config(None, SMALL + options), processor, tiny_model_dir, tiny_model_dir)
+    engine = HFRolloutEngine(trainer.model, processor, cfg.rollout, cfg.model, show_progress=False)
+    groups = engine.generate(_prompts(tiny_data_dir, 2), n=4, seed=5)
+    for g in groups:
+        g.rewards = [1.0, 0.0, 0.0, 1.0]
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    stats = trainer.grpo_step(groups)
+    assert torch.isfinite(torch.tensor(stats["train/loss"])) and stats["train/entropy"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())

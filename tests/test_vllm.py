@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -113,9 +112,11 @@ def test_vllm_logprobs_equal_a_transformers_forward_and_follow_reloaded_weights(
 
 
 @needs_vllm
-def test_flow_with_vllm_rollouts_survives_a_killed_server(tmp_path, monkeypatch, tiny_data_dir):
+def test_flow_with_vllm_rollouts_survives_a_server_killed_mid_rollout(tmp_path, monkeypatch, tiny_data_dir):
+    """The server is SIGKILLed as iteration 2 sends its first request: the rollout fails, the task
+    is retried, the run restarts the server and rolls out each prompt once."""
     from flows.co_evolve import co_evolve
-    from spark_vl import tracking
+    from spark_vl import pipeline, tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
@@ -123,27 +124,32 @@ def test_flow_with_vllm_rollouts_survives_a_killed_server(tmp_path, monkeypatch,
                       f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", f"train.deepspeed_config={DEEPSPEED}",
                       "tracking.registered_model=vllm-test", "orchestration.retry_delay_s=0")
     run_dir = tmp_path / "runs" / "vllm-flow"
-    killed = []
+    rollout_calls, killed, lock = [], [], threading.Lock()
+    real_rollout, real_post = pipeline.stage_rollout, VLLMServer.post
 
-    def kill_server_after_first_rollout():
-        """Kill the server's process group once iteration 1 has rolled out (mid-run)."""
-        deadline = time.time() + 600
-        while time.time() < deadline and not (run_dir / "iter-0001" / "rollouts.jsonl").exists():
-            time.sleep(0.2)
-        pid_file = run_dir / "vllm" / "server.pid"
-        if pid_file.exists():
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            killed.append(int(pid_file.read_text()))
+    def rollout(ws, k):
+        rollout_calls.append(k)
+        real_rollout(ws, k)
 
-    killer = threading.Thread(target=kill_server_after_first_rollout, daemon=True)
-    killer.start()
+    def post(server, path, body=None):
+        with lock:  # requests run in a thread pool: exactly one of them kills the server
+            if rollout_calls[-1:] == [2] and path == "/v1/chat/completions" and not killed:
+                os.killpg(server.process.pid, signal.SIGKILL)
+                server.process.wait()
+                killed.append(server.process.pid)
+        return real_post(server, path, body)
+
+    monkeypatch.setattr(pipeline, "stage_rollout", rollout)
+    monkeypatch.setattr(VLLMServer, "post", post)
     with prefect_test_harness(server_startup_timeout=60):
         run_id = co_evolve(config=cfg, run_name="vllm-flow")
-    killer.join(timeout=5)
-    assert killed, "the server was never killed: the test did not exercise a restart"
+    assert len(killed) == 1 and rollout_calls == [1, 2, 2]  # iteration 2's rollout failed once, then retried
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2]
-    assert all(r["throughput/rollout_tokens_per_s"] > 0 for r in rows[1:])
+    prompts = [json.loads(line)["id"] for line in (run_dir / "iter-0002" / "prompts.jsonl").read_text().splitlines()]
+    groups = [json.loads(line) for line in (run_dir / "iter-0002" / "rollouts.jsonl").read_text().splitlines()]
+    assert [g["prompt"]["id"] for g in groups] == prompts  # each prompt rolled out once
+    assert all(len(g["responses"]) == cfg.rollout.group_size for g in groups)
     assert [m.step for m in tracking.client().get_metric_history(run_id, "eval/task_acc")] == [0, 1, 2]
     log = (run_dir / "vllm" / "server.log").read_text()
     assert log.count("Application startup complete") == 2  # started once, restarted once after the kill

@@ -11,7 +11,7 @@ from spark_vl.data import TaskSample
 from spark_vl.records import PromptRecord
 from spark_vl.recycle import POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample
 from spark_vl.rollout.hf import RolloutEngine
-from spark_vl.verify import GradeItem, GradingPool, extract_answer, extract_verdict, judge_reward
+from spark_vl.verify import GradeItem, GradingPool, extract_answer, extract_verdict, judge_reward, well_formed
 
 
 def solve_prompt(sample: TaskSample, instruction: str, prefix: str = "") -> PromptRecord:
@@ -51,6 +51,25 @@ def held_out_judge_prompts(samples: list[TaskSample], config: RunConfig, templat
     return pointwise, pairwise
 
 
+def token_form(tokenizer, answer: str) -> tuple[str, ...]:
+    """How an answer is tokenised where a prompt shows it (after a space): one entry per token,
+    `space` for a bare space token, else `word`. " red" is (word,), " green" may be (space, word)."""
+    ids = tokenizer.encode(f" {answer.strip()}", add_special_tokens=False)
+    return tuple("space" if not tokenizer.decode([i]).strip() else "word" for i in ids)
+
+
+def same_form_accuracy(prompts: list[PromptRecord], rewards: list[float], tokenizer) -> float:
+    """Pointwise judge accuracy that comparing token shapes cannot raise: the mean of the accuracy
+    on right answers and on wrong answers tokenised like the right one (red vs blue, 2 vs 3). A
+    constant verdict scores 0.5, and so does "Yes when the two words look alike"."""
+    positive = [r for p, r in zip(prompts, rewards) if p.label in POSITIVE_LABELS]
+    alike = [r for p, r in zip(prompts, rewards) if p.label not in POSITIVE_LABELS
+             and token_form(tokenizer, p.proposed[0]) == token_form(tokenizer, p.answer)]
+    if not positive or not alike:
+        return float("nan")
+    return (sum(positive) / len(positive) + sum(alike) / len(alike)) / 2
+
+
 def _judge_accuracy(engine: RolloutEngine, prompts: list[PromptRecord]) -> tuple[float, list[str]]:
     if not prompts:
         return float("nan"), []
@@ -60,15 +79,18 @@ def _judge_accuracy(engine: RolloutEngine, prompts: list[PromptRecord]) -> tuple
 
 
 def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig, templates: Templates,
-             pool: GradingPool) -> tuple[dict[str, float], list[dict]]:
+             pool: GradingPool, tokenizer) -> tuple[dict[str, float], list[dict]]:
     """All held-out metrics of one checkpoint (greedy decoding throughout) and the graded
-    responses behind them, for a person to read."""
+    responses behind them, for a person to read. Only well-formed answers and replies count as
+    right (`spark_vl.verify.extract`); `eval/well_formed` and `eval/judge_well_formed` say how
+    many were."""
     ev = config.eval
     tasks = [solve_prompt(s, config.data.instruction, "eval/") for s in samples[: ev.n_task]]
     answers = [g.responses[0] for g in engine.generate(tasks, 1, greedy=True)]
     grades = pool.grade([GradeItem(r, t.label) for r, t in zip(answers, tasks)])
     correct = [g.reward for g in grades]
-    metrics = {"eval/task_acc": sum(correct) / len(tasks)}
+    metrics = {"eval/task_acc": sum(correct) / len(tasks),
+               "eval/well_formed": sum(map(well_formed, answers)) / len(answers)}
 
     records = [{"kind": "solve", "prompt": t.text, "label": t.label, "response": r, "reward": c}
                for t, r, c in zip(tasks, answers, correct)]
@@ -76,8 +98,14 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     pointwise, pairwise = held_out_judge_prompts(samples, config, templates, config.train.seed)
     metrics["eval/judge_pointwise_acc"], responses = _judge_accuracy(engine, pointwise)
     records += _judge_records(pointwise, responses)
+    metrics["eval/judge_same_form_acc"] = same_form_accuracy(
+        pointwise, [judge_reward(r, p.label) for r, p in zip(responses, pointwise)], tokenizer)
+    replies = [(r, False) for r in responses]
     metrics["eval/judge_pairwise_acc"], responses = _judge_accuracy(engine, pairwise)
     records += _judge_records(pairwise, responses)
+    replies += [(r, True) for r in responses]
+    metrics["eval/judge_well_formed"] = sum(
+        bool(well_formed(r) and templates.reply_pattern(pairwise).match(r)) for r, pairwise in replies) / len(replies)
 
     # The judge on the policy's own answers: can it catch its own mistakes?
     rng = random.Random(config.train.seed)

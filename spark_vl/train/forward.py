@@ -60,8 +60,9 @@ def shared_image_features(model, batch: dict[str, torch.Tensor]):
 
 
 def completion_logps(model, batch: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
-                     suppress_ids: list[int] = ()) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(per-token log-probs, per-token entropy or None), both (B, T) over the completion."""
+                     suppress_ids: list[int] = (), entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(per-token log-probs, per-token entropy or None), both (B, T) over the completion; the
+    entropy carries gradients only with `entropy_grad` (for an entropy bonus)."""
     completion_ids = batch["completion_ids"]
     width = completion_ids.shape[1]
     model_inputs = {k: v for k, v in batch.items() if k not in BATCH_ONLY}
@@ -74,6 +75,6 @@ def completion_logps(model, batch: dict[str, torch.Tensor], temperature: float =
     per_token = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = -(logps.exp() * logps).sum(-1)
     return per_token, entropy

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+
+# How the per-token losses of a batch become one number (verl's loss_agg_mode):
+# token-mean: every token of the batch weighs the same (DAPO; long answers weigh more);
+# seq-mean-token-mean: every sequence weighs the same (the GRPO paper);
+# seq-mean-token-sum-norm: token sums over a constant, sequences x max new tokens (Dr. GRPO).
+LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 
 def group_advantages(rewards: list[float], eps: float = 1e-6) -> list[float]:
@@ -14,6 +22,12 @@ def group_advantages(rewards: list[float], eps: float = 1e-6) -> list[float]:
     return ((values - values.mean()) / (std + eps)).tolist()
 
 
+def loss_normaliser(mode: LossAggMode, tokens: int, sequences: int, max_new_tokens: int) -> float:
+    """What the summed loss of a whole batch is divided by under `mode` (see LossAggMode)."""
+    return {"token-mean": tokens, "seq-mean-token-mean": sequences,
+            "seq-mean-token-sum-norm": sequences * max_new_tokens}[mode]
+
+
 def grpo_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor,
@@ -22,22 +36,35 @@ def grpo_loss(
     completion_mask: torch.Tensor,
     clip_eps: float,
     kl_coef: float,
-    total_tokens: int,
+    normaliser: float,
+    clip_eps_high: float | None = None,
+    per_token_entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    loss_agg_mode: LossAggMode = "token-mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum of the per-token loss over this micro-batch divided by the tokens of the whole batch,
-    so micro-batches accumulate to the token-level mean of the full batch.
+    """This micro-batch's share of the batch loss: its per-token losses summed (per sequence first
+    averaged, in seq-mean-token-mean) and divided by the whole batch's `normaliser`
+    (`loss_normaliser`), so micro-batches accumulate to the loss of the full batch.
 
-    Shapes: logps and mask (B, T); advantages (B,).
+    The ratio is clipped to [1 - clip_eps, 1 + clip_eps_high] ("clip-higher" when clip_eps_high
+    is larger: rare tokens with positive advantage may grow further); `entropy_coef` rewards
+    entropy (`per_token_entropy` must then carry gradients). Shapes: (B, T); advantages (B,).
     """
+    high = clip_eps if clip_eps_high is None else clip_eps_high
     ratio = torch.exp(per_token_logps - old_per_token_logps)
-    clipped_ratio = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
+    clipped_ratio = torch.clamp(ratio, 1 - clip_eps, 1 + high)
     adv = advantages.unsqueeze(1)
     per_token_pg = -torch.min(ratio * adv, clipped_ratio * adv)
     log_ref_ratio = ref_per_token_logps - per_token_logps
     per_token_kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # k3 estimator, >= 0
     per_token_loss = per_token_pg + kl_coef * per_token_kl
+    if entropy_coef:
+        per_token_loss = per_token_loss - entropy_coef * per_token_entropy
     mask = completion_mask.to(per_token_loss.dtype)
-    loss = (per_token_loss * mask).sum() / total_tokens
+    if loss_agg_mode == "seq-mean-token-mean":
+        loss = ((per_token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / normaliser
+    else:
+        loss = (per_token_loss * mask).sum() / normaliser
     with torch.no_grad():
         stats = {
             "kl_sum": float((per_token_kl * mask).sum()),

@@ -17,7 +17,7 @@ from spark_vl.rollout.hf import conversation
 from spark_vl.runio import logger
 from spark_vl.train.engine import build_engine
 from spark_vl.train.forward import completion_batch, completion_logps
-from spark_vl.train.grpo import group_advantages, grpo_loss
+from spark_vl.train.grpo import group_advantages, grpo_loss, loss_normaliser
 
 
 @dataclass
@@ -89,8 +89,10 @@ class PolicyTrainer:
             return {**stats, "train/loss": 0.0, "train/kl": 0.0, "train/entropy": 0.0, "train/clip_frac": 0.0}
         total_tokens = sum(len(s.completion) for s in sequences)
         sums = torch.zeros(5, dtype=torch.float64)
+        normaliser = loss_normaliser(train.loss_agg_mode, total_tokens, len(sequences),
+                                     self.config.rollout.max_new_tokens)
         for _ in range(train.updates_per_batch):
-            sums += self._update(sequences, total_tokens)
+            sums += self._update(sequences, normaliser)
         if self.world_size > 1:  # on the engine's device: NCCL reduces CUDA tensors only
             sums = sums.to(self.device)
             torch.distributed.all_reduce(sums)
@@ -98,11 +100,11 @@ class PolicyTrainer:
         return {**stats, "train/tokens": tokens, "train/loss": loss_sum, "train/kl": kl_sum / total_tokens,
                 "train/entropy": entropy_sum / total_tokens, "train/clip_frac": clipped / total_tokens}
 
-    def _update(self, sequences: list, total_tokens: int) -> torch.Tensor:
+    def _update(self, sequences: list, batch_normaliser: float) -> torch.Tensor:
         """One optimizer step; returns this worker's sums of loss, KL, entropy, clipped tokens, tokens."""
         train = self.config.train
         # DeepSpeed averages gradients over workers: normalise each worker's share accordingly.
-        normaliser = total_tokens / self.world_size
+        normaliser = batch_normaliser / self.world_size
         mine = sequences[self.rank::self.world_size]
         # Every worker runs the same number of micro-batches, so their collectives pair up.
         n_chunks = math.ceil(math.ceil(len(sequences) / self.world_size) / train.micro_batch_size)
@@ -123,19 +125,21 @@ class PolicyTrainer:
                 old[row, :len(seq.old_logps)] = torch.tensor(seq.old_logps)
             advantages = torch.tensor([s.advantage for s in chunk], device=self.device)
             temperature = self.config.rollout.temperature
-            logps, entropy = completion_logps(self.engine, batch, temperature, True, self.suppress)
+            logps, entropy = completion_logps(self.engine, batch, temperature, True, self.suppress,
+                                              entropy_grad=train.entropy_coef > 0)
             if self.reference is not None:
                 with torch.no_grad():
                     ref, _ = completion_logps(self.reference, batch, temperature, suppress_ids=self.suppress)
             else:
                 ref = logps.detach()
             loss, chunk_stats = grpo_loss(logps, old, ref, advantages, mask, train.clip_eps, train.kl_coef,
-                                          normaliser)
+                                          normaliser, train.clip_eps_high, entropy, train.entropy_coef,
+                                          train.loss_agg_mode)
             self.engine.backward(loss)
             loss_sum += loss.item()
             kl_sum += chunk_stats["kl_sum"]
             clipped += chunk_stats["clipped_sum"]
-            entropy_sum += float((entropy * mask).sum())
+            entropy_sum += float((entropy.detach() * mask).sum())
         self.engine.step()
         return torch.tensor([loss_sum / self.world_size, kl_sum, entropy_sum, clipped, tokens], dtype=torch.float64)
 

@@ -25,6 +25,14 @@ from spark_vl.train.trainer import PolicyTrainer
 MIX = {"solve": 0.5, "judge_pointwise": 0.3, "judge_pairwise": 0.1, "reflect": 0.1}
 
 
+def _verdict(label: str, template: dict, config: RunConfig, rng: random.Random) -> str:
+    """The true label with probability `train.warmup.verdict_accuracy`, else the other one: at 0.5
+    the verdicts say nothing (the judge starts at chance), above it they give a weak prior."""
+    if rng.random() < config.train.warmup.verdict_accuracy:
+        return label
+    return next(other for other in template["labels"] if other != label)
+
+
 def warmup_example(sample: TaskSample, pool: dict[str, list[str]], config: RunConfig, templates: Templates,
                    rng: random.Random) -> tuple[list[dict], str]:
     """(conversation, target text) of one warm-up example."""
@@ -35,17 +43,17 @@ def warmup_example(sample: TaskSample, pool: dict[str, list[str]], config: RunCo
         return conversation(source, config.model), f"\\boxed{{{sample.answer}}}"
     if kind == "judge_pointwise":
         template = rng.choice(templates.pointwise)
-        proposed = sample.answer if rng.random() < 0.5 else rng.choice(wrongs)
-        prompt = pointwise_judge_sample(source, proposed, True, template, "warmup")
-        verdict = rng.choice(template["labels"])  # uninformative on purpose
+        correct = rng.random() < 0.5
+        proposed = sample.answer if correct else rng.choice(wrongs)
+        prompt = pointwise_judge_sample(source, proposed, correct, template, "warmup")
         return conversation(prompt, config.model), templates.judge_reply.format(
-            seen=sample.answer, answer=proposed, verdict=verdict)
+            seen=sample.answer, answer=proposed, verdict=_verdict(prompt.label, template, config, rng))
     if kind == "judge_pairwise":
         template = rng.choice(templates.pairwise)
         prompt = pairwise_judge_sample(source, sample.answer, rng.choice(wrongs), template, rng.random() < 0.5,
                                        "warmup")
         return conversation(prompt, config.model), templates.pairwise_reply.format(
-            seen=sample.answer, verdict=rng.choice(template["labels"]))
+            seen=sample.answer, verdict=_verdict(prompt.label, template, config, rng))
     prompt = reflection_sample(source, rng.choice(wrongs), "answer", rng.choice(templates.reflect_answer), "warmup")
     return conversation(prompt, config.model), f"\\boxed{{{sample.answer}}}"
 

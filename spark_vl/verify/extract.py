@@ -1,4 +1,11 @@
-"""Pull the final answer or verdict out of a response: the last balanced \\boxed{...} / \\box{...}."""
+"""Pull the final answer or verdict out of a response, only from a well-formed one.
+
+A response is well-formed when it holds ONE box (`\\boxed{...}` for answers, `\\box{...}` or
+`\\boxed{...}` for verdicts), its braces balanced, and nothing after it but spaces and a full
+stop; reasoning before it is free. A malformed response has no answer and scores 0: a grader
+that read the last box of `\\boxed{1111\\boxed{1.\\boxed{2}` paid for text no person would
+accept, and the policy learned to write it.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +15,33 @@ _BOX_OPEN = re.compile(r"\\boxed\s*\{|\\box\s*\{")
 _TEXT_WRAPPER = re.compile(r"^\\(?:text|mathrm|textbf)\{(.*)\}$")
 
 
-def last_box(text: str, boxed_only: bool = False) -> str | None:
-    """Content of the last \\boxed{...} (or \\box{...} unless boxed_only), braces balanced."""
-    found = None
-    for match in _BOX_OPEN.finditer(text):
-        if boxed_only and not match.group().startswith("\\boxed"):
-            continue
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    found = text[start:i]
-                    break
-    return found
+def only_box(text: str) -> tuple[str, str] | None:
+    """(the box command, its content) when `text` is well-formed (see the module doc), else None."""
+    opens = list(_BOX_OPEN.finditer(text))
+    if len(opens) != 1:
+        return None
+    match = opens[0]
+    depth = 1
+    for i in range(match.end(), len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                if text[i + 1:].strip().rstrip(".").strip():
+                    return None
+                return match.group().rstrip("{ \t\n"), text[match.end():i]
+    return None
+
+
+def well_formed(response: str) -> bool:
+    return only_box(response) is not None
 
 
 def extract_answer(response: str) -> str | None:
-    """The task answer: content of the last \\boxed{...}; None when there is none."""
-    return last_box(response, boxed_only=True)
+    """The task answer: content of the one \\boxed{...} of a well-formed response, else None."""
+    found = only_box(response)
+    return found[1] if found and found[0] == "\\boxed" else None
 
 
 def normalise(answer: str) -> str:
@@ -41,6 +54,6 @@ def normalise(answer: str) -> str:
 
 
 def extract_verdict(response: str) -> str | None:
-    """A judge's verdict: the last \\box{...} or \\boxed{...}, normalised; None when there is none."""
-    content = last_box(response)
-    return None if content is None else normalise(content).strip("()")
+    """A judge's verdict: the one \\box{...} or \\boxed{...} of a well-formed reply, normalised."""
+    found = only_box(response)
+    return None if found is None else normalise(found[1]).strip("()")

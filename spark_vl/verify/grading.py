@@ -128,6 +128,20 @@ class GradingPool:
         launched = [self._launch() for _ in range(self.size)]
         self._workers = [self._await_ready(*worker) for worker in launched]
 
+    def _send(self, slot: int, item: GradeItem) -> None:
+        """Hand `item` to a worker, replacing it first if it died between items (killed, out of
+        memory); a worker that dies while grading is replaced in `grade`, its item marked error."""
+        process, conn = self._workers[slot]
+        if process.is_alive():
+            try:
+                conn.send(item)
+                return
+            except (BrokenPipeError, ConnectionResetError):
+                process.kill()
+        process.join()
+        self._workers[slot] = self._spawn()
+        self._workers[slot][1].send(item)
+
     def grade(self, items: list[GradeItem]) -> list[Grade]:
         results: list[Grade | None] = [None] * len(items)
         pending = list(range(len(items)))[::-1]
@@ -141,7 +155,7 @@ class GradingPool:
                         results[index] = grade_one(item)  # no sympy involved: grade here, no round trip
                         continue
                     self.start()
-                    self._workers[slot][1].send(items[index])
+                    self._send(slot, item)
                     busy[slot] = (index, time.monotonic() + self.timeout_s)
             if not busy:
                 continue

@@ -1,0 +1,161 @@
+"""Chaos: SIGKILL a real `spark-vl run` at random moments, rerun it, check that nothing was lost.
+
+    .venv/bin/python bench/chaos.py [--runs 3] [--kills 10] [--seed 0] [--iterations 12]
+
+For each of `--runs` runs (the default config, fewer iterations, its own seed): an uninterrupted
+reference run, then the same run started `--kills` times and SIGKILLed, whole process group, after
+a random delay (seeded: anywhere from Prefect's start-up to the last iteration), then rerun to the
+end. Checked after the final rerun, as tests/test_resume.py does at fault points:
+
+- every iteration once in metrics.jsonl and once in MLflow's history; one MLflow run, FINISHED;
+- one registry version (registered at the end), alias candidate on it;
+- no half-written file left;
+- the same final policy weights and metrics.jsonl (timings aside) as the reference run.
+
+The table goes to bench/results/chaos.md. Unlike the tests, this picks its moments with a clock:
+that is the point of it, and why it is a benchmark and not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from report import publish
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "runs" / "chaos"
+
+
+def command(run_name: str, seed: int, iterations: int) -> list[str]:
+    return [sys.executable, "-m", "spark_vl.cli", "run", "configs/tiny.yaml", "--run-name", run_name,
+            "--set", f"train.iterations={iterations}", "--set", "eval.every=4",
+            "--set", f"orchestration.runs_dir={WORK}", "--set", f"tracking.registered_model=chaos-{run_name}",
+            "--set", f"model.tiny.seed={seed}", "--set", f"train.seed={seed}", "--set", f"rollout.seed={seed}"]
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{WORK / 'mlflow.db'}",
+            "PREFECT_HOME": str(WORK / "prefect")}
+
+
+def run_to_end(run_name: str, seed: int, iterations: int, log: Path) -> float:
+    start = time.perf_counter()
+    with open(log, "a") as handle:
+        result = subprocess.run(command(run_name, seed, iterations), cwd=ROOT, env=environment(), stdout=handle,
+                                stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise RuntimeError(f"{run_name} failed (exit {result.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def kill_after(run_name: str, seed: int, iterations: int, delay_s: float, log: Path) -> bool:
+    """Start the run, SIGKILL its process group after `delay_s`; False if it finished first."""
+    with open(log, "a") as handle:
+        process = subprocess.Popen(command(run_name, seed, iterations), cwd=ROOT, env=environment(), stdout=handle,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            process.wait(timeout=delay_s)
+            return False
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return True
+
+
+def progress(run_dir: Path) -> str:
+    """Where a run stood: the newest stage output in its newest iteration folder."""
+    folders = sorted(run_dir.glob("iter-*"))
+    if not folders:
+        return "before iteration 0" if not (run_dir / "model" / "policy-0000").exists() else "iteration 0"
+    files = sorted((p for p in folders[-1].iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
+    return f"{folders[-1].name}/{files[-1].name}" if files else folders[-1].name
+
+
+def without_timings(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: "nan" if v != v else v for k, v in r.items() if not k.startswith(("time/", "throughput/"))}
+            for r in rows]
+
+
+def invariants(run_name: str, reference: Path, iterations: int) -> dict[str, bool]:
+    import mlflow
+    from safetensors.torch import load_file
+
+    run_dir = WORK / run_name
+    client = mlflow.MlflowClient(environment()["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("spark-vl").experiment_id],
+                              filter_string=f"tags.`spark_vl.run_dir` = '{run_dir.resolve()}'")
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "iteration")] if runs else []
+    versions = client.search_model_versions(f"name='chaos-{run_name}'")
+    final = f"model/policy-{iterations:04d}/model.safetensors"
+    weights, expected = load_file(run_dir / final), load_file(reference / final)
+    return {
+        "metrics.jsonl: each iteration once": [r["iteration"] for r in without_timings(run_dir)]
+        == list(range(iterations + 1)),
+        "MLflow: one run, FINISHED, each iteration once": len(runs) == 1 and runs[0].info.status == "FINISHED"
+        and steps == list(range(iterations + 1)),
+        "registry: one version, candidate": len(versions) == 1 and "candidate" in versions[0].aliases,
+        "no partial file": not [p for p in run_dir.rglob(".*") if p.name.endswith((".tmp", ".partial"))],
+        "same weights as uninterrupted": weights.keys() == expected.keys()
+        and all(weights[k].equal(v) for k, v in expected.items()),
+        "same metrics as uninterrupted": without_timings(run_dir) == without_timings(reference),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--kills", type=int, default=10, help="SIGKILLs per run")
+    parser.add_argument("--iterations", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    shutil.rmtree(WORK, ignore_errors=True)
+    (WORK / "prefect").mkdir(parents=True)
+    rng = random.Random(args.seed)
+    lines, results, total_kills = [], {}, 0
+    for r in range(args.runs):
+        reference, chaotic = f"reference-{r}", f"killed-{r}"
+        log = WORK / f"{chaotic}.log"
+        seconds = run_to_end(reference, r, args.iterations, WORK / f"{reference}.log")
+        landed = []
+        # Each attempt restarts (Prefect, model loading) and gets on by a share of the run: the kills
+        # spread over start-up and every stage. A run that finishes before its kill ends the series.
+        longest = 20.0 + 2 * seconds / args.kills
+        while len(landed) < args.kills:
+            delay = rng.uniform(3.0, longest)
+            if not kill_after(chaotic, r, args.iterations, delay, log):
+                break
+            landed.append(f"{delay:.0f} s: {progress(WORK / chaotic)}")
+        run_to_end(chaotic, r, args.iterations, log)
+        total_kills += len(landed)
+        results[chaotic] = invariants(chaotic, WORK / reference, args.iterations)
+        lines.append(f"- run {r} (seed {r}; uninterrupted {seconds:.0f} s), {len(landed)} kills, where each landed "
+                     f"(newest output then): " + "; ".join(landed))
+    checks = list(next(iter(results.values())))
+    table = ["| check | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    table += [f"| {c} | " + " | ".join("yes" if results[name][c] else "**NO**" for name in results) + " |"
+              for c in checks]
+    text = "\n".join([
+        f"# Chaos: SIGKILLs of a real `spark-vl run` ({date.today().isoformat()})", "",
+        f"`.venv/bin/python bench/chaos.py --runs {args.runs} --kills {args.kills} --iterations {args.iterations} "
+        f"--seed {args.seed}`: configs/tiny.yaml with {args.iterations} iterations, evaluation every 4; "
+        f"{total_kills} SIGKILLs of the whole process group at random moments (a kill only counts if the run was "
+        "still going), then one rerun to the end, compared with an uninterrupted run of the same seed.", "",
+        *table, "", *lines])
+    publish("chaos", text)
+    if not all(all(r.values()) for r in results.values()):
+        raise SystemExit("an invariant failed: see the table")
+
+
+if __name__ == "__main__":
+    main()
