@@ -200,7 +200,7 @@ def register_policy(run_id: str, policy_dir: Path, name: str, task_acc: float) -
         mlflow_client.log_artifacts(run_id, str(policy_dir), folder)
         source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/{folder}"
         version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags={
-            "task_acc": f"{task_acc:.6f}", "spark_vl.policy": policy_dir.name})
+            "task_acc": repr(task_acc), "spark_vl.policy": policy_dir.name})  # exact: compared below
     mlflow_client.set_registered_model_alias(name, "candidate", version.version)
     try:
         champion = mlflow_client.get_model_version_by_alias(name, "champion")

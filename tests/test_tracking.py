@@ -60,12 +60,12 @@ def test_registry_aliases_move_only_on_improvement(store, tiny_model_dir):
     run_id = tracking.open_run(cfg, store / "run", "r2")
     mlflow_client = tracking.client()
     first, second, third = _policies(tiny_model_dir, store / "model", 3)
-    assert tracking.register_policy(run_id, first, "m", 0.5) == 1
-    assert tracking.register_policy(run_id, second, "m", 0.4) == 2
+    assert tracking.register_policy(run_id, first, "m", 1 / 3) == 1
+    assert tracking.register_policy(run_id, second, "m", 1 / 3) == 2  # as good, not better: no move
     assert mlflow_client.get_model_version_by_alias("m", "candidate").version == 2
     assert mlflow_client.get_model_version_by_alias("m", "champion").version == 1
     # Killed after the registry call, before its marker: the rerun finds the version it made.
-    assert tracking.register_policy(run_id, second, "m", 0.4) == 2
+    assert tracking.register_policy(run_id, second, "m", 1 / 3) == 2
     assert len(mlflow_client.search_model_versions("name='m'")) == 2
     assert tracking.register_policy(run_id, third, "m", 0.7) == 3
     assert mlflow_client.get_model_version_by_alias("m", "champion").version == 3
