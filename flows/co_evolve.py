@@ -71,12 +71,11 @@ def prepare(cfg: RunConfig, run_dir: str) -> None:
 @task(name="log", task_run_name="log-k{k}", cache_policy=NO_CACHE)
 def log(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> dict[str, float]:
     row = pipeline.stage_log(_ws(cfg, run_dir), k)
-    tracking.log_missing_iterations(mlflow_run_id, layout.metric_rows(Path(run_dir)))  # back-fills any MLflow missed
+    rows = layout.metric_rows(Path(run_dir))
     create_markdown_artifact(key="spark-metrics", markdown=pipeline.metrics_markdown(row),
                              description=f"SPARK metrics, iteration {k}")
-    if "eval/task_acc" in row:
-        plot = tracking.plot_coevolution(layout.metric_rows(Path(run_dir)), Path(run_dir) / "coevolution.png")
-        tracking.log_artifact(mlflow_run_id, plot)
+    plot = tracking.plot_coevolution(rows, Path(run_dir) / "coevolution.png") if "eval/task_acc" in row else None
+    tracking.log_step(mlflow_run_id, rows, plot)  # also what MLflow missed before
     return row
 
 

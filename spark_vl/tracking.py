@@ -135,6 +135,22 @@ def log_missing_iterations(run_id: str, rows: list[dict[str, float]]) -> list[in
     return added
 
 
+def log_step(run_id: str, rows: list[dict[str, float]], plot: Path | None = None) -> bool:
+    """After an iteration: MLflow gets every row of metrics.jsonl it lacks, and the plot. When the
+    tracking server does not answer (after MLflow's own retries with backoff), warn and go on:
+    metrics.jsonl keeps the rows and the next step, or a resume, sends them. Returns whether
+    MLflow answered."""
+    try:
+        log_missing_iterations(run_id, rows)
+        if plot is not None:
+            log_artifact(run_id, plot)
+        return True
+    except mlflow.exceptions.MlflowException as exc:
+        logger.warning("MLflow did not answer (%s); iterations up to %d stay in metrics.jsonl and are sent "
+                       "with the next one", str(exc).splitlines()[0][:200], rows[-1]["iteration"])
+        return False
+
+
 def set_tags(run_id: str, tags: dict[str, str]) -> None:
     client().log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 

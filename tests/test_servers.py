@@ -91,3 +91,62 @@ def test_deploy_trigger_and_work(servers, tmp_path, monkeypatch, tiny_data_dir):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "iteration")] == [0, 1]
     assert int(client.get_model_version_by_alias("integration", "champion").version) == 1
     assert (tmp_path / "runs" / "from-the-deployment" / "metrics.jsonl").exists()
+
+
+def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:port over a SQLite store in tmp_path, healthy."""
+    log = open(tmp_path / "mlflow-server.log", "a")
+    process = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                                "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                "--artifacts-destination", str(tmp_path / "mlartifacts")],
+                               env=environment_without_launcher(), stdout=log, stderr=log, start_new_session=True)
+    _wait_healthy(f"http://127.0.0.1:{port}/health", process)
+    return process
+
+
+@pytest.mark.slow
+def test_mlflow_server_down_mid_run_loses_and_repeats_nothing(tmp_path, monkeypatch, tiny_data_dir):
+    """The MLflow server is stopped as iteration 1 is logged and back before iteration 2 is: the
+    run goes on, and MLflow ends with every iteration once (iteration 1 back-filled)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.co_evolve import co_evolve
+    from spark_vl import pipeline
+
+    port = free_port()
+    server = [_mlflow_server(tmp_path, port)]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down
+    monkeypatch.chdir(tmp_path)
+    real_log = pipeline.stage_log
+
+    def log_with_outage(ws, k):
+        if k == 1:  # down: this iteration's MLflow batch fails
+            os.killpg(server[0].pid, signal.SIGKILL)
+            server[0].wait()
+        if k == 2:  # back: this log sends iterations 1 and 2
+            server[0] = _mlflow_server(tmp_path, port)
+        return real_log(ws, k)
+
+    real_step, answered = tracking.log_step, []
+
+    def log_step(*args):
+        answered.append(real_step(*args))
+        return answered[-1]
+
+    monkeypatch.setattr(pipeline, "stage_log", log_with_outage)
+    monkeypatch.setattr(tracking, "log_step", log_step)
+    cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
+                                     f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", f"train.deepspeed_config={DEEPSPEED}",
+                                     "tracking.registered_model=outage", "orchestration.retry_delay_s=0"])
+    try:
+        with prefect_test_harness(server_startup_timeout=60):
+            run_id = co_evolve(config=cfg, run_name="outage")
+        assert answered == [True, False, True]  # iteration 1's step found the server down
+        client = tracking.client()
+        assert [m.step for m in client.get_metric_history(run_id, "iteration")] == [0, 1, 2]
+        assert [m.step for m in client.get_metric_history(run_id, "eval/task_acc")] == [0, 1, 2]
+        assert client.get_run(run_id).info.status == "FINISHED"
+    finally:
+        os.killpg(server[0].pid, signal.SIGKILL)
+        server[0].wait()
