@@ -1,14 +1,15 @@
 """Chaos: SIGKILL a real `spark-vl run` at random moments, rerun it, check that nothing was lost.
 
-    .venv/bin/python bench/chaos.py [--runs 3] [--kills 10] [--seed 0] [--iterations 12]
+    .venv/bin/python bench/chaos.py [--kills 30] [--per-run 10] [--seed 0] [--iterations 12]
 
-For each of `--runs` runs (the default config, fewer iterations, its own seed): an uninterrupted
-reference run, then the same run started `--kills` times and SIGKILLed, whole process group, after
-a random delay (seeded: anywhere from Prefect's start-up to the last iteration), then rerun to the
-end. Checked after the final rerun, as tests/test_resume.py does at fault points:
+Runs of the default config (fewer iterations, one seed each) until `--kills` SIGKILLs have landed:
+for each, an uninterrupted reference run, then the same run started again and again and
+SIGKILLed, whole process group, after a random delay (seeded; spread so that the kills fall in
+start-up and in every stage), at most `--per-run` times, then rerun to the end. Checked after the
+final rerun, as tests/test_resume.py does at fault points:
 
 - every iteration once in metrics.jsonl and once in MLflow's history; one MLflow run, FINISHED;
-- one registry version (registered at the end), alias candidate on it;
+- one registry version (registered at the end), aliases candidate and champion on it;
 - no half-written file left;
 - the same final policy weights and metrics.jsonl (timings aside) as the reference run.
 
@@ -76,7 +77,7 @@ def progress(run_dir: Path) -> str:
     """Where a run stood: the newest stage output in its newest iteration folder."""
     folders = sorted(run_dir.glob("iter-*"))
     if not folders:
-        return "before iteration 0" if not (run_dir / "model" / "policy-0000").exists() else "iteration 0"
+        return "in the warm-up" if not (run_dir / "model" / "policy-0000").exists() else "iteration 0"
     files = sorted((p for p in folders[-1].iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime_ns)
     return f"{folders[-1].name}/{files[-1].name}" if files else folders[-1].name
 
@@ -97,6 +98,8 @@ def invariants(run_name: str, reference: Path, iterations: int) -> dict[str, boo
                               filter_string=f"tags.`spark_vl.run_dir` = '{run_dir.resolve()}'")
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "iteration")] if runs else []
     versions = client.search_model_versions(f"name='chaos-{run_name}'")
+    aliases = {alias: client.get_model_version_by_alias(f"chaos-{run_name}", alias).version
+               for alias in ("candidate", "champion")} if versions else {}
     final = f"model/policy-{iterations:04d}/model.safetensors"
     weights, expected = load_file(run_dir / final), load_file(reference / final)
     return {
@@ -104,7 +107,8 @@ def invariants(run_name: str, reference: Path, iterations: int) -> dict[str, boo
         == list(range(iterations + 1)),
         "MLflow: one run, FINISHED, each iteration once": len(runs) == 1 and runs[0].info.status == "FINISHED"
         and steps == list(range(iterations + 1)),
-        "registry: one version, candidate": len(versions) == 1 and "candidate" in versions[0].aliases,
+        "registry: one version, candidate and champion": len(versions) == 1
+        and set(aliases.values()) == {versions[0].version},
         "no partial file": not [p for p in run_dir.rglob(".*") if p.name.endswith((".tmp", ".partial"))],
         "same weights as uninterrupted": weights.keys() == expected.keys()
         and all(weights[k].equal(v) for k, v in expected.items()),
@@ -114,25 +118,25 @@ def invariants(run_name: str, reference: Path, iterations: int) -> dict[str, boo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--kills", type=int, default=10, help="SIGKILLs per run")
+    parser.add_argument("--kills", type=int, default=30, help="SIGKILLs that must land, in all")
+    parser.add_argument("--per-run", type=int, default=10, help="at most this many per run")
     parser.add_argument("--iterations", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     (WORK / "prefect").mkdir(parents=True)
     rng = random.Random(args.seed)
-    lines, results, total_kills = [], {}, 0
-    for r in range(args.runs):
+    lines, results, total_kills, r = [], {}, 0, 0
+    while total_kills < args.kills:
         reference, chaotic = f"reference-{r}", f"killed-{r}"
         log = WORK / f"{chaotic}.log"
         seconds = run_to_end(reference, r, args.iterations, WORK / f"{reference}.log")
         landed = []
         # Each attempt restarts (Prefect, model loading) and gets on by a share of the run: the kills
         # spread over start-up and every stage. A run that finishes before its kill ends the series.
-        longest = 20.0 + 2 * seconds / args.kills
-        while len(landed) < args.kills:
-            delay = rng.uniform(3.0, longest)
+        longest = 30.0 + 2 * seconds / args.per_run
+        while len(landed) < min(args.per_run, args.kills - total_kills):
+            delay = rng.uniform(10.0, longest)
             if not kill_after(chaotic, r, args.iterations, delay, log):
                 break
             landed.append(f"{delay:.0f} s: {progress(WORK / chaotic)}")
@@ -141,14 +145,15 @@ def main() -> None:
         results[chaotic] = invariants(chaotic, WORK / reference, args.iterations)
         lines.append(f"- run {r} (seed {r}; uninterrupted {seconds:.0f} s), {len(landed)} kills, where each landed "
                      f"(newest output then): " + "; ".join(landed))
+        r += 1
     checks = list(next(iter(results.values())))
     table = ["| check | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
     table += [f"| {c} | " + " | ".join("yes" if results[name][c] else "**NO**" for name in results) + " |"
               for c in checks]
     text = "\n".join([
         f"# Chaos: SIGKILLs of a real `spark-vl run` ({date.today().isoformat()})", "",
-        f"`.venv/bin/python bench/chaos.py --runs {args.runs} --kills {args.kills} --iterations {args.iterations} "
-        f"--seed {args.seed}`: configs/tiny.yaml with {args.iterations} iterations, evaluation every 4; "
+        f"`.venv/bin/python bench/chaos.py --kills {args.kills} --per-run {args.per_run} --iterations "
+        f"{args.iterations} --seed {args.seed}`: configs/tiny.yaml with {args.iterations} iterations, evaluation every 4; "
         f"{total_kills} SIGKILLs of the whole process group at random moments (a kill only counts if the run was "
         "still going), then one rerun to the end, compared with an uninterrupted run of the same seed.", "",
         *table, "", *lines])
