@@ -38,7 +38,7 @@ WORK = ROOT / "runs" / "chaos"
 
 
 def command(run_name: str, seed: int, iterations: int) -> list[str]:
-    return [sys.executable, "-m", "spark_vl.cli", "run", "configs/tiny.yaml", "--run-name", run_name,
+    return [sys.executable, "-m", "spark_vl.cli", "run", str(WORK / "tiny.yaml"), "--run-name", run_name,
             "--set", f"train.iterations={iterations}", "--set", "eval.every=4",
             "--set", f"orchestration.runs_dir={WORK}", "--set", f"tracking.registered_model=chaos-{run_name}",
             "--set", f"model.tiny.seed={seed}", "--set", f"train.seed={seed}", "--set", f"rollout.seed={seed}"]
@@ -125,6 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     shutil.rmtree(WORK, ignore_errors=True)
     (WORK / "prefect").mkdir(parents=True)
+    shutil.copy(ROOT / "configs" / "tiny.yaml", WORK / "tiny.yaml")  # one config for all runs, whatever happens to it
     rng = random.Random(args.seed)
     lines, results, total_kills, r = [], {}, 0, 0
     while total_kills < args.kills:
