@@ -225,11 +225,8 @@ def run(
 
     try:
         co_evolve(config=cfg, run_name=name)
-    except (DamagedOutput, DatasetError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
+    except (DamagedOutput, DatasetError, OSError) as exc:  # errors that say what to fix: no traceback
+        if isinstance(exc, OSError) and exc.errno != errno.ENOSPC:
             raise
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
