@@ -70,12 +70,13 @@ def same_form_accuracy(prompts: list[PromptRecord], rewards: list[float], tokeni
     return (sum(positive) / len(positive) + sum(alike) / len(alike)) / 2
 
 
-def _judge_accuracy(engine: RolloutEngine, prompts: list[PromptRecord]) -> tuple[float, list[str]]:
+def _judge_accuracy(engine: RolloutEngine, prompts: list[PromptRecord]) -> tuple[float, list[str], list[float]]:
+    """(accuracy, greedy replies, their rewards) of the judge on `prompts`."""
     if not prompts:
-        return float("nan"), []
-    groups = engine.generate(prompts, 1, greedy=True)
-    responses = [g.responses[0] for g in groups]
-    return sum(judge_reward(r, p.label) for r, p in zip(responses, prompts)) / len(prompts), responses
+        return float("nan"), [], []
+    responses = [g.responses[0] for g in engine.generate(prompts, 1, greedy=True)]
+    rewards = [judge_reward(r, p.label) for r, p in zip(responses, prompts)]
+    return sum(rewards) / len(prompts), responses, rewards
 
 
 def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig, templates: Templates,
@@ -96,13 +97,12 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
                for t, r, c in zip(tasks, answers, correct)]
 
     pointwise, pairwise = held_out_judge_prompts(samples, config, templates, config.train.seed)
-    metrics["eval/judge_pointwise_acc"], responses = _judge_accuracy(engine, pointwise)
-    records += _judge_records(pointwise, responses)
-    metrics["eval/judge_same_form_acc"] = same_form_accuracy(
-        pointwise, [judge_reward(r, p.label) for r, p in zip(responses, pointwise)], tokenizer)
+    metrics["eval/judge_pointwise_acc"], responses, rewards = _judge_accuracy(engine, pointwise)
+    records += _judge_records(pointwise, responses, rewards)
+    metrics["eval/judge_same_form_acc"] = same_form_accuracy(pointwise, rewards, tokenizer)
     replies = [(r, False) for r in responses]
-    metrics["eval/judge_pairwise_acc"], responses = _judge_accuracy(engine, pairwise)
-    records += _judge_records(pairwise, responses)
+    metrics["eval/judge_pairwise_acc"], responses, rewards = _judge_accuracy(engine, pairwise)
+    records += _judge_records(pairwise, responses, rewards)
     replies += [(r, True) for r in responses]
     metrics["eval/judge_well_formed"] = sum(
         bool(well_formed(r) and templates.reply_pattern(pairwise).match(r)) for r, pairwise in replies) / len(replies)
@@ -113,16 +113,16 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     own_prompts = [pointwise_judge_sample(t, answer, bool(c), rng.choice(templates.pointwise), f"{t.id}/own")
                    for t, answer, c in own]
     wrong_own = [p for p in own_prompts if p.label not in POSITIVE_LABELS]
-    metrics["eval/judge_own_wrong_acc"], _ = _judge_accuracy(engine, wrong_own)
-    metrics["eval/judge_own_acc"], _ = _judge_accuracy(engine, own_prompts)
+    metrics["eval/judge_own_wrong_acc"] = _judge_accuracy(engine, wrong_own)[0]
+    metrics["eval/judge_own_acc"] = _judge_accuracy(engine, own_prompts)[0]
 
     metrics["eval/task_acc_reflect"] = self_reflect_accuracy(engine, tasks, answers, config, templates, pool)
     return metrics, records
 
 
-def _judge_records(prompts: list[PromptRecord], responses: list[str]) -> list[dict]:
-    return [{"kind": p.kind, "prompt": p.text, "label": p.label, "response": r,
-             "reward": judge_reward(r, p.label)} for p, r in zip(prompts, responses)]
+def _judge_records(prompts: list[PromptRecord], responses: list[str], rewards: list[float]) -> list[dict]:
+    return [{"kind": p.kind, "prompt": p.text, "label": p.label, "response": r, "reward": reward}
+            for p, r, reward in zip(prompts, responses, rewards)]
 
 
 def self_reflect_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], answers: list[str], config: RunConfig,
