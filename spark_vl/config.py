@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from spark_vl.records import Kind
 from spark_vl.runio import write_text_atomic
 
 
@@ -117,17 +118,36 @@ class VLLMConfig(Section):
     sleep_during_train: bool = Field(False, description="release GPU memory while the policy trains")
 
 
+class FilterGroupsConfig(Section):
+    """DAPO's dynamic sampling (verl's `algorithm.filter_groups`): when task groups whose rewards
+    all agree leave the batch short, sample more task prompts until `prompts_per_batch` groups
+    differ. Agreeing groups stay in the rollouts: they carry no gradient, but recycling turns them
+    into judge and reflection prompts."""
+
+    enable: bool = False
+    max_num_gen_batches: int = Field(3, ge=1, description="task batches sampled per iteration at most, "
+                                     "the first included")
+
+
 class RolloutConfig(Section):
     engine: Literal["hf", "vllm"] = "hf"
     prompts_per_batch: int = Field(16, ge=1)
     group_size: int = Field(8, ge=2, description="sampled responses per prompt (n)")
     temperature: float = Field(1.0, gt=0)
+    kind_temperature: dict[Kind, Annotated[float, Field(gt=0)]] = Field(
+        {}, description="sampling temperature per prompt kind (solve, judge_pointwise, judge_pairwise, "
+        "reflect_cot, reflect_answer); kinds not named use `temperature`. Training scores each "
+        "response under the temperature it was sampled with")
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(24, ge=1)
     verify_timeout_s: float = Field(5.0, gt=0, description="hard deadline to grade one response")
     verify_workers: int = Field(2, ge=1, description="grading processes")
     seed: int = 0
+    filter_groups: FilterGroupsConfig = FilterGroupsConfig()
     vllm: VLLMConfig = VLLMConfig()
+
+    def temperature_for(self, kind: str) -> float:
+        return self.kind_temperature.get(kind, self.temperature)
 
 
 class SparkConfig(Section):

@@ -25,7 +25,8 @@ from spark_vl.faults import fault_point
 from spark_vl.layout import (deepspeed_dir, deepspeed_tag, iter_dir, metric_rows, policy_dir, prune_policies, read_json,
                              remove_partials, start_policy, write_json)
 from spark_vl.models import build_tiny_model, load_processor
-from spark_vl.records import JUDGE_KINDS, REFLECT_KINDS, load_groups, load_prompts, save_groups, save_prompts
+from spark_vl.records import (JUDGE_KINDS, REFLECT_KINDS, PromptRecord, RolloutGroup, load_groups, load_prompts,
+                              save_groups, save_prompts)
 from spark_vl.recycle import Templates, recycle, reply_is_intact
 from spark_vl.runio import logger, write_jsonl_atomic
 from spark_vl.train.launch import distributed, is_worker, launch_training
@@ -90,15 +91,23 @@ def warm_start(config: RunConfig, run_dir: Path, init: Path, start: Path) -> Non
     trainer.save(start)
 
 
+def task_prompts(ws: Workspace, k: int, draw: int = 0, taken: set[str] = frozenset()) -> list[PromptRecord]:
+    """The `draw`-th batch of task prompts of iteration k, none of the samples in `taken`. Draw 0
+    is every run's batch; later draws are dynamic sampling's extra batches."""
+    cfg = ws.config
+    rng = random.Random(cfg.rollout.seed * 1_000_003 + k if draw == 0 else f"{cfg.rollout.seed}:{k}:{draw}")
+    pool = [s for s in ws.samples("train") if s.id not in taken]
+    samples = rng.sample(pool, min(cfg.rollout.prompts_per_batch, len(pool)))
+    return [solve_prompt(s, cfg.data.instruction, f"k{k}/") for s in samples]
+
+
 def stage_prompts(ws: Workspace, k: int) -> None:
     """Task prompts for iteration k plus the judge/reflection queue recycled in k-1."""
     out = iter_dir(ws.run_dir, k) / "prompts.jsonl"
     if out.exists():
         return
     cfg = ws.config
-    rng = random.Random(cfg.rollout.seed * 1_000_003 + k)
-    samples = rng.sample(ws.samples("train"), min(cfg.rollout.prompts_per_batch, len(ws.samples("train"))))
-    prompts = [solve_prompt(s, cfg.data.instruction, f"k{k}/") for s in samples]
+    prompts = task_prompts(ws, k)
     queue = iter_dir(ws.run_dir, k - 1) / "recycled.jsonl"
     if cfg.spark.enabled and queue.exists():
         prompts += load_prompts(queue)
@@ -111,21 +120,46 @@ def stage_rollout(ws: Workspace, k: int) -> None:
     out = iter_dir(ws.run_dir, k) / "rollouts.jsonl"
     if out.exists():
         return
+    cfg = ws.config.rollout
     prompts = load_prompts(iter_dir(ws.run_dir, k) / "prompts.jsonl")
     engine = ws.engine_at(k - 1)
     start = time.perf_counter()
-    groups = engine.generate(prompts, ws.config.rollout.group_size, seed=ws.config.rollout.seed * 1_000_003 + k)
+    groups = engine.generate(prompts, cfg.group_size, seed=cfg.seed * 1_000_003 + k)
+    draws = 1
+    if cfg.filter_groups.enable:
+        extra, draws = sample_until_informative(ws, k, engine, [g for g in groups if g.prompt.kind == "solve"])
+        groups += extra
     seconds = time.perf_counter() - start
     tokens = sum(len(ids) for g in groups for ids in g.response_ids)
     solve_lengths = [len(ids) for g in groups if g.prompt.kind == "solve" for ids in g.response_ids]
     fault_point("rollout", k, "before")
     write_json(iter_dir(ws.run_dir, k) / "rollout.json", {
         "rollout/response_len": sum(solve_lengths) / max(1, len(solve_lengths)),
+        "rollout/gen_batches": float(draws),
         "throughput/rollout_tokens_per_s": tokens / seconds,
         "time/rollout_s": seconds,
     })
     save_groups(out, groups)
     fault_point("rollout", k, "after")
+
+
+def sample_until_informative(ws: Workspace, k: int, engine, solve: list[RolloutGroup]) -> tuple[list[RolloutGroup], int]:
+    """Dynamic sampling: (extra task groups, batches drawn in all). Draws more task prompts while
+    fewer than `prompts_per_batch` task groups have differing rewards, at most
+    `filter_groups.max_num_gen_batches` batches, never a training sample twice."""
+    cfg = ws.config.rollout
+    extra, new, draws = [], solve, 1
+    while draws < cfg.filter_groups.max_num_gen_batches:
+        grade_groups(new, ws.templates, ws.pool, ws.config.spark.judge_reply_check)
+        if sum(len(set(g.rewards)) > 1 for g in solve + extra) >= cfg.prompts_per_batch:
+            break
+        prompts = task_prompts(ws, k, draws, {g.prompt.source_id for g in solve + extra})
+        if not prompts:
+            break
+        new = engine.generate(prompts, cfg.group_size, seed=(cfg.seed * 1_000_003 + k) * 1_009 + draws)
+        extra += new
+        draws += 1
+    return extra, draws
 
 
 def grade_groups(groups, templates: Templates, pool: GradingPool, judge_reply_check: str) -> None:

@@ -9,12 +9,12 @@ import torch
 from spark_vl.config import load_config
 from spark_vl.models import load_processor
 from spark_vl.layout import policy_dir
-from spark_vl.pipeline import run
+from spark_vl.pipeline import run, sample_until_informative, task_prompts
 from spark_vl.workspace import Workspace
-from spark_vl.records import PromptRecord
+from spark_vl.records import PromptRecord, RolloutGroup
 from spark_vl.rollout.hf import HFRolloutEngine, conversation
 from spark_vl.train.forward import completion_batch, completion_logps
-from spark_vl.train.trainer import PolicyTrainer
+from spark_vl.train.trainer import PolicyTrainer, sequences_with_signal
 
 METRICS = ["eval/task_acc", "eval/task_acc_reflect", "eval/judge_pointwise_acc", "eval/judge_pairwise_acc",
            "eval/well_formed", "eval/judge_well_formed", "eval/judge_same_form_acc",
@@ -163,3 +163,91 @@ def test_grpo_options_train_on_deepspeed(setup, tiny_model_dir, tiny_data_dir, o
     stats = trainer.grpo_step(groups)
     assert torch.isfinite(torch.tensor(stats["train/loss"])) and stats["train/entropy"] > 0
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+class ScriptedEngine:
+    """A rollout engine whose answers are fixed by the sample: right on half the responses for
+    samples with an even number (a group whose rewards differ), wrong on all others."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, n, greedy=False, seed=0):
+        self.calls.append(([p.source_id for p in prompts], seed))
+        groups = []
+        for p in prompts:
+            mixed = int(p.source_id.split("-")[-1]) % 2 == 0
+            responses = [f"\\boxed{{{p.label}}}" if mixed and i % 2 else "\\boxed{nothing}" for i in range(n)]
+            groups.append(RolloutGroup(p, responses, [[1]] * n, [[0.0]] * n))
+        return groups
+
+
+@pytest.mark.parametrize("max_batches", [1, 2, 3, 10])
+def test_dynamic_sampling_draws_new_samples_until_the_batch_has_signal(tiny_data_dir, max_batches):
+    cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
+                                     "rollout.filter_groups.enable=true",
+                                     f"rollout.filter_groups.max_num_gen_batches={max_batches}"])
+    ws = Workspace(cfg, tiny_data_dir / "unused-run-dir")
+    try:
+        engine = ScriptedEngine()
+        first = engine.generate(task_prompts(ws, 3), 4)
+        extra, draws = sample_until_informative(ws, 3, engine, first)
+        other = ScriptedEngine()
+        again, draws_again = sample_until_informative(ws, 3, other, other.generate(task_prompts(ws, 3), 4))
+    finally:
+        ws.close()
+    solve = first + extra
+    informative = [len(set(g.rewards)) > 1 for g in solve if g.rewards]
+    ids = [g.prompt.source_id for g in solve]
+    assert len(set(ids)) == len(ids), "a training sample was drawn twice"
+    assert draws == len(engine.calls) == 1 + len(extra) // 4
+    assert draws <= max_batches
+    # It stops as soon as 4 groups differ, or at the cap; never earlier.
+    before_last = sum(len(set(g.rewards)) > 1 for g in solve[:-4])
+    if draws < max_batches:
+        assert sum(informative) >= 4 and (draws == 1 or before_last < 4)
+    if max_batches == 10:
+        assert draws < max_batches, "half the samples give differing rewards: 10 batches are never needed"
+    assert [g.prompt.source_id for g in again] == [g.prompt.source_id for g in extra] and draws_again == draws
+    assert len({seed for _, seed in engine.calls}) == len(engine.calls)
+
+
+def test_dynamic_sampling_in_a_run(tmp_path, tiny_data_dir):
+    cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
+                                     f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", "train.iterations=1",
+                                     "rollout.filter_groups.enable=true",
+                                     "rollout.filter_groups.max_num_gen_batches=2"])
+    rows = run(cfg, tmp_path / "run")
+    groups = [json.loads(line) for line in (tmp_path / "run" / "iter-0001" / "verified.jsonl").read_text().splitlines()]
+    solve = [g for g in groups if g["prompt"]["kind"] == "solve"]
+    differing = sum(len(set(g["rewards"])) > 1 for g in solve[:4])
+    assert rows[1]["rollout/gen_batches"] == (1 if differing >= 4 else 2)
+    assert len(solve) == 4 * rows[1]["rollout/gen_batches"]
+    assert len({g["prompt"]["source_id"] for g in solve}) == len(solve)
+
+
+def test_temperature_per_kind_is_what_training_scores_with(setup, tiny_model_dir, tiny_data_dir):
+    cfg = load_config(None, SMALL + ["rollout.kind_temperature={judge_pointwise: 2.5}"])
+    processor = setup[1]
+    trainer = PolicyTrainer(cfg, processor, tiny_model_dir, None)
+    engine = HFRolloutEngine(trainer.model, processor, cfg.rollout, cfg.model, show_progress=False)
+    prompts = _prompts(tiny_data_dir, 4)
+    for p in prompts[1::2]:
+        p.kind = "judge_pointwise"
+    groups = engine.generate(prompts, n=3, seed=2)
+    assert [g.prompt.id for g in groups] == [p.id for p in prompts]
+    for g in groups:
+        g.rewards = [1.0, 0.0, 0.0]
+    sequences, _ = sequences_with_signal(groups, cfg)
+    assert [s.temperature for s in sequences] == [1.0] * 3 + [2.5] * 3 + [1.0] * 3 + [2.5] * 3
+    batch = completion_batch(processor, [s.conversation for s in sequences], [s.completion for s in sequences],
+                             torch.device("cpu"))
+    with torch.no_grad():
+        scored, _ = completion_logps(trainer.model, batch, torch.tensor([s.temperature for s in sequences]),
+                                     suppress_ids=trainer.suppress)
+        at_one, _ = completion_logps(trainer.model, batch, suppress_ids=trainer.suppress)
+    for row, s in enumerate(sequences):
+        expected = torch.tensor(s.old_logps)
+        assert torch.allclose(scored[row, :len(expected)], expected, atol=1e-4)
+        if s.temperature != 1.0:
+            assert not torch.allclose(at_one[row, :len(expected)], expected, atol=1e-2)

@@ -50,27 +50,32 @@ class HFRolloutEngine:
     def generate(self, prompts: list[PromptRecord], n: int, greedy: bool = False, seed: int = 0) -> list[RolloutGroup]:
         n = 1 if greedy else n
         per_call = max(1, self.sequences_per_call // n)
-        groups: list[RolloutGroup] = []
         torch.manual_seed(seed)
         was_training = self.model.training
         self.model.eval()
-        chunks = range(0, len(prompts), per_call)
-        for start in tqdm(chunks, desc="rollout", unit="batch", leave=False, disable=not self.show_progress):
-            groups += self._generate_chunk(prompts[start:start + per_call], n, greedy)
+        # One `generate` call samples at one temperature: prompts are batched by their kind's.
+        by_temperature: dict[float, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            by_temperature.setdefault(1.0 if greedy else self.cfg.temperature_for(prompt.kind), []).append(i)
+        chunks = [(t, order[start:start + per_call]) for t, order in by_temperature.items()
+                  for start in range(0, len(order), per_call)]
+        done: dict[int, RolloutGroup] = {}
+        for temperature, chunk in tqdm(chunks, desc="rollout", unit="batch", leave=False, disable=not self.show_progress):
+            done.update(zip(chunk, self._generate_chunk([prompts[i] for i in chunk], n, greedy, temperature)))
         self.model.train(was_training)
-        return groups
+        return [done[i] for i in range(len(prompts))]
 
-    def _generate_chunk(self, prompts: list[PromptRecord], n: int, greedy: bool) -> list[RolloutGroup]:
+    def _generate_chunk(self, prompts: list[PromptRecord], n: int, greedy: bool,
+                        temperature: float) -> list[RolloutGroup]:
         device = next(self.model.parameters()).device
         inputs = encode_prompts(self.processor, [conversation(p, self.model_cfg) for p in prompts]).to(device)
-        sampling = {} if greedy else {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p, "top_k": 0}
+        sampling = {} if greedy else {"temperature": temperature, "top_p": self.cfg.top_p, "top_k": 0}
         out = self.model.generate(
             **inputs, do_sample=not greedy, num_return_sequences=n, max_new_tokens=self.cfg.max_new_tokens,
             suppress_tokens=self.suppress, output_logits=True, return_dict_in_generate=True,
             pad_token_id=self.pad_id, **sampling,
         )
         completion = out.sequences[:, inputs["input_ids"].shape[1]:]
-        temperature = 1.0 if greedy else self.cfg.temperature
         logits = policy_logits(torch.stack(out.logits, dim=1), temperature, self.suppress)
         token_logps = torch.log_softmax(logits, dim=-1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
         groups = []

@@ -51,7 +51,7 @@ class VLLMRolloutEngine:
             "model": self.server.config.served_model_name,
             "messages": [{"role": "user", "content": content}],
             "n": n, "max_tokens": self.cfg.max_new_tokens,
-            "temperature": 0.0 if greedy else self.cfg.temperature, "top_p": 1.0 if greedy else self.cfg.top_p,
+            "temperature": 0.0 if greedy else self.cfg.temperature_for(prompt.kind), "top_p": 1.0 if greedy else self.cfg.top_p,
             "logprobs": True, "return_token_ids": True, "skip_special_tokens": True,
             "logit_bias": {str(i): -100 for i in self.suppress_ids},  # a weak model samples vision tokens
         }

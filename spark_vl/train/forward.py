@@ -36,9 +36,12 @@ def completion_batch(processor, conversations: list[list[dict]], completions: li
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
-def policy_logits(logits: torch.Tensor, temperature: float, suppress_ids: list[int]) -> torch.Tensor:
-    """The logits the rollout engines sample from: temperature-scaled, vision tokens excluded.
-    Training and both engines use this same distribution, so their log-probs agree."""
+def policy_logits(logits: torch.Tensor, temperature: float | torch.Tensor, suppress_ids: list[int]) -> torch.Tensor:
+    """The logits the rollout engines sample from: temperature-scaled (one temperature, or one
+    per row), vision tokens excluded. Training and both engines use this same distribution, so
+    their log-probs agree."""
+    if isinstance(temperature, torch.Tensor):
+        temperature = temperature.to(logits.device).view(-1, *[1] * (logits.dim() - 1))
     logits = logits.float() / temperature
     if suppress_ids:
         index = torch.tensor(suppress_ids, device=logits.device)
@@ -59,8 +62,9 @@ def shared_image_features(model, batch: dict[str, torch.Tensor]):
     return features
 
 
-def completion_logps(model, batch: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False,
-                     suppress_ids: list[int] = (), entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def completion_logps(model, batch: dict[str, torch.Tensor], temperature: float | torch.Tensor = 1.0,
+                     with_entropy: bool = False, suppress_ids: list[int] = (),
+                     entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(per-token log-probs, per-token entropy or None), both (B, T) over the completion; the
     entropy carries gradients only with `entropy_grad` (for an entropy bonus)."""
     completion_ids = batch["completion_ids"]

@@ -26,6 +26,7 @@ class Sequence:
     completion: list[int]
     old_logps: list[float]
     advantage: float
+    temperature: float  # the one it was sampled at, so the ratio compares like with like
 
 
 def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig) -> tuple[list[Sequence], int]:
@@ -37,9 +38,10 @@ def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig) -> tupl
             flat_groups += 1
             continue
         conv = conversation(group.prompt, config.model)
+        temperature = config.rollout.temperature_for(group.prompt.kind)
         for ids, logps, adv in zip(group.response_ids, group.logprobs, advantages):
             if ids:
-                sequences.append(Sequence(conv, ids, logps, adv))
+                sequences.append(Sequence(conv, ids, logps, adv, temperature))
     return sequences, flat_groups
 
 
@@ -124,7 +126,7 @@ class PolicyTrainer:
             for row, seq in enumerate(chunk):
                 old[row, :len(seq.old_logps)] = torch.tensor(seq.old_logps)
             advantages = torch.tensor([s.advantage for s in chunk], device=self.device)
-            temperature = self.config.rollout.temperature
+            temperature = torch.tensor([s.temperature for s in chunk], device=self.device)
             logps, entropy = completion_logps(self.engine, batch, temperature, True, self.suppress,
                                               entropy_grad=train.entropy_coef > 0)
             if self.reference is not None:
