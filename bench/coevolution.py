@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"spark": "true", "grpo": "false"}
 COLUMNS = [("eval/task_acc", "task acc"), ("eval/task_acc_reflect", "task acc + self-reflection"),
            ("eval/well_formed", "well-formed answers"), ("eval/judge_pointwise_acc", "judge pointwise"),
-           ("eval/judge_same_form_acc", "judge on look-alikes"), ("eval/judge_pairwise_acc", "judge pairwise"),
-           ("eval/judge_own_wrong_acc", "judge on own wrong answers")]
+           ("eval/judge_same_form_acc", "judge on look-alikes"), ("eval/judge_restated", "judge quotes the answer"),
+           ("eval/judge_pairwise_acc", "judge pairwise"), ("eval/judge_own_wrong_acc", "judge on own wrong answers")]
 
 
 def run_name(config: Path, arm: str, seed: int) -> str:
@@ -85,9 +85,39 @@ def table(config: Path, seeds: list[int], evals: dict[tuple[str, int], list[dict
                 if present:
                     summary[f"{arm}/{when}/{key.removeprefix('eval/')}"] = statistics.mean(present)
             lines.append(f"| {'SPARK' if arm == 'spark' else 'GRPO'} | {when} | " + " | ".join(cells) + " |")
+    lines += ["", *goals(seeds, evals)]
     lines += ["", f"Command: `.venv/bin/python bench/coevolution.py --configs {config.relative_to(ROOT)} "
               f"--seeds {' '.join(map(str, seeds))}`"]
     return "\n".join(lines), summary
+
+
+def goals(seeds: list[int], evals: dict[tuple[str, int], list[dict]]) -> list[str]:
+    """The issue's targets, each checked on these runs: met or not, with the numbers behind it."""
+    def value(arm, seed, index, key):
+        return evals[(arm, seed)][index].get(key, math.nan)
+
+    def mean(values):
+        return statistics.mean(values) if values else math.nan
+
+    task_gain = [value("spark", s, -1, "eval/task_acc") - value("spark", s, 0, "eval/task_acc") for s in seeds]
+    formed = min(r.get("eval/well_formed", math.nan) for rows in evals.values() for r in rows)
+    same_form = [value("spark", s, -1, "eval/judge_same_form_acc") for s in seeds]
+    grpo_judge = [value("grpo", s, -1, "eval/judge_pointwise_acc") - value("grpo", s, 0, "eval/judge_pointwise_acc")
+                  for s in seeds]
+    reflect = {arm: mean([value(arm, s, -1, "eval/task_acc_reflect") - value(arm, s, -1, "eval/task_acc")
+                          for s in seeds]) for arm in ARMS}
+    checks = [
+        (formed >= 0.95, f"well-formed answers at every evaluation of every run >= 0.95: lowest {formed:.3f}"),
+        (min(task_gain) >= 0.10, "SPARK task accuracy +0.10 over iteration 0 in each seed: "
+         + ", ".join(f"{g:+.3f}" for g in task_gain)),
+        (min(same_form) >= 0.75, "SPARK judge on look-alikes >= 0.75 in each seed: "
+         + ", ".join(f"{v:.3f}" for v in same_form)),
+        (max(grpo_judge) <= 0.03, "plain GRPO judge pointwise rises <= 0.03: "
+         + ", ".join(f"{g:+.3f}" for g in grpo_judge)),
+        (reflect["spark"] > 0 >= reflect["grpo"], f"self-reflection over greedy, mean of seeds: SPARK "
+         f"{reflect['spark']:+.3f}, plain GRPO {reflect['grpo']:+.3f} (SPARK above 0, GRPO not)"),
+    ]
+    return ["Targets:", ""] + [f"- {'met' if ok else 'NOT met'}: {text}" for ok, text in checks]
 
 
 def plot(config: Path, seeds: list[int], evals: dict[tuple[str, int], list[dict]], out: Path) -> Path:

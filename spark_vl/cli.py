@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from spark_vl.config import ConfigError, load_config
+from spark_vl.config import MODEL_CONFIG, ConfigError, load_config, load_model_config
 
 app = typer.Typer(
     help="Post-train vision-language models with SPARK: GRPO whose verified rollouts also train "
@@ -249,6 +249,22 @@ def _print_evals(rows: list[dict]) -> None:
                                                             for key, _ in EVAL_COLUMNS))
 
 
+def _model_or_given_config(model_dir: Path, config: Path | None, overrides: list[str] | None):
+    """The config a policy was trained with (its templates, instruction and pixel bounds), unless
+    --config is given; says which one is used."""
+    try:
+        trained = load_model_config(model_dir, overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: the model's {MODEL_CONFIG}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if trained is not None and config is None:
+        typer.echo(f"using the config the model was trained with ({MODEL_CONFIG} in the model)", err=True)
+        return trained
+    if trained is not None:
+        typer.echo(f"using --config {config}, not the config the model was trained with ({MODEL_CONFIG})", err=True)
+    return _config(config, overrides)
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="checkpoint folder or models:/NAME@alias")],
@@ -270,9 +286,9 @@ def eval_cmd(
     from spark_vl.tracking import resolve_model
     from spark_vl.verify import GradingPool
 
-    cfg = _config(config, set_)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = resolve_model(model, Path(tmp) / "model")
+        cfg = _model_or_given_config(model_dir, config, set_)
         data_path = data or (Path(cfg.data.eval_path) if cfg.data.eval_path else None)
         if data_path is None:
             data_path = make_dataset(Path(tmp) / "data", cfg.data.builtin)["eval"]

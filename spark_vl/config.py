@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -352,3 +353,27 @@ def check_paths(config: RunConfig) -> None:
 
 def save_config(config: RunConfig, path: Path) -> None:
     write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+MODEL_CONFIG = "spark_vl_config.yaml"
+MODEL_TEMPLATES = "spark_vl_templates.json"
+
+
+def save_model_config(config: RunConfig, model_dir: Path) -> None:
+    """The run's resolved config inside a saved policy, so that evaluating or judging with it
+    later uses the prompts it learned (templates, instruction, pixel bounds); a template file
+    travels with it."""
+    if config.spark.templates not in ("default", "tiny"):
+        shutil.copyfile(config.spark.templates, model_dir / MODEL_TEMPLATES)
+        config = config.model_copy(update={"spark": config.spark.model_copy(update={"templates": MODEL_TEMPLATES})})
+    save_config(config, model_dir / MODEL_CONFIG)
+
+
+def load_model_config(model_dir: Path, overrides: list[str] | None = None) -> RunConfig | None:
+    """The config a saved policy was trained with (None for a checkpoint spark-vl did not train)."""
+    if not (Path(model_dir) / MODEL_CONFIG).exists():
+        return None
+    config = load_config(Path(model_dir) / MODEL_CONFIG, overrides)
+    if config.spark.templates == MODEL_TEMPLATES:
+        config.spark.templates = str(Path(model_dir) / MODEL_TEMPLATES)
+    return config

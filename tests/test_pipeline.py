@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from spark_vl.config import load_config
+from spark_vl.config import load_config, load_model_config
 from spark_vl.models import load_processor
 from spark_vl.layout import policy_dir
 from spark_vl.pipeline import run, sample_until_informative, task_prompts
@@ -17,7 +17,7 @@ from spark_vl.train.forward import completion_batch, completion_logps
 from spark_vl.train.trainer import PolicyTrainer, sequences_with_signal
 
 METRICS = ["eval/task_acc", "eval/task_acc_reflect", "eval/judge_pointwise_acc", "eval/judge_pairwise_acc",
-           "eval/well_formed", "eval/judge_well_formed", "eval/judge_same_form_acc",
+           "eval/well_formed", "eval/judge_well_formed", "eval/judge_same_form_acc", "eval/judge_restated",
            "rollout/reward_mean", "rollout/all_correct_frac", "rollout/all_wrong_frac", "rollout/response_len",
            "verify/timeout_frac", "recycle/n_pointwise", "recycle/n_pairwise", "recycle/n_reflect",
            "aux/judge_reward_mean", "aux/reflect_reward_mean", "train/loss", "train/kl", "train/entropy",
@@ -136,6 +136,7 @@ def test_two_iterations_end_to_end_and_rerun_skips(tmp_path, tiny_data_dir):
         assert name in rows[2], name
     for k in (0, 1, 2):
         assert (policy_dir(run_dir, k) / "config.json").exists()
+        assert load_model_config(policy_dir(run_dir, k)) == cfg  # a policy knows what it was trained with
     assert (run_dir / "deepspeed" / "iter-0002").is_dir() and not (run_dir / "deepspeed" / "iter-0001").exists()
     verified = [json.loads(line) for line in (run_dir / "iter-0001" / "verified.jsonl").read_text().splitlines()]
     assert len(verified) == 4 and all(len(g["rewards"]) == 4 for g in verified)

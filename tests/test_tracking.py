@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import shutil
 
 import pytest
@@ -95,6 +96,41 @@ def test_eval_command_loads_the_champion_from_the_registry(store, tiny_model_dir
     metrics = json.loads(result.output.strip().splitlines()[-1])
     assert set(metrics) >= {"eval/task_acc", "eval/task_acc_reflect", "eval/judge_pointwise_acc"}
     assert 0 <= metrics["eval/task_acc"] <= 1
+
+
+def test_eval_uses_the_config_the_model_was_trained_with(store, tiny_model_dir, tiny_data_dir, tmp_path):
+    """A registered policy carries its run's config, template file included; `eval` uses it
+    unless --config is given, and says which."""
+    from typer.testing import CliRunner
+
+    from spark_vl.cli import app
+    from spark_vl.config import MODEL_TEMPLATES, load_model_config, save_model_config
+    from spark_vl.recycle import Templates
+
+    templates = tmp_path / "my-templates.json"
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    shutil.copyfile(configs / "templates-tiny-parens.json", templates)
+    trained = load_config(None, [f"spark.templates={templates}", "model.min_pixels=3136", "eval.n_task=3",
+                                 "eval.n_judge=2", "eval.reflect_rounds=1"])
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_model_dir, policy)
+    save_model_config(trained, policy)
+    templates.unlink()  # the model's copy is what counts
+    loaded = load_model_config(policy)
+    assert loaded.model_dump(exclude={"spark"}) == trained.model_dump(exclude={"spark"})
+    assert loaded.spark.templates == str(policy / MODEL_TEMPLATES)
+    assert "(" in Templates.load(loaded.spark.templates).pointwise[0]["text"]
+    run_id = tracking.open_run(load_config(None, ["tracking.experiment=t5"]), store / "run", "r5")
+    tracking.register_policy(run_id, policy, "knows-its-config", 0.1)
+    command = ["eval", "--model", "models:/knows-its-config@champion", "--json", "--data",
+               str(tiny_data_dir / "eval.jsonl")]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "using the config the model was trained with" in result.output
+    result = CliRunner().invoke(app, command + ["--config", str(configs / "tiny.yaml"), "--set", "eval.n_task=2",
+                                                "--set", "eval.n_judge=2", "--set", "eval.reflect_rounds=1"])
+    assert result.exit_code == 0, result.output
+    assert "not the config the model was trained with" in result.output
 
 
 def test_a_run_starts_from_the_registry_champion(store, tiny_model_dir, tiny_data_dir):

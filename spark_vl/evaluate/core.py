@@ -9,7 +9,8 @@ from collections import defaultdict
 from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
 from spark_vl.records import PromptRecord
-from spark_vl.recycle import POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample
+from spark_vl.recycle import (POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample,
+                              reply_is_intact)
 from spark_vl.rollout.hf import RolloutEngine
 from spark_vl.verify import GradeItem, GradingPool, extract_answer, extract_verdict, judge_reward, well_formed
 
@@ -100,6 +101,9 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     metrics["eval/judge_pointwise_acc"], responses, rewards = _judge_accuracy(engine, pointwise)
     records += _judge_records(pointwise, responses, rewards)
     metrics["eval/judge_same_form_acc"] = same_form_accuracy(pointwise, rewards, tokenizer)
+    # A judge that misquotes the proposed answer compares its reading with the wrong thing.
+    metrics["eval/judge_restated"] = sum(
+        reply_is_intact(r, p, templates, "restate") for r, p in zip(responses, pointwise)) / max(1, len(pointwise))
     replies = [(r, False) for r in responses]
     metrics["eval/judge_pairwise_acc"], responses, rewards = _judge_accuracy(engine, pairwise)
     records += _judge_records(pairwise, responses, rewards)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from spark_vl.config import RunConfig
+from spark_vl.config import RunConfig, save_model_config
 from spark_vl.models import load_model, vision_token_ids
 from spark_vl.records import RolloutGroup
 from spark_vl.rollout.hf import conversation
@@ -177,6 +177,7 @@ class PolicyTrainer:
             try:
                 self.model.save_pretrained(staging, state_dict=state)
                 self.processor.save_pretrained(staging)
+                save_model_config(self.config, staging)
                 if before_publish is not None:
                     before_publish()
             except BaseException:
