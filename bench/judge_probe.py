@@ -54,7 +54,8 @@ def main() -> None:
     build_tiny_model(config.model, run_dir / "model" / "init")
     ws = workspace.Workspace(config, run_dir)
     processor = load_processor(run_dir / "model" / "init", config.model.min_pixels, config.model.max_pixels)
-    trainer = PolicyTrainer(config, processor, run_dir / "model" / "init", None, lr=config.train.warmup.lr)
+    trainer = PolicyTrainer(config, processor, run_dir / "model" / "init", None, lr=config.train.warmup.lr,
+                            adapters=False)
     samples, templates, tokenizer = ws.samples("train"), ws.templates, processor.tokenizer
     pool = wrong_answers(samples)
     end = [tokenizer.convert_tokens_to_ids("<|im_end|>")]

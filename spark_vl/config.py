@@ -178,6 +178,21 @@ class WarmupConfig(Section):
                                     "prior like a pretrained model's")
 
 
+class LoraConfig(Section):
+    """LoRA adapters (PEFT) on the language model: only they train; the base keeps its weights and,
+    with the adapters disabled, is the KL reference (no second copy in memory). The vision tower is
+    left out, as EasyR1 does: vLLM cannot serve adapters on it. Names as in verl (`lora_rank`,
+    `lora_alpha`, `target_modules`) and PEFT."""
+
+    rank: int = Field(0, ge=0, description="adapter rank (verl `lora_rank`); 0: full fine-tuning")
+    alpha: float = Field(16.0, gt=0, description="`lora_alpha`: an adapter's update is scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="`lora_dropout`")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names adapted: the language model's attention and MLP projections")
+    exclude_modules: str = Field(r".*visual.*", description="regex of modules never adapted: the vision tower")
+
+
 class TrainConfig(Section):
     iterations: int = Field(20, ge=1)
     processes_per_node: int = Field(1, ge=1, description="above 1: the train task launches DeepSpeed workers")
@@ -204,6 +219,7 @@ class TrainConfig(Section):
         "Hugging Face's save_total_limit); the starting and registered ones are kept too; null keeps all")
     keep_every: int = Field(0, ge=0, description="also keep every N-th policy (0: none)")
     warmup: WarmupConfig = WarmupConfig()
+    lora: LoraConfig = LoraConfig()
     seed: int = 0
 
 

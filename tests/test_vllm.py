@@ -112,6 +112,36 @@ def test_vllm_logprobs_equal_a_transformers_forward_and_follow_reloaded_weights(
 
 
 @needs_vllm
+def test_vllm_serves_a_lora_policy_as_the_adapted_model(server, tiny_model_dir, tiny_data_dir, tmp_path):
+    """A LoRA run's saved policy is the merged model: the server reloads it like any policy and
+    samples from base + adapter, within the tolerance of the test above."""
+    from spark_vl.train.trainer import PolicyTrainer
+
+    cfg = vllm_config("rollout.temperature=0.7", "train.lora.rank=4", "train.lora.alpha=8",
+                      f"train.deepspeed_config={DEEPSPEED}")
+    processor = load_processor(tiny_model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
+    suppress = vision_token_ids(processor.tokenizer)
+    trainer = PolicyTrainer(cfg, processor, tiny_model_dir, tiny_model_dir)
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    trainer.save(tmp_path / "lora-policy")
+    server.load_weights(tmp_path / "lora-policy")
+    engine = VLLMRolloutEngine(server, cfg.rollout, cfg.model, suppress, image_patch_size=14, show_progress=False)
+    groups = engine.generate(_prompts(tiny_data_dir, 3), 4, seed=1)
+    flat = [(g, i) for g in groups for i in range(len(g.responses))]
+    batch = completion_batch(processor, [conversation(g.prompt, cfg.model) for g, _ in flat],
+                             [g.response_ids[i] for g, i in flat], torch.device("cpu"))
+    with torch.no_grad():
+        adapted, _ = completion_logps(trainer.model, batch, cfg.rollout.temperature, suppress_ids=suppress)
+    for row, (g, i) in enumerate(flat):
+        assert torch.allclose(adapted[row, :len(g.logprobs[i])], torch.tensor(g.logprobs[i]), atol=1e-3)
+    base = _forward_logps(tiny_model_dir, groups, cfg, processor, suppress)
+    assert max((o - s).abs().max().item() for o, s in base) > 1e-2  # the adapters change what is served
+
+
+@needs_vllm
 def test_flow_with_vllm_rollouts_survives_a_server_killed_mid_rollout(tmp_path, monkeypatch, tiny_data_dir):
     """The server is SIGKILLed as iteration 2 sends its first request: the rollout fails, the task
     is retried, the run restarts the server and rolls out each prompt once."""

@@ -18,6 +18,7 @@ from spark_vl.runio import logger
 from spark_vl.train.engine import build_engine
 from spark_vl.train.forward import completion_batch, completion_logps
 from spark_vl.train.grpo import group_advantages, grpo_loss, loss_normaliser
+from spark_vl.train.lora import ADAPTER_DIR, add_adapters, load_adapter_weights, merged_state_dict
 
 
 @dataclass
@@ -46,24 +47,36 @@ def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig) -> tupl
 
 
 class PolicyTrainer:
-    """Holds the policy as a DeepSpeed engine and the frozen reference model for the KL term."""
+    """Holds the policy as a DeepSpeed engine and the frozen reference model for the KL term.
+
+    With `train.lora.rank` > 0 (and `adapters`) the engine holds the reference (or given) policy
+    with LoRA adapters, loaded from `policy_dir/adapter` when it has one; the reference is the same
+    module with its adapters disabled. The warm-up passes `adapters=False`: it fine-tunes in full.
+    """
 
     def __init__(self, config: RunConfig, processor, policy_dir: Path, reference_dir: Path | None,
-                 lr: float | None = None):
+                 lr: float | None = None, adapters: bool = True):
         self.config = config
         self.processor = processor
         self.suppress = vision_token_ids(processor.tokenizer)
-        model = load_model(policy_dir, config.model.dtype)
+        train = config.train
+        self.lora = train.lora if adapters and train.lora.rank > 0 else None
+        model = load_model(reference_dir if self.lora and reference_dir else policy_dir, config.model.dtype)
         self.device = next(model.parameters()).device
-        if config.train.gradient_checkpointing:
+        if train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
+            if self.lora:
+                model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a graph
+        if self.lora:
+            model = add_adapters(model, self.lora)
+            if (Path(policy_dir) / ADAPTER_DIR).exists():
+                load_adapter_weights(model, Path(policy_dir) / ADAPTER_DIR)
         model.train()
-        train = config.train
         self.engine = build_engine(model, train.deepspeed_config, train.micro_batch_size, lr or train.lr,
                                    train.max_grad_norm)
         self.reference = None
-        if reference_dir is not None and train.kl_coef > 0:
+        if reference_dir is not None and train.kl_coef > 0 and not self.lora:
             self.reference = load_model(reference_dir, config.model.dtype, self.device).eval()
             self.reference.requires_grad_(False)
 
@@ -129,7 +142,10 @@ class PolicyTrainer:
             temperature = torch.tensor([s.temperature for s in chunk], device=self.device)
             logps, entropy = completion_logps(self.engine, batch, temperature, True, self.suppress,
                                               entropy_grad=train.entropy_coef > 0)
-            if self.reference is not None:
+            if self.lora and train.kl_coef > 0:
+                with torch.no_grad(), self.model.disable_adapter():
+                    ref, _ = completion_logps(self.model, batch, temperature, suppress_ids=self.suppress)
+            elif self.reference is not None:
                 with torch.no_grad():
                     ref, _ = completion_logps(self.reference, batch, temperature, suppress_ids=self.suppress)
             else:
@@ -175,7 +191,12 @@ class PolicyTrainer:
             staging = hf_dir.with_name(f".{hf_dir.name}.partial")
             shutil.rmtree(staging, ignore_errors=True)
             try:
-                self.model.save_pretrained(staging, state_dict=state)
+                if self.lora:  # the merged model, and the adapter beside it
+                    full = state if state is not None else self.model.state_dict()
+                    self.model.get_base_model().save_pretrained(staging, state_dict=merged_state_dict(full, self.lora))
+                    self.model.save_pretrained(staging / ADAPTER_DIR, state_dict=full)
+                else:
+                    self.model.save_pretrained(staging, state_dict=state)
                 self.processor.save_pretrained(staging)
                 save_model_config(self.config, staging)
                 if before_publish is not None:
