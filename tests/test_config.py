@@ -14,6 +14,11 @@ def test_tiny_yaml_is_the_embedded_default():
     assert cfg.rollout.group_size == 8
 
 
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    load_config(path)
+
+
 def test_dotted_override_is_typed():
     cfg = load_config(TINY, ["train.lr=1e-5", "rollout.group_size=4", "data.builtin.families=[colour]"])
     assert cfg.train.lr == pytest.approx(1e-5)
