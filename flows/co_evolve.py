@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from uuid import UUID
 
 from prefect import flow, task
+from prefect.client.orchestration import get_client
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 from spark_vl import layout, pipeline, tracking, workspace
-from spark_vl.config import ConfigError, RunConfig, check_paths, load_config
+from spark_vl.config import ConfigError, RunConfig, check_paths, check_triggered, load_config
 from spark_vl.data import DatasetError
 from spark_vl.faults import fault_point
 from spark_vl.runio import DamagedOutput
@@ -96,12 +98,32 @@ def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> int:
     return version
 
 
+def _check_deployment_allows(cfg: RunConfig, allow_keys: list[str] | None) -> None:
+    """A run triggered through a deployment changes no program, host or environment key its
+    deployment's own parameters do not set or allow (`allow_keys`, read from the deployment, not
+    from the trigger)."""
+    if deployment.id is None:
+        return  # started in this process: the caller chose the config
+    with get_client(sync_client=True) as client:  # the deployment's parameters, not the trigger's
+        deployed = client.read_deployment(UUID(deployment.id)).parameters or {}
+    if (allow_keys or []) != (deployed.get("allow_keys") or []):
+        raise ConfigError("allow_keys can only be set in the deployment (prefect.yaml), not by a trigger")
+    if deployed.get("config"):
+        baseline = RunConfig.model_validate(deployed["config"])
+    else:
+        baseline = load_config(deployed.get("config_path") or "configs/tiny.yaml", deployed.get("overrides") or [])
+    check_triggered(cfg, baseline, allow_keys or [])
+
+
 @flow(name="co-evolve", log_prints=True)
 def co_evolve(config: RunConfig | None = None, config_path: str | None = None,
-              overrides: list[str] | None = None, run_name: str | None = None) -> str:
+              overrides: list[str] | None = None, run_name: str | None = None,
+              allow_keys: list[str] | None = None) -> str:
     """Run SPARK: pass a full `config` (a form in the Prefect UI), or a YAML `config_path` with
-    `section.key=value` overrides. `run_name` names the run folder; the same name resumes."""
+    `section.key=value` overrides. `run_name` names the run folder; the same name resumes.
+    `allow_keys` (set in a deployment only) lets its triggers change program and host keys."""
     cfg = config or load_config(config_path or "configs/tiny.yaml", overrides or [])
+    _check_deployment_allows(cfg, allow_keys)
     name = run_name or flow_run.get_name() or "spark"
     run_dir = str(Path(cfg.orchestration.runs_dir) / name)
     retry = {"retries": cfg.orchestration.retries, "retry_delay_seconds": cfg.orchestration.retry_delay_s,

@@ -393,3 +393,30 @@ def load_model_config(model_dir: Path, overrides: list[str] | None = None) -> Ru
     if config.spark.templates == MODEL_TEMPLATES:
         config.spark.templates = str(Path(model_dir) / MODEL_TEMPLATES)
     return config
+
+
+# Keys that name a program to execute, its arguments or environment, or a host to reach: a run
+# triggered through a deployment (the UI, the API) may not change them; the deployment may.
+PRIVILEGED_KEYS = ("rollout.vllm.python", "rollout.vllm.args", "rollout.vllm.env", "rollout.vllm.url",
+                   "rollout.vllm.host", "train.hostfile", "train.launcher")
+
+
+def _value(config: RunConfig, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_triggered(config: RunConfig, deployed: RunConfig, allowed: list[str]) -> None:
+    """Raise ConfigError when a triggered run sets a privileged key to other than its deployment's
+    config does, unless the deployment allows that key (or a section above it)."""
+    refused = [key for key in PRIVILEGED_KEYS
+               if _value(config, key) != _value(deployed, key)
+               and not any(key == a or key.startswith(a + ".") for a in allowed)]
+    if refused:
+        raise ConfigError(
+            "a run triggered through a deployment may not set " + ", ".join(refused) + " (programs, their "
+            "arguments and environment, hosts): the worker would run or reach what the trigger names. Set it in "
+            "the deployment's config, or list the key in the deployment's `allow_keys` parameter in "
+            "prefect.yaml and deploy again")

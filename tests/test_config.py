@@ -68,3 +68,19 @@ def test_missing_file_and_digest_stability(tmp_path):
         load_config(tmp_path / "nope.yaml")
     assert RunConfig().digest() == RunConfig().digest()
     assert RunConfig().digest() != load_config(None, ["train.lr=1e-5"]).digest()
+
+
+def test_a_triggered_run_may_not_name_programs_or_hosts_its_deployment_does_not():
+    from spark_vl.config import check_triggered
+
+    deployed = load_config(TINY)
+    check_triggered(load_config(TINY, ["train.lr=1e-5", "data.builtin.n_train=10"]), deployed, [])  # data: fine
+    program = load_config(TINY, ["rollout.vllm.python=/bin/sh", "rollout.vllm.env={LD_PRELOAD: x.so}"])
+    with pytest.raises(ConfigError, match=r"may not set rollout\.vllm\.python, rollout\.vllm\.env .*allow_keys"):
+        check_triggered(program, deployed, [])
+    with pytest.raises(ConfigError, match=r"may not set rollout\.vllm\.env \("):
+        check_triggered(program, deployed, ["rollout.vllm.python"])
+    check_triggered(program, deployed, ["rollout.vllm"])  # the deployment allows the section
+    check_triggered(program, program, [])  # what the deployment itself sets is no change
+    with pytest.raises(ConfigError, match="train.hostfile"):
+        check_triggered(load_config(TINY, ["train.hostfile=/etc/hosts"]), deployed, [])

@@ -1,6 +1,7 @@
 """Integration: a real Prefect server and MLflow server on 127.0.0.1, the repository's prefect.yaml
 deployed, a process worker, a triggered run with a parameter, and the MLflow run it produced."""
 
+import json
 import os
 import signal
 import subprocess
@@ -79,7 +80,21 @@ def test_deploy_trigger_and_work(servers, tmp_path, monkeypatch, tiny_data_dir):
     prefect("deploy", "--all", "--prefect-file", str(REPO / "prefect.yaml"))
     prefect("deployment", "run", "co-evolve/on-demand", "--param", f"config_path={tmp_path / 'cfg.yaml'}",
             "--param", "run_name=from-the-deployment")
+    # A trigger naming a program for the worker to execute is refused, before any work.
+    prefect("deployment", "run", "co-evolve/on-demand", "--param", "run_name=names-a-program",
+            "--param", 'overrides=["rollout.engine=vllm", "rollout.vllm.python=/usr/bin/env"]')
     prefect("worker", "start", "--pool", "spark-vl", "--run-once", timeout=600)
+
+    read_states = ("import json\nfrom prefect.client.orchestration import get_client\n"
+                   "with get_client(sync_client=True) as c:\n"
+                   "    print(json.dumps({r.parameters.get('run_name'): [r.state.type.value, r.state.message]"
+                   " for r in c.read_flow_runs()}))")
+    out = subprocess.run([sys.executable, "-c", read_states], env=env, capture_output=True, text=True, timeout=120)
+    states = json.loads(out.stdout.strip().splitlines()[-1])
+    assert states["from-the-deployment"][0] == "COMPLETED"
+    assert states["names-a-program"][0] == "FAILED"
+    assert "may not set rollout.vllm.python" in states["names-a-program"][1]
+    assert not (tmp_path / "runs" / "names-a-program").exists() and not (REPO / "runs" / "names-a-program").exists()
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     client = tracking.client()
