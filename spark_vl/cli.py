@@ -265,6 +265,74 @@ def _model_or_given_config(model_dir: Path, config: Path | None, overrides: list
     return _config(config, overrides)
 
 
+def _judge_prompts(path: Path, templates) -> list:
+    """Judge prompts from JSONL rows {image, question, answer} (pointwise) or {image, question,
+    answer_a, answer_b} (pairwise); images relative to the file. Stops at the first bad row,
+    naming it and what it needs."""
+    from spark_vl.recycle import pairwise_judge_sample, pointwise_judge_sample
+    from spark_vl.records import PromptRecord
+
+    prompts = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            image = path.parent / row["image"]
+            if not image.is_file():
+                raise ValueError(f"image {image} does not exist")
+            source = PromptRecord(id=f"row{number}", kind="solve", images=[str(image)], text=row["question"],
+                                  label="", question=row["question"], answer="", source_id=f"row{number}")
+            if "answer_a" in row:
+                prompt = pairwise_judge_sample(source, str(row["answer_a"]), str(row["answer_b"]),
+                                               templates.pairwise[0], True, source.id)
+            else:
+                prompt = pointwise_judge_sample(source, str(row["answer"]), True, templates.pointwise[0], source.id)
+        except (ValueError, KeyError, TypeError) as exc:
+            typer.echo(f"error: {path} line {number}: {exc!r} (a row needs image, question, and answer or "
+                       "answer_a and answer_b)", err=True)
+            raise typer.Exit(2) from None
+        prompts.append(prompt)
+    return prompts
+
+
+@app.command("judge")
+def judge(
+    model: Annotated[str, typer.Option("--model", "-m", help="checkpoint folder or models:/NAME@alias")],
+    path: Annotated[Path, typer.Argument(help="JSONL rows {image, question, answer} or {image, question, "
+                                                "answer_a, answer_b}")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output JSONL: input rows plus verdict, p_positive, "
+                                                          "reply")],
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+) -> None:
+    """The model as a judge: its verdict on each row, the probability of the positive verdict
+    (Yes, or A) from its own log-probabilities, and its reply."""
+    import tempfile
+
+    from spark_vl.evaluate.judge import verdict_probabilities
+    from spark_vl.models import load_model, load_processor
+    from spark_vl.recycle import Templates
+    from spark_vl.rollout.hf import HFRolloutEngine
+    from spark_vl.runio import write_jsonl_atomic
+    from spark_vl.tracking import resolve_model
+    from spark_vl.verify import extract_verdict
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = resolve_model(model, Path(tmp) / "model")
+        cfg = _model_or_given_config(model_dir, config, set_)
+        prompts = _judge_prompts(path, Templates.load(cfg.spark.templates))
+        processor = load_processor(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
+        engine = HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
+        replies = [g.responses[0] for g in engine.generate(prompts, 1, greedy=True)]
+        probabilities = verdict_probabilities(engine, prompts, replies)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    write_jsonl_atomic(out, [{**row, "verdict": extract_verdict(reply), "p_positive": p, "reply": reply}
+                             for row, reply, p in zip(rows, replies, probabilities)])
+    unreadable = sum(p is None for p in probabilities)
+    typer.echo(f"{len(rows)} rows judged, {unreadable} replies without a verdict -> {out}", err=True)
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="checkpoint folder or models:/NAME@alias")],

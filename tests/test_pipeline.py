@@ -17,7 +17,7 @@ from spark_vl.train.forward import completion_batch, completion_logps
 from spark_vl.train.trainer import PolicyTrainer, sequences_with_signal
 
 METRICS = ["eval/task_acc", "eval/task_acc_reflect", "eval/judge_pointwise_acc", "eval/judge_pairwise_acc",
-           "eval/well_formed", "eval/judge_well_formed", "eval/judge_same_form_acc", "eval/judge_restated",
+           "eval/well_formed", "eval/judge_well_formed", "eval/judge_same_form_acc", "eval/judge_restated", "eval/judge_ece", "eval/judge_brier",
            "rollout/reward_mean", "rollout/all_correct_frac", "rollout/all_wrong_frac", "rollout/response_len",
            "verify/timeout_frac", "recycle/n_pointwise", "recycle/n_pairwise", "recycle/n_reflect",
            "aux/judge_reward_mean", "aux/reflect_reward_mean", "train/loss", "train/kl", "train/entropy",

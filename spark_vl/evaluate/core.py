@@ -8,6 +8,7 @@ from collections import defaultdict
 
 from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
+from spark_vl.evaluate.judge import calibration, verdict_probabilities
 from spark_vl.records import PromptRecord
 from spark_vl.recycle import (POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample,
                               reply_is_intact)
@@ -101,6 +102,11 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     metrics["eval/judge_pointwise_acc"], responses, rewards = _judge_accuracy(engine, pointwise)
     records += _judge_records(pointwise, responses, rewards)
     metrics["eval/judge_same_form_acc"] = same_form_accuracy(pointwise, rewards, tokenizer)
+    if hasattr(engine, "score"):  # the vLLM engine does not score given text (yet)
+        probabilities = verdict_probabilities(engine, pointwise, responses)
+        scored = [(p, prompt.label in POSITIVE_LABELS) for p, prompt in zip(probabilities, pointwise) if p is not None]
+        metrics["eval/judge_ece"], metrics["eval/judge_brier"] = calibration([p for p, _ in scored],
+                                                                             [y for _, y in scored])
     # A judge that misquotes the proposed answer compares its reading with the wrong thing.
     metrics["eval/judge_restated"] = sum(
         reply_is_intact(r, p, templates, "restate") for r, p in zip(responses, pointwise)) / max(1, len(pointwise))

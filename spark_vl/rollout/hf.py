@@ -11,7 +11,7 @@ from spark_vl.config import ModelConfig, RolloutConfig
 from spark_vl.models import vision_token_ids
 from spark_vl.records import PromptRecord, RolloutGroup
 from spark_vl.rollout.inputs import encode_prompts, image_message
-from spark_vl.train.forward import policy_logits
+from spark_vl.train.forward import completion_batch, completion_logps, policy_logits
 
 
 class RolloutEngine(Protocol):
@@ -64,6 +64,25 @@ class HFRolloutEngine:
             done.update(zip(chunk, self._generate_chunk([prompts[i] for i in chunk], n, greedy, temperature)))
         self.model.train(was_training)
         return [done[i] for i in range(len(prompts))]
+
+    @torch.no_grad()
+    def score(self, prompts: list[PromptRecord], completions: list[str], batch_size: int = 32) -> list[float]:
+        """The log-probability of each completion (text after the prompt, end of turn not included)
+        under the model at temperature 1, vision tokens excluded as in sampling."""
+        tokenizer = self.processor.tokenizer
+        ids = [tokenizer.encode(c, add_special_tokens=False) for c in completions]
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        totals = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = range(start, min(start + batch_size, len(prompts)))
+            batch = completion_batch(self.processor, [conversation(prompts[i], self.model_cfg) for i in chunk],
+                                     [ids[i] for i in chunk], device)
+            logps, _ = completion_logps(self.model, batch, suppress_ids=self.suppress)
+            totals += (logps * batch["completion_mask"]).sum(-1).tolist()
+        self.model.train(was_training)
+        return totals
 
     def _generate_chunk(self, prompts: list[PromptRecord], n: int, greedy: bool,
                         temperature: float) -> list[RolloutGroup]:

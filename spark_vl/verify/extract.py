@@ -15,8 +15,8 @@ _BOX_OPEN = re.compile(r"\\boxed\s*\{|\\box\s*\{")
 _TEXT_WRAPPER = re.compile(r"^\\(?:text|mathrm|textbf)\{(.*)\}$")
 
 
-def only_box(text: str) -> tuple[str, str] | None:
-    """(the box command, its content) when `text` is well-formed (see the module doc), else None."""
+def box_span(text: str) -> tuple[str, int, int] | None:
+    """(the box command, start, end of its content) when `text` is well-formed, else None."""
     opens = list(_BOX_OPEN.finditer(text))
     if len(opens) != 1:
         return None
@@ -30,8 +30,14 @@ def only_box(text: str) -> tuple[str, str] | None:
             if depth == 0:
                 if text[i + 1:].strip().rstrip(".").strip():
                     return None
-                return match.group().rstrip("{ \t\n"), text[match.end():i]
+                return match.group().rstrip("{ \t\n"), match.end(), i
     return None
+
+
+def only_box(text: str) -> tuple[str, str] | None:
+    """(the box command, its content) when `text` is well-formed (see the module doc), else None."""
+    span = box_span(text)
+    return None if span is None else (span[0], text[span[1]:span[2]])
 
 
 def well_formed(response: str) -> bool:

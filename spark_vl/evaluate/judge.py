@@ -1,0 +1,55 @@
+"""The model as a reward model: the probability of its verdict, and whether that probability
+can be trusted (calibration)."""
+
+from __future__ import annotations
+
+import math
+
+from spark_vl.records import PromptRecord
+from spark_vl.verify.extract import box_span
+
+VERDICTS = {"judge_pointwise": ("Yes", "No"), "judge_pairwise": ("A", "B")}
+
+
+def with_verdict(reply: str, verdict: str) -> str | None:
+    """`reply` with `verdict` in its box, the rest as written; None for a reply without one box."""
+    span = box_span(reply)
+    return None if span is None else reply[:span[1]] + verdict + reply[span[2]:]
+
+
+def verdict_probabilities(engine, prompts: list[PromptRecord], replies: list[str]) -> list[float | None]:
+    """P(positive verdict: Yes, or A) for each judge reply: the model's probability of the reply
+    with the positive verdict in its box against the same reply with the other verdict,
+    softmax(log p(reply | Yes), log p(reply | No)); None where the reply has no verdict box.
+    `engine` must score completions (`HFRolloutEngine.score`)."""
+    pairs, where = [], []
+    for i, (prompt, reply) in enumerate(zip(prompts, replies)):
+        candidates = [with_verdict(reply, v) for v in VERDICTS[prompt.kind]]
+        if candidates[0] is not None:
+            pairs += [(prompt, candidates[0]), (prompt, candidates[1])]
+            where.append(i)
+    scores = engine.score([p for p, _ in pairs], [c for _, c in pairs]) if pairs else []
+    probabilities: list[float | None] = [None] * len(prompts)
+    for j, i in enumerate(where):
+        positive, negative = scores[2 * j], scores[2 * j + 1]
+        probabilities[i] = 1.0 / (1.0 + math.exp(negative - positive))
+    return probabilities
+
+
+def calibration(probabilities: list[float], outcomes: list[bool], bins: int = 10) -> tuple[float, float]:
+    """(expected calibration error over `bins` equal-width bins, Brier score) of probabilities
+    that each outcome is positive. ECE: the share-weighted gap between the mean probability and
+    the positive rate of each bin; Brier: the mean squared gap per prompt."""
+    if not probabilities:
+        return float("nan"), float("nan")
+    n = len(probabilities)
+    brier = sum((p - float(y)) ** 2 for p, y in zip(probabilities, outcomes)) / n
+    ece = 0.0
+    for b in range(bins):
+        members = [(p, y) for p, y in zip(probabilities, outcomes)
+                   if b / bins <= p < (b + 1) / bins or (b == bins - 1 and p == 1.0)]
+        if members:
+            confidence = sum(p for p, _ in members) / len(members)
+            rate = sum(float(y) for _, y in members) / len(members)
+            ece += len(members) / n * abs(confidence - rate)
+    return ece, brier

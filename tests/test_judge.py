@@ -1,0 +1,86 @@
+"""The model as a judge: verdict probabilities from its own log-probs, calibration, the CLI."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from spark_vl.cli import app
+from spark_vl.config import load_config
+from spark_vl.evaluate.judge import calibration, verdict_probabilities, with_verdict
+from spark_vl.models import load_model, load_processor, vision_token_ids
+from spark_vl.recycle import Templates, pointwise_judge_sample
+from spark_vl.records import PromptRecord
+from spark_vl.rollout.hf import HFRolloutEngine
+
+TEMPLATES = Templates.load("tiny")
+
+
+def test_calibration_against_hand_computed_values():
+    ece, brier = calibration([0.1, 0.2, 0.8, 0.9], [False, True, True, True])
+    assert brier == pytest.approx((0.01 + 0.64 + 0.04 + 0.01) / 4)
+    assert ece == pytest.approx((0.1 + 0.8 + 0.2 + 0.1) / 4)  # one prompt per bin
+    assert calibration([0.25] * 4, [True, False, False, False])[0] == pytest.approx(0.0)  # calibrated
+    assert calibration([1.0, 0.0], [True, False]) == (0.0, 0.0)
+
+
+def test_with_verdict_replaces_only_the_box():
+    reply = "The image shows red. The proposed answer is blue. \\box{No}."
+    assert with_verdict(reply, "Yes") == "The image shows red. The proposed answer is blue. \\box{Yes}."
+    assert with_verdict("no box at all", "Yes") is None
+
+
+def _by_hand(model, processor, prompt: PromptRecord, reply: str, suppress: list[int]) -> float:
+    """log p(reply | prompt) from one plain forward of the whole conversation."""
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt.text}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    image = Image.open(prompt.images[0]).convert("RGB")
+    inputs = processor(text=[text + reply], images=[image], return_tensors="pt")
+    reply_ids = processor.tokenizer.encode(reply, add_special_tokens=False)
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, -len(reply_ids) - 1:-1].float()
+    logits[:, suppress] = -1e9
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(reply_ids)[:, None]).sum().item()
+
+
+def test_verdict_probability_is_the_softmax_of_the_two_replies(tiny_model_dir, tiny_data_dir):
+    cfg = load_config(None, ["spark.templates=tiny"])
+    processor = load_processor(tiny_model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
+    model = load_model(tiny_model_dir, "float32").eval()
+    engine = HFRolloutEngine(model, processor, cfg.rollout, cfg.model, show_progress=False)
+    row = json.loads((tiny_data_dir / "eval.jsonl").read_text().splitlines()[0])
+    source = PromptRecord(id="s", kind="solve", images=[str(tiny_data_dir / row["image"])], text=row["question"],
+                          label=row["answer"], question=row["question"], answer=row["answer"], source_id="s")
+    prompt = pointwise_judge_sample(source, "red", True, TEMPLATES.pointwise[0], "j")
+    reply = "The image shows red. The proposed answer is red. \\box{No}"
+    (p,) = verdict_probabilities(engine, [prompt], [reply])
+    suppress = vision_token_ids(processor.tokenizer)
+    yes = _by_hand(model, processor, prompt, with_verdict(reply, "Yes"), suppress)
+    no = _by_hand(model, processor, prompt, reply, suppress)
+    assert p == pytest.approx(torch.softmax(torch.tensor([yes, no]), 0)[0].item(), abs=1e-4)
+    assert 0 < p < 1 and abs(p - 0.5) > 1e-3  # else swapping the verdicts would pass unseen
+    assert verdict_probabilities(engine, [prompt], ["no verdict here"]) == [None]
+
+
+def test_judge_command_writes_verdicts_and_probabilities(tiny_model_dir, tiny_data_dir, tmp_path):
+    rows = [json.loads(line) for line in (tiny_data_dir / "eval.jsonl").read_text().splitlines()[:2]]
+    shutil.copytree(tiny_data_dir / "images", tmp_path / "images")
+    inputs = [{"image": rows[0]["image"], "question": rows[0]["question"], "answer": rows[0]["answer"]},
+              {"image": rows[1]["image"], "question": rows[1]["question"], "answer_a": "1", "answer_b": "2"}]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in inputs) + "\n")
+    result = CliRunner().invoke(app, ["judge", "--model", str(tiny_model_dir), str(tmp_path / "rows.jsonl"),
+                                      "--out", str(tmp_path / "out.jsonl"), "--set", "rollout.max_new_tokens=8"])
+    assert result.exit_code == 0, result.output
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [o["question"] for o in out] == [r["question"] for r in inputs]
+    for o in out:
+        assert set(o) >= {"verdict", "p_positive", "reply"}
+        assert o["p_positive"] is None or 0 <= o["p_positive"] <= 1
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "missing.png", "question": "q", "answer": "a"}) + "\n")
+    result = CliRunner().invoke(app, ["judge", "--model", str(tiny_model_dir), str(tmp_path / "bad.jsonl"),
+                                      "--out", str(tmp_path / "never.jsonl")])
+    assert result.exit_code == 2 and "bad.jsonl line 1" in result.output and "missing.png" in result.output
+    assert not (tmp_path / "never.jsonl").exists()
