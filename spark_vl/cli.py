@@ -234,7 +234,10 @@ def run(
     _print_evals([r for r in metric_rows(run_dir) if "eval/task_acc" in r])
 
 
-EVAL_COLUMNS = [("eval/task_acc", "task"), ("eval/task_acc_reflect", "reflect"), ("eval/well_formed", "formed"),
+EVAL_COLUMNS = [("eval/task_acc", "task"), ("eval/task_acc_reflect", "reflect"),
+                ("eval/task_acc_best_of_n", "best of n"), ("eval/task_acc_sampled", "sampled"),
+                ("eval/task_acc_majority", "majority"),
+                ("eval/well_formed", "formed"),
                 ("eval/judge_pointwise_acc", "judge pt"), ("eval/judge_same_form_acc", "same form"),
                 ("eval/judge_pairwise_acc", "judge pw"), ("eval/judge_own_wrong_acc", "own wrong")]
 
@@ -242,11 +245,12 @@ EVAL_COLUMNS = [("eval/task_acc", "task"), ("eval/task_acc_reflect", "reflect"),
 def _print_evals(rows: list[dict]) -> None:
     """The evaluations as a table: task accuracy (greedy, with self-reflection), the share of
     well-formed answers, and the judge (pointwise, on look-alike wrong answers, pairwise, on the
-    policy's own mistakes)."""
-    typer.echo(f"{'iteration':>9}" + "".join(f" {title:>9}" for _, title in EVAL_COLUMNS))
+    policy's own mistakes); a column no evaluation has (best of n when off) is left out."""
+    columns = [(key, title) for key, title in EVAL_COLUMNS if any(key in r for r in rows)]
+    typer.echo(f"{'iteration':>9}" + "".join(f" {title:>9}" for _, title in columns))
     for r in rows:
         typer.echo(f"{r.get('iteration', '-'):>9}" + "".join(f" {r.get(key, float('nan')):>9.3f}"
-                                                            for key, _ in EVAL_COLUMNS))
+                                                            for key, _ in columns))
 
 
 def _model_or_given_config(model_dir: Path, config: Path | None, overrides: list[str] | None):
@@ -339,6 +343,8 @@ def eval_cmd(
     data: Annotated[Optional[Path], typer.Option(help="held-out dataset (default: data.eval_path, else the "
                                                       "built-in held-out split)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON line")] = False,
+    best_of_n: Annotated[int, typer.Option("--best-of-n", help="also: sample N answers, keep the one the model's "
+                                                               "own judge rates best")] = 0,
     config: ConfigArg = None,
     set_: SetOpt = None,
 ) -> None:
@@ -356,7 +362,8 @@ def eval_cmd(
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = resolve_model(model, Path(tmp) / "model")
-        cfg = _model_or_given_config(model_dir, config, set_)
+        cfg = _model_or_given_config(model_dir, config, [*(set_ or []), *([f"eval.best_of_n={best_of_n}"]
+                                                                            if best_of_n else [])])
         data_path = data or (Path(cfg.data.eval_path) if cfg.data.eval_path else None)
         if data_path is None:
             data_path = make_dataset(Path(tmp) / "data", cfg.data.builtin)["eval"]

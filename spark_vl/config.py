@@ -228,6 +228,8 @@ class EvalConfig(Section):
     n_task: int = Field(256, ge=1)
     n_judge: int = Field(256, ge=2)
     reflect_rounds: int = Field(2, ge=0)
+    best_of_n: int = Field(0, ge=0, description="sample N answers per held-out task and keep the one the model's "
+                           "own judge rates most likely right (eval/task_acc_best_of_n); 0: off")
 
 
 class TrackingConfig(Section):

@@ -179,7 +179,10 @@ def plot_coevolution(rows: list[dict[str, float]], out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     steps = [r["iteration"] for r in evals]
     for key, label in [("eval/task_acc", "task"), ("eval/task_acc_reflect", "task + self-reflection"),
+                       ("eval/task_acc_best_of_n", "task, best of n by the own judge"),
                        ("eval/well_formed", "well-formed answers")]:
+        if not any(key in r for r in evals):
+            continue
         axes[0].plot(steps, [r.get(key, math.nan) for r in evals], marker="o", label=label)
     for key, label in [("eval/judge_pointwise_acc", "pointwise"), ("eval/judge_same_form_acc", "pointwise, look-alikes"),
                        ("eval/judge_pairwise_acc", "pairwise"), ("eval/judge_own_wrong_acc", "own wrong answers")]:

@@ -84,3 +84,23 @@ def test_judge_command_writes_verdicts_and_probabilities(tiny_model_dir, tiny_da
                                       "--out", str(tmp_path / "never.jsonl")])
     assert result.exit_code == 2 and "bad.jsonl line 1" in result.output and "missing.png" in result.output
     assert not (tmp_path / "never.jsonl").exists()
+
+
+def test_best_of_n_keeps_what_the_judge_rates_highest():
+    from spark_vl.evaluate.core import pick_best
+
+    assert pick_best([0.2, 0.9, 0.5]) == 1
+    assert pick_best([0.7, 0.7, 0.1]) == 0  # ties: the first
+    assert pick_best([None, 0.01, None]) == 1  # no verdict ranks last
+    assert pick_best([None, None]) == 0
+
+
+def test_eval_best_of_n_is_reported_and_bounded(tiny_model_dir, tiny_data_dir):
+    result = CliRunner().invoke(app, ["eval", "--model", str(tiny_model_dir), "--data", str(tiny_data_dir / "eval.jsonl"),
+                                      "--best-of-n", "3", "--json", "--set", "eval.n_task=4", "--set", "eval.n_judge=2",
+                                      "--set", "eval.reflect_rounds=1", "--set", "rollout.max_new_tokens=8"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output.strip().splitlines()[-1])
+    assert 0 <= metrics["eval/task_acc_best_of_n"] <= 1 and 0 <= metrics["eval/task_acc_sampled"] <= 1
+    assert 0 <= metrics["eval/task_acc_majority"] <= 1
+    assert {"eval/judge_ece", "eval/judge_brier"} <= set(metrics)  # NaN here: a random model writes no verdict box

@@ -127,7 +127,48 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     metrics["eval/judge_own_acc"] = _judge_accuracy(engine, own_prompts)[0]
 
     metrics["eval/task_acc_reflect"] = self_reflect_accuracy(engine, tasks, answers, config, templates, pool)
+    if ev.best_of_n and hasattr(engine, "score"):
+        (metrics["eval/task_acc_best_of_n"], metrics["eval/task_acc_sampled"],
+         metrics["eval/task_acc_majority"]) = best_of_n_accuracy(engine, tasks, config, templates, pool)
     return metrics, records
+
+
+def pick_best(probabilities: list[float | None]) -> int:
+    """The response the judge rates most likely right: the highest probability, the first on
+    ties; a response whose judge reply has no verdict (None) ranks last."""
+    return max(range(len(probabilities)), key=lambda i: (probabilities[i] is not None, probabilities[i] or 0.0, -i))
+
+
+def best_of_n_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], config: RunConfig, templates: Templates,
+                       pool: GradingPool) -> tuple[float, float, float]:
+    """Sample `eval.best_of_n` answers per task, judge each well-formed one with the model's own
+    pointwise judge, keep the one with the highest probability of Yes, and grade it. Returns that
+    accuracy and two baselines a judge must beat to be worth asking: the mean accuracy of all
+    samples (picking one at random) and the majority vote of their answers."""
+    groups = engine.generate(tasks, config.eval.best_of_n, seed=config.train.seed)
+    template = next(t for t in templates.pointwise if t["labels"] == ["Yes", "No"])
+    judged, owners = [], []
+    for ti, (task, group) in enumerate(zip(tasks, groups)):
+        for ri, response in enumerate(group.responses):
+            answer = extract_answer(response)
+            if answer is not None:
+                judged.append(pointwise_judge_sample(task, answer, True, template, f"{task.id}/best{ri}"))
+                owners.append((ti, ri))
+    replies = [g.responses[0] for g in engine.generate(judged, 1, greedy=True)] if judged else []
+    scores: list[list[float | None]] = [[None] * len(g.responses) for g in groups]
+    for (ti, ri), p in zip(owners, verdict_probabilities(engine, judged, replies)):
+        scores[ti][ri] = p
+    picks = [pick_best(s) for s in scores]
+    grades = pool.grade([GradeItem(r, t.label) for g, t in zip(groups, tasks) for r in g.responses])
+    n = config.eval.best_of_n
+    picked = [grades[ti * n + pick].reward for ti, pick in enumerate(picks)]
+    majority = []
+    for ti, group in enumerate(groups):
+        answers = [extract_answer(r) for r in group.responses]
+        counted = [a for a in answers if a is not None]
+        top = max(counted, key=counted.count) if counted else None  # the first of the most frequent
+        majority.append(grades[ti * n + answers.index(top)].reward if top is not None else 0.0)
+    return sum(picked) / len(tasks), sum(g.reward for g in grades) / len(grades), sum(majority) / len(tasks)
 
 
 def _judge_records(prompts: list[PromptRecord], responses: list[str], rewards: list[float]) -> list[dict]:
