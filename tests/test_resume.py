@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Three iterations, evaluations at 0, 2 and 3, pruning on: what a longer run does, in little time.
 # The warm-up is long enough for some right answers, so that every iteration trains.
 RESUME = SMALL + ["train.iterations=3", "eval.every=2", "train.keep_policies=1", f"train.deepspeed_config={DEEPSPEED}",
-                  "train.warmup.steps=60", "train.warmup.batch_size=16", "rollout.max_new_tokens=12"]
+                  "train.warmup.steps=100", "train.warmup.batch_size=16", "rollout.max_new_tokens=12"]
 # Each stage point once: a crash before a stage writes its output and one after.
 CRASHES = ["prepare:0:before", "prepare:0:after", "evaluate:0:before", "log:0:after", "prompts:1:before",
            "prompts:1:after", "rollout:1:before", "rollout:1:after", "verify:1:before", "verify:1:after",
