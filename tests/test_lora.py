@@ -2,6 +2,7 @@
 
 import copy
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,20 @@ def test_a_crashed_lora_run_resumes_exactly(tmp_path, monkeypatch, tiny_data_dir
     monkeypatch.delenv(ENV)
     run(cfg, crashed)
     _assert_same_run(crashed, reference, 3)
+
+
+@pytest.mark.parametrize("zero", ["zero2", "zero3"])
+def test_lora_under_zero_2_and_3_saves_the_adapted_model(setup, tiny_model_dir, tmp_path, zero):
+    """Under ZeRO-3 the weights are partitioned: the merge is computed from the gathered state."""
+    cfg0, processor, _, groups = setup
+    deepspeed = Path(__file__).resolve().parent.parent / "configs" / "deepspeed" / f"{zero}.json"
+    cfg = load_config(None, SMALL + LORA + [f"train.deepspeed_config={deepspeed}"])
+    trainer = PolicyTrainer(cfg, processor, tiny_model_dir, tiny_model_dir)
+    assert trainer.grpo_step(groups)["train/kl"] == 0.0
+    trainer.grpo_step(groups)
+    trainer.save(tmp_path / "policy")
+    merged = load_model(tmp_path / "policy").eval()
+    adapted = PolicyTrainer(cfg0, processor, tmp_path / "policy", tiny_model_dir)  # base + the saved adapter
+    expected = _logps(adapted.model, processor, cfg0, groups)
+    assert torch.allclose(_logps(merged, processor, cfg0, groups), expected, atol=1e-5)
+    assert not torch.allclose(_logps(load_model(tiny_model_dir).eval(), processor, cfg0, groups), expected, atol=1e-3)
