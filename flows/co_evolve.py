@@ -22,7 +22,7 @@ from spark_vl import layout, pipeline, tracking, workspace
 from spark_vl.config import ConfigError, RunConfig, check_paths, check_triggered, load_config
 from spark_vl.data import DatasetError
 from spark_vl.faults import fault_point
-from spark_vl.runio import DamagedOutput
+from spark_vl.runio import DamagedOutput, read_jsonl
 
 _workspaces: dict[Path, workspace.Workspace] = {}
 
@@ -92,6 +92,9 @@ def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> int:
                                        cfg.tracking.registered_model, task_acc)
     fault_point("register", k, "after")
     tracking.log_artifact(mlflow_run_id, Path(run_dir) / "config.yaml")
+    samples = layout.iter_dir(Path(run_dir), k) / "eval_samples.jsonl"
+    if samples.exists() and (plot := tracking.plot_reliability(read_jsonl(samples), Path(run_dir) / "reliability.png")):
+        tracking.log_artifact(mlflow_run_id, plot)
     for name, rows in pipeline.sample_rows(Path(run_dir), k).items():
         tracking.log_table(mlflow_run_id, rows, f"samples/{name}-k{k:04d}.json")
     layout.write_json(marker, {"version": version, "model": cfg.tracking.registered_model})

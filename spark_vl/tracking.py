@@ -201,6 +201,40 @@ def plot_coevolution(rows: list[dict[str, float]], out: Path) -> Path:
     return out
 
 
+def plot_reliability(records: list[dict], out: Path) -> Path | None:
+    """Reliability diagram of the judge's probability of Yes on held-out pointwise prompts (the
+    `p_positive` of evaluation records): per bin, the share that was right against the mean
+    probability; a calibrated judge lies on the diagonal. None when no record has a probability."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spark_vl.evaluate.judge import calibration, reliability_bins
+
+    scored = [(r["p_positive"], r["label"] == "Yes") for r in records if r.get("p_positive") is not None]
+    if not scored:
+        return None
+    bins = reliability_bins([p for p, _ in scored], [y for _, y in scored])
+    ece, brier = calibration([p for p, _ in scored], [y for _, y in scored])
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
+    ax.scatter([c for c, _, _ in bins], [r for _, r, _ in bins], s=[20 + 200 * n / len(scored) for _, _, n in bins],
+               label="bins (size: share of prompts)")
+    ax.set_xlabel("judge's probability of Yes")
+    ax.set_ylabel("share of answers that were right")
+    ax.set_title(f"judge reliability: ECE {ece:.3f}, Brier {brier:.3f}, {len(scored)} prompts")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def register_policy(run_id: str, policy_dir: Path, name: str, task_acc: float) -> int:
     """Log the policy folder as a run artifact and register it as a new version of `name`, alias
     `candidate`; `champion` moves to it only when its held-out task accuracy beats the champion's."""

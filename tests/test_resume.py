@@ -31,7 +31,7 @@ CRASHES = ["prepare:0:before", "prepare:0:after", "evaluate:0:before", "log:0:af
            "prompts:1:after", "rollout:1:before", "rollout:1:after", "verify:1:before", "verify:1:after",
            "recycle:1:before", "recycle:1:after", "train:1:before", "train:1:after", "evaluate:2:before",
            "evaluate:2:after", "log:2:before", "log:2:after", "train:3:before"]
-SUMMARIES = {"metrics.jsonl", "config.yaml", "coevolution.png"}  # rewritten whole by design
+SUMMARIES = {"metrics.jsonl", "config.yaml", "coevolution.png", "reliability.png"}  # rewritten whole by design
 
 
 def _config(data_dir: Path, extra: list[str] = ()):

@@ -81,6 +81,14 @@ def test_coevolution_plot(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_reliability_diagram(tmp_path):
+    records = [{"kind": "judge_pointwise", "label": "Yes" if i % 3 else "No", "p_positive": i / 10} for i in range(10)]
+    path = tracking.plot_reliability(records + [{"kind": "solve", "label": "red"}], tmp_path / "r.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert tracking.plot_reliability([{"kind": "judge_pointwise", "label": "Yes", "p_positive": None}],
+                                     tmp_path / "none.png") is None
+
+
 def test_eval_command_loads_the_champion_from_the_registry(store, tiny_model_dir, tiny_data_dir):
     from typer.testing import CliRunner
 

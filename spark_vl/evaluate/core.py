@@ -100,13 +100,14 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
 
     pointwise, pairwise = held_out_judge_prompts(samples, config, templates, config.train.seed)
     metrics["eval/judge_pointwise_acc"], responses, rewards = _judge_accuracy(engine, pointwise)
-    records += _judge_records(pointwise, responses, rewards)
     metrics["eval/judge_same_form_acc"] = same_form_accuracy(pointwise, rewards, tokenizer)
+    probabilities: list[float | None] = [None] * len(pointwise)
     if hasattr(engine, "score"):  # the vLLM engine does not score given text (yet)
         probabilities = verdict_probabilities(engine, pointwise, responses)
         scored = [(p, prompt.label in POSITIVE_LABELS) for p, prompt in zip(probabilities, pointwise) if p is not None]
         metrics["eval/judge_ece"], metrics["eval/judge_brier"] = calibration([p for p, _ in scored],
                                                                              [y for _, y in scored])
+    records += [{**r, "p_positive": p} for r, p in zip(_judge_records(pointwise, responses, rewards), probabilities)]
     # A judge that misquotes the proposed answer compares its reading with the wrong thing.
     metrics["eval/judge_restated"] = sum(
         reply_is_intact(r, p, templates, "restate") for r, p in zip(responses, pointwise)) / max(1, len(pointwise))

@@ -36,6 +36,15 @@ def verdict_probabilities(engine, prompts: list[PromptRecord], replies: list[str
     return probabilities
 
 
+def reliability_bins(probabilities: list[float], outcomes: list[bool],
+                     bins: int = 10) -> list[tuple[float, float, int]]:
+    """(mean probability, positive rate, count) of each non-empty equal-width probability bin."""
+    members: list[list[tuple[float, bool]]] = [[] for _ in range(bins)]
+    for p, y in zip(probabilities, outcomes):
+        members[min(int(p * bins), bins - 1)].append((p, y))
+    return [(sum(p for p, _ in m) / len(m), sum(float(y) for _, y in m) / len(m), len(m)) for m in members if m]
+
+
 def calibration(probabilities: list[float], outcomes: list[bool], bins: int = 10) -> tuple[float, float]:
     """(expected calibration error over `bins` equal-width bins, Brier score) of probabilities
     that each outcome is positive. ECE: the share-weighted gap between the mean probability and
@@ -44,12 +53,6 @@ def calibration(probabilities: list[float], outcomes: list[bool], bins: int = 10
         return float("nan"), float("nan")
     n = len(probabilities)
     brier = sum((p - float(y)) ** 2 for p, y in zip(probabilities, outcomes)) / n
-    ece = 0.0
-    for b in range(bins):
-        members = [(p, y) for p, y in zip(probabilities, outcomes)
-                   if b / bins <= p < (b + 1) / bins or (b == bins - 1 and p == 1.0)]
-        if members:
-            confidence = sum(p for p, _ in members) / len(members)
-            rate = sum(float(y) for _, y in members) / len(members)
-            ece += len(members) / n * abs(confidence - rate)
+    ece = sum(count / n * abs(confidence - rate) for confidence, rate, count in
+              reliability_bins(probabilities, outcomes, bins))
     return ece, brier
