@@ -123,6 +123,8 @@ def verify(
     out: Annotated[Path, typer.Option("--out", "-o", help="output JSONL: input rows plus reward and status")],
     timeout: Annotated[float, typer.Option(help="hard deadline per sample, seconds")] = 5.0,
     workers: Annotated[int, typer.Option(help="grading processes")] = 2,
+    reward_function: Annotated[Optional[str], typer.Option(
+        help="your task reward, path/to/file.py:fn or module:fn (as reward.function); rows may add 'prompt'")] = None,
 ) -> None:
     """Grade responses like a training run does; a summary goes to stderr."""
     from spark_vl.runio import write_jsonl_atomic
@@ -138,12 +140,17 @@ def verify(
             kind = row.get("kind", "task")
             if kind not in ("task", "judge") or not isinstance(row.get("response"), str) or "answer" not in row:
                 raise ValueError("needs a string 'response', an 'answer' and kind 'task' or 'judge'")
-            items.append((len(rows), GradeItem(row["response"], str(row["answer"]), kind)))
+            items.append((len(rows), GradeItem(row["response"], str(row["answer"]), kind, row.get("prompt"))))
         except (ValueError, AttributeError) as exc:
             row = row if isinstance(row, dict) else {"raw": line}
             bad[len(rows)] = f"line {i}: {exc}"
         rows.append(row)
-    with GradingPool(workers, timeout) as pool:
+    try:
+        pool = GradingPool(workers, timeout, reward_function)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    with pool:
         grades = pool.grade([item for _, item in items])
     for (index, _), grade in zip(items, grades):
         rows[index] = {**rows[index], "reward": grade.reward, "status": grade.status}
@@ -179,7 +186,7 @@ def recycle_cmd(
     templates = Templates.load(cfg.spark.templates)
     unverified = [g for g in groups if not g.rewards]
     if unverified:
-        with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s) as pool:
+        with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s, cfg.reward.function) as pool:
             grade_groups(unverified, templates, pool, cfg.spark.judge_reply_check)
     solve = [g for g in groups if g.prompt.kind == "solve"]
     result = recycle(groups, cfg.spark, batch_size or len(solve), random.Random(seed), templates, "recycled")
@@ -370,7 +377,7 @@ def eval_cmd(
         samples = load_dataset(data_path, cfg.data.max_image_pixels).samples
         processor = load_processor(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
         engine = HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
-        with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s) as pool:
+        with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s, cfg.reward.function) as pool:
             metrics, _ = evaluate(engine, samples, cfg, Templates.load(cfg.spark.templates), pool, processor.tokenizer)
     if as_json:
         typer.echo(json.dumps(metrics))

@@ -151,6 +151,16 @@ class RolloutConfig(Section):
         return self.kind_temperature.get(kind, self.temperature)
 
 
+class RewardConfig(Section):
+    """Your own task reward beside the built-in graders (EasyR1's `reward_function`, verl's
+    `custom_reward_function`)."""
+
+    function: str | None = Field(
+        None, description="`path/to/file.py:fn` or `module:fn`, called as fn(response, answer, prompt) -> "
+        "float in [0, 1] for task and reflection responses, in the grading workers under "
+        "`rollout.verify_timeout_s` (a hang or an error scores 0); null: the built-in grader")
+
+
 class SparkConfig(Section):
     """Recycling of verified rollouts into judge and self-reflection prompts."""
 
@@ -250,6 +260,7 @@ class RunConfig(Section):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     rollout: RolloutConfig = RolloutConfig()
+    reward: RewardConfig = RewardConfig()
     spark: SparkConfig = SparkConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
@@ -359,6 +370,8 @@ def check_paths(config: RunConfig) -> None:
     need("train.deepspeed_config", config.train.deepspeed_config, "a DeepSpeed JSON, e.g. "
          "configs/deepspeed/zero0.json")
     need("train.hostfile", config.train.hostfile, "a DeepSpeed hostfile; see infra/deepspeed/hostfile.example")
+    if config.reward.function and ".py:" in config.reward.function:
+        need("reward.function", config.reward.function.rsplit(":", 1)[0], "a Python file, as path/to/file.py:fn")
     if config.spark.templates not in ("default", "tiny"):
         need("spark.templates", config.spark.templates, "a template JSON file, or `default` / `tiny`")
     vllm = config.rollout.vllm
@@ -400,7 +413,7 @@ def load_model_config(model_dir: Path, overrides: list[str] | None = None) -> Ru
 # Keys that name a program to execute, its arguments or environment, or a host to reach: a run
 # triggered through a deployment (the UI, the API) may not change them; the deployment may.
 PRIVILEGED_KEYS = ("rollout.vllm.python", "rollout.vllm.args", "rollout.vllm.env", "rollout.vllm.url",
-                   "rollout.vllm.host", "train.hostfile", "train.launcher")
+                   "rollout.vllm.host", "train.hostfile", "train.launcher", "reward.function")
 
 
 def _value(config: RunConfig, key: str) -> Any:

@@ -26,7 +26,7 @@ from spark_vl.layout import (deepspeed_dir, deepspeed_tag, iter_dir, metric_rows
                              remove_partials, start_policy, write_json)
 from spark_vl.models import build_tiny_model, load_processor
 from spark_vl.records import (JUDGE_KINDS, REFLECT_KINDS, PromptRecord, RolloutGroup, load_groups, load_prompts,
-                              save_groups, save_prompts)
+                              save_groups, save_prompts, task_item)
 from spark_vl.recycle import Templates, recycle, reply_is_intact
 from spark_vl.runio import logger, write_jsonl_atomic
 from spark_vl.train.launch import distributed, is_worker, launch_training
@@ -169,7 +169,7 @@ def grade_groups(groups, templates: Templates, pool: GradingPool, judge_reply_ch
     for gi, group in enumerate(groups):
         judge = group.prompt.kind in JUDGE_KINDS
         for ri, response in enumerate(group.responses):
-            items.append(GradeItem(response, group.prompt.label, "judge" if judge else "task"))
+            items.append(GradeItem(response, group.prompt.label, "judge") if judge else task_item(response, group.prompt))
             where.append((gi, ri))
     grades = pool.grade(items)
     for group in groups:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from spark_vl.runio import read_jsonl, write_jsonl_atomic
+from spark_vl.verify.grading import GradeItem
 
 Kind = Literal["solve", "judge_pointwise", "judge_pairwise", "reflect_cot", "reflect_answer"]
 JUDGE_KINDS = ("judge_pointwise", "judge_pairwise")
@@ -65,3 +66,8 @@ def save_groups(path: Path, groups: list[RolloutGroup]) -> None:
 
 def load_groups(path: Path) -> list[RolloutGroup]:
     return [RolloutGroup.from_dict(row) for row in read_jsonl(path)]
+
+
+def task_item(response: str, prompt: PromptRecord) -> GradeItem:
+    """A response to grade against the prompt's ground truth, with the prompt for a user's reward."""
+    return GradeItem(response, prompt.label, "task", asdict(prompt))

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spark_vl.config import RunConfig
+from spark_vl.config import ConfigError, RunConfig
 from spark_vl.data import LoadedDataset, TaskSample, load_dataset
 from spark_vl.layout import check_policy, deepspeed_dir, deepspeed_tag, policy_at, start_policy
 from spark_vl.models import load_model, load_processor, vision_token_ids
@@ -66,7 +66,12 @@ class Workspace:
     @property
     def pool(self) -> GradingPool:
         if "pool" not in self._cache:
-            self._cache["pool"] = GradingPool(self.config.rollout.verify_workers, self.config.rollout.verify_timeout_s)
+            rollout = self.config.rollout
+            try:
+                self._cache["pool"] = GradingPool(rollout.verify_workers, rollout.verify_timeout_s,
+                                                  self.config.reward.function)
+            except ValueError as exc:  # a reward function that does not load: not worth a retry
+                raise ConfigError(str(exc)) from None
         return self._cache["pool"]
 
     def trainer_at(self, k: int) -> PolicyTrainer:

@@ -84,3 +84,5 @@ def test_a_triggered_run_may_not_name_programs_or_hosts_its_deployment_does_not(
     check_triggered(program, program, [])  # what the deployment itself sets is no change
     with pytest.raises(ConfigError, match="train.hostfile"):
         check_triggered(load_config(TINY, ["train.hostfile=/etc/hosts"]), deployed, [])
+    with pytest.raises(ConfigError, match="reward.function"):  # code the worker would import
+        check_triggered(load_config(TINY, ["reward.function=evil.py:run"]), deployed, [])

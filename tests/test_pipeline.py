@@ -252,3 +252,13 @@ def test_temperature_per_kind_is_what_training_scores_with(setup, tiny_model_dir
         assert torch.allclose(scored[row, :len(expected)], expected, atol=1e-4)
         if s.temperature != 1.0:
             assert not torch.allclose(at_one[row, :len(expected)], expected, atol=1e-2)
+
+
+def test_a_users_reward_function_pays_the_run_and_its_evaluation(tmp_path, tiny_data_dir):
+    (tmp_path / "always.py").write_text("def one(response, answer, prompt):\n    return 1.0\n")
+    cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
+                                     f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", "train.iterations=1",
+                                     f"reward.function={tmp_path / 'always.py'}:one"])
+    rows = run(cfg, tmp_path / "run")
+    assert rows[1]["rollout/reward_mean"] == 1.0 and rows[1]["eval/task_acc"] == 1.0
+    assert rows[0]["eval/task_acc"] == 1.0  # a random model's answers: only the user's reward pays them

@@ -116,3 +116,68 @@ def test_only_differing_mathematics_goes_to_math_verify(predicted, answer, neede
     from spark_vl.verify.grading import needs_math_verify
 
     assert needs_math_verify(predicted, answer) is needed
+
+
+USER_REWARDS = '''
+import time
+
+
+def partial(response, answer, prompt):
+    """Half a point for the right answer anywhere, a full one when the prompt's question is about colour."""
+    if answer not in response:
+        return 0.0
+    return 1.0 if prompt and "colour" in prompt["question"] else 0.5
+
+
+def forever(response, answer, prompt):
+    time.sleep(3600)
+
+
+def raises(response, answer, prompt):
+    raise RuntimeError("the user's bug")
+
+
+def too_much(response, answer, prompt):
+    return 2.0
+'''
+
+
+def test_a_users_reward_function_grades_under_the_deadline(tmp_path):
+    (tmp_path / "rewards.py").write_text(USER_REWARDS)
+    colour = {"question": "What colour is the shape?"}
+    items = [GradeItem("\\boxed{red}", "red", "task", colour), GradeItem("red", "red", "task", {"question": "Which?"}),
+             GradeItem("\\boxed{blue}", "red", "task", colour), GradeItem("\\box{Yes}", "Yes", "judge")]
+    with GradingPool(workers=2, timeout_s=2.0, reward_function=f"{tmp_path / 'rewards.py'}:partial") as pool:
+        assert [(g.reward, g.status) for g in pool.grade(items)] == [(1.0, "ok"), (0.5, "ok"), (0.0, "ok"),
+                                                                    (1.0, "ok")]  # judge: built-in
+    for name, status, detail in [("forever", "timeout", "exceeded 2 s"), ("raises", "error", "the user's bug"),
+                                 ("too_much", "error", "must return a number in [0, 1]")]:
+        with GradingPool(workers=1, timeout_s=2.0, reward_function=f"{tmp_path / 'rewards.py'}:{name}") as pool:
+            (grade,) = pool.grade([GradeItem("\\boxed{red}", "red")])
+            assert (grade.reward, grade.status) == (0.0, status) and detail in grade.detail
+    for spec, message in [(f"{tmp_path / 'nope.py'}:partial", "does not exist"),
+                          (f"{tmp_path / 'rewards.py'}:missing", "has no function 'missing'"),
+                          ("no_colon", "path/to/file.py:fn or module:fn"),
+                          ("not_a_module_here:fn", "cannot load not_a_module_here")]:
+        with pytest.raises(ValueError, match=message):
+            GradingPool(reward_function=spec)
+
+
+def test_verify_cli_with_a_reward_function(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from spark_vl.cli import app
+
+    (tmp_path / "rewards.py").write_text(USER_REWARDS)
+    rows = [{"response": "\\boxed{red}", "answer": "red", "prompt": {"question": "What colour?"}},
+            {"response": "red", "answer": "red"}]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    result = CliRunner().invoke(app, ["verify", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out.jsonl"),
+                                      "--reward-function", f"{tmp_path / 'rewards.py'}:partial"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["reward"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [1.0, 0.5]
+    result = CliRunner().invoke(app, ["verify", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "x.jsonl"),
+                                      "--reward-function", "rewards.py"])
+    assert result.exit_code == 2 and "path/to/file.py:fn" in result.output

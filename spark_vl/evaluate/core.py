@@ -9,11 +9,11 @@ from collections import defaultdict
 from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
 from spark_vl.evaluate.judge import calibration, verdict_probabilities
-from spark_vl.records import PromptRecord
+from spark_vl.records import PromptRecord, task_item
 from spark_vl.recycle import (POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample,
                               reply_is_intact)
 from spark_vl.rollout.hf import RolloutEngine
-from spark_vl.verify import GradeItem, GradingPool, extract_answer, extract_verdict, judge_reward, well_formed
+from spark_vl.verify import GradingPool, extract_answer, extract_verdict, judge_reward, well_formed
 
 
 def solve_prompt(sample: TaskSample, instruction: str, prefix: str = "") -> PromptRecord:
@@ -90,7 +90,7 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     ev = config.eval
     tasks = [solve_prompt(s, config.data.instruction, "eval/") for s in samples[: ev.n_task]]
     answers = [g.responses[0] for g in engine.generate(tasks, 1, greedy=True)]
-    grades = pool.grade([GradeItem(r, t.label) for r, t in zip(answers, tasks)])
+    grades = pool.grade([task_item(r, t) for r, t in zip(answers, tasks)])
     correct = [g.reward for g in grades]
     metrics = {"eval/task_acc": sum(correct) / len(tasks),
                "eval/well_formed": sum(map(well_formed, answers)) / len(answers)}
@@ -160,7 +160,7 @@ def best_of_n_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], config:
     for (ti, ri), p in zip(owners, verdict_probabilities(engine, judged, replies)):
         scores[ti][ri] = p
     picks = [pick_best(s) for s in scores]
-    grades = pool.grade([GradeItem(r, t.label) for g, t in zip(groups, tasks) for r in g.responses])
+    grades = pool.grade([task_item(r, t) for g, t in zip(groups, tasks) for r in g.responses])
     n = config.eval.best_of_n
     picked = [grades[ti * n + pick].reward for ti, pick in enumerate(picks)]
     majority = []
@@ -199,5 +199,5 @@ def self_reflect_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], answ
                                      f"{tasks[i].id}/reflect{round_}") for i in open_ids]
         for i, group in zip(open_ids, engine.generate(retries, 1, greedy=True)):
             current[i] = group.responses[0]
-    grades = pool.grade([GradeItem(r, t.label) for r, t in zip(current, tasks)])
+    grades = pool.grade([task_item(r, t) for r, t in zip(current, tasks)])
     return sum(g.reward for g in grades) / len(tasks)

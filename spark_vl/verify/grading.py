@@ -8,11 +8,15 @@ marked `timeout`.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import multiprocessing as mp
 import re
 import time
-from multiprocessing.connection import wait
+from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Literal
 
 from spark_vl.verify.extract import extract_answer, extract_verdict, normalise
@@ -28,6 +32,40 @@ class GradeItem:
     response: str
     answer: str
     kind: Kind = "task"
+    prompt: dict | None = None  # the prompt record, for a user's reward function
+
+
+RewardFunction = Callable[[str, str, "dict | None"], float]
+
+
+def load_reward_function(spec: str) -> RewardFunction:
+    """`path/to/file.py:fn` or `module:fn` as a callable; ValueError naming the spec otherwise."""
+    target, _, name = spec.rpartition(":")
+    if not target or not name:
+        raise ValueError(f"reward.function {spec!r}: write it as path/to/file.py:fn or module:fn")
+    try:
+        if target.endswith(".py"):
+            loader_spec = importlib.util.spec_from_file_location(Path(target).stem, target)
+            if loader_spec is None or not Path(target).is_file():
+                raise FileNotFoundError(f"{target} does not exist")
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except Exception as exc:
+        raise ValueError(f"reward.function {spec!r}: cannot load {target} ({type(exc).__name__}: {exc})") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ValueError(f"reward.function {spec!r}: {target} has no function {name!r}")
+    return function
+
+
+def custom_reward(function: RewardFunction, item: GradeItem) -> float:
+    """The user's reward, checked: a real number in [0, 1]."""
+    value = function(item.response, item.answer, item.prompt)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"the reward function returned {value!r}; it must return a number in [0, 1]")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -72,41 +110,49 @@ def judge_reward(response: str, label: str) -> float:
     return float(verdict is not None and verdict == normalise(label).strip("()"))
 
 
-def grade_one(item: GradeItem) -> Grade:
+def grade_one(item: GradeItem, function: RewardFunction | None = None) -> Grade:
     try:
         if item.kind == "judge":
             return Grade(judge_reward(item.response, item.answer), "ok", extract_verdict(item.response))
+        if function is not None:
+            return Grade(custom_reward(function, item), "ok", extract_answer(item.response))
         return Grade(task_reward(item.response, item.answer), "ok", extract_answer(item.response))
-    except Exception as exc:  # a malformed response scores 0; the run goes on
+    except Exception as exc:  # a malformed response or a failing reward function scores 0; the run goes on
         return Grade(0.0, "error", None, f"{type(exc).__name__}: {exc}")
 
 
-def _worker(conn) -> None:
+def _worker(conn, reward_function: str | None) -> None:
     import math_verify  # noqa: F401  (imported before "ready": start-up is not graded time)
 
+    function = load_reward_function(reward_function) if reward_function else None
     conn.send("ready")
     while True:
         item = conn.recv()
         if item is None:
             return
-        conn.send(grade_one(item))
+        conn.send(grade_one(item, function))
 
 
 class GradingPool:
     """A few worker processes grading one item each at a time, with a hard deadline per item.
 
     Answers that need no sympy (numbers, plain strings, verdicts) are graded in this process; the
-    workers start, all at once, when the first item that needs math-verify arrives."""
+    workers start, all at once, when the first item that needs math-verify arrives. With a
+    `reward_function` (`reward.function`) every task item goes to a worker: user code runs under
+    the deadline too. It is loaded here first, so a bad spec fails at once with what to fix."""
 
-    def __init__(self, workers: int = 2, timeout_s: float = 5.0):
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0, reward_function: str | None = None):
         self.timeout_s = timeout_s
         self.size = max(1, workers)
+        self.reward_function = reward_function
+        if reward_function:
+            load_reward_function(reward_function)
         self._ctx = mp.get_context("spawn")
         self._workers: list = []
 
     def _launch(self):
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker, args=(child,), daemon=True)
+        process = self._ctx.Process(target=_worker, args=(child, self.reward_function), daemon=True)
         process.start()
         child.close()
         return process, parent
@@ -151,7 +197,8 @@ class GradingPool:
                 if slot not in busy and pending:
                     index = pending.pop()
                     item = items[index]
-                    if item.kind == "judge" or not needs_math_verify(extract_answer(item.response), item.answer):
+                    if item.kind == "judge" or (not self.reward_function and
+                                                not needs_math_verify(extract_answer(item.response), item.answer)):
                         results[index] = grade_one(item)  # no sympy involved: grade here, no round trip
                         continue
                     self.start()
