@@ -86,3 +86,10 @@ def test_a_triggered_run_may_not_name_programs_or_hosts_its_deployment_does_not(
         check_triggered(load_config(TINY, ["train.hostfile=/etc/hosts"]), deployed, [])
     with pytest.raises(ConfigError, match="reward.function"):  # code the worker would import
         check_triggered(load_config(TINY, ["reward.function=evil.py:run"]), deployed, [])
+
+
+def test_the_config_reference_is_current():
+    from spark_vl.config import reference_markdown
+
+    docs = Path(__file__).parent.parent / "docs" / "config.md"
+    assert docs.read_text() == reference_markdown() + "\n", "regenerate: python -m spark_vl.config > docs/config.md"
