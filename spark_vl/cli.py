@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import sys
 from pathlib import Path
@@ -342,6 +343,32 @@ def judge(
                              for row, reply, p in zip(rows, replies, probabilities)])
     unreadable = sum(p is None for p in probabilities)
     typer.echo(f"{len(rows)} rows judged, {unreadable} replies without a verdict -> {out}", err=True)
+
+
+@app.command("doctor")
+def doctor(config: ConfigArg = None, set_: SetOpt = None) -> None:
+    """What a run would use (Prefect API, MLflow store and registry, vLLM, devices), whether each
+    answers and accepts its credentials, and what to set when one does not; exits 1 on a problem."""
+    from prefect.settings import get_current_settings
+
+    from spark_vl import doctor as checks
+    from spark_vl import tracking
+
+    cfg = _config(config, set_)
+    prefect = get_current_settings().api
+    auth = prefect.auth_string.get_secret_value() if prefect.auth_string else None
+    results = [checks.prefect_check(prefect.url, auth),
+               checks.mlflow_check(tracking.tracking_uri(), os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                                   os.environ.get("MLFLOW_TRACKING_PASSWORD"))]
+    if results[-1].ok:
+        results.append(checks.Check("model registry", True, tracking.registry_summary(cfg.tracking.registered_model)))
+    vllm = cfg.rollout.vllm
+    results += [checks.vllm_check(cfg.rollout.engine, vllm.python, vllm.url), checks.device_check()]
+    for check in results:
+        typer.echo(f"{'ok' if check.ok else 'PROBLEM':>7}  {check.name}: {check.detail}"
+                   + (f"\n{'':>9}-> {check.fix}" if check.fix else ""))
+    if not all(check.ok for check in results):
+        raise typer.Exit(1)
 
 
 @app.command("eval")

@@ -267,6 +267,18 @@ def register_policy(run_id: str, policy_dir: Path, name: str, task_acc: float) -
     return int(version.version)
 
 
+def registry_summary(name: str) -> str:
+    """What the registry holds for `name`: how many versions and where its aliases point."""
+    mlflow_client = client()
+    try:
+        model = mlflow_client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        return f"{name}: not registered yet (a run's first registration creates it)"
+    aliases = ", ".join(f"{alias} -> version {version}" for alias, version in sorted(model.aliases.items()))
+    versions = len(mlflow_client.search_model_versions(f"name='{name}'"))
+    return f"{name}: {versions} version(s); {aliases or 'no aliases'}"
+
+
 def resolve_model(uri: str, dest: Path | None = None) -> Path:
     """A local checkpoint directory for a path or a `models:/NAME@alias` URI."""
     if not uri.startswith("models:/"):
