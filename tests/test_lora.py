@@ -118,3 +118,20 @@ def test_lora_under_zero_2_and_3_saves_the_adapted_model(setup, tiny_model_dir, 
     expected = _logps(adapted.model, processor, cfg0, groups)
     assert torch.allclose(_logps(merged, processor, cfg0, groups), expected, atol=1e-5)
     assert not torch.allclose(_logps(load_model(tiny_model_dir).eval(), processor, cfg0, groups), expected, atol=1e-3)
+
+
+def test_the_registry_holds_the_merged_model_and_the_adapter(setup, tmp_path, monkeypatch):
+    from spark_vl import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # a bare SQLite store keeps artifacts under ./mlruns
+    cfg, processor, trainer, groups = setup
+    trainer.grpo_step(groups)  # adapters away from B = 0: the merged model differs from the base
+    trainer.save(tmp_path / "policy")
+    run_id = tracking.open_run(load_config(None, ["tracking.experiment=lora"]), tmp_path / "run", "lora")
+    tracking.register_policy(run_id, tmp_path / "policy", "lora-policy", 0.5)
+    local = tracking.resolve_model("models:/lora-policy@champion", tmp_path / "download")
+    assert (local / ADAPTER_DIR / "adapter_config.json").exists()
+    merged = load_model(local).eval()
+    assert torch.allclose(_logps(merged, processor, cfg, groups), _logps(trainer.model, processor, cfg, groups),
+                          atol=1e-5)
