@@ -379,6 +379,8 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON line")] = False,
     best_of_n: Annotated[int, typer.Option("--best-of-n", help="also: sample N answers, keep the one the model's "
                                                                "own judge rates best")] = 0,
+    judge_bench: Annotated[Optional[Path], typer.Option(
+        "--judge-bench", help="instead: the judge on pairwise preference rows (VL-RewardBench schema)")] = None,
     config: ConfigArg = None,
     set_: SetOpt = None,
 ) -> None:
@@ -398,6 +400,9 @@ def eval_cmd(
         model_dir = resolve_model(model, Path(tmp) / "model")
         cfg = _model_or_given_config(model_dir, config, [*(set_ or []), *([f"eval.best_of_n={best_of_n}"]
                                                                             if best_of_n else [])])
+        if judge_bench is not None:
+            _print_metrics(_judge_bench(model_dir, cfg, judge_bench, Path(tmp)), as_json)
+            return
         data_path = data or (Path(cfg.data.eval_path) if cfg.data.eval_path else None)
         if data_path is None:
             data_path = make_dataset(Path(tmp) / "data", cfg.data.builtin)["eval"]
@@ -406,10 +411,36 @@ def eval_cmd(
         engine = HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
         with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s, cfg.reward.function) as pool:
             metrics, _ = evaluate(engine, samples, cfg, Templates.load(cfg.spark.templates), pool, processor.tokenizer)
+    _print_metrics(metrics, as_json)
+
+
+def _print_metrics(metrics: dict[str, float], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(metrics))
-    else:
+    elif "eval/task_acc" in metrics:
         _print_evals([metrics])
+    else:
+        typer.echo("\n".join(f"{key}: {value:.3f}" for key, value in metrics.items()))
+
+
+def _judge_bench(model_dir: Path, cfg, path: Path, tmp: Path) -> dict[str, float]:
+    """The judge's accuracy on people's pairwise choices in `path`."""
+    from spark_vl.data import DatasetError
+    from spark_vl.data.preference import load_preference_pairs
+    from spark_vl.evaluate.judge import preference_accuracy
+    from spark_vl.models import load_model, load_processor
+    from spark_vl.recycle import Templates
+    from spark_vl.rollout.hf import HFRolloutEngine
+
+    try:
+        pairs = load_preference_pairs(path, tmp / "bench-images")
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    processor = load_processor(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
+    engine = HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
+    return {**preference_accuracy(engine, pairs, Templates.load(cfg.spark.templates)),
+            "eval/judge_bench_pairs": float(len(pairs))}
 
 
 if __name__ == "__main__":

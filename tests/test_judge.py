@@ -104,3 +104,45 @@ def test_eval_best_of_n_is_reported_and_bounded(tiny_model_dir, tiny_data_dir):
     assert 0 <= metrics["eval/task_acc_best_of_n"] <= 1 and 0 <= metrics["eval/task_acc_sampled"] <= 1
     assert 0 <= metrics["eval/task_acc_majority"] <= 1
     assert {"eval/judge_ece", "eval/judge_brier"} <= set(metrics)  # NaN here: a random model writes no verdict box
+
+
+def test_judge_bench_on_preference_rows_in_the_vl_rewardbench_schema(tiny_model_dir, tiny_data_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (tiny_data_dir / "eval.jsonl").read_text().splitlines()[:4]]
+    shutil.copytree(tiny_data_dir / "images", tmp_path / "images")
+    bench = [{"id": f"p{i}", "query": r["question"], "image": r["image"],
+              "response": [r["answer"], "none"] if i % 2 else ["none", r["answer"]],
+              "human_ranking": [0, 1] if i % 2 else [1, 0]} for i, r in enumerate(rows)]
+    (tmp_path / "bench.jsonl").write_text("\n".join(json.dumps(r) for r in bench) + "\n")
+    with_bytes = [{**r, "image": {"bytes": (tmp_path / r["image"]).read_bytes(), "path": None}} for r in bench]
+    pq.write_table(pa.Table.from_pylist(with_bytes), tmp_path / "bench.parquet")
+    command = ["eval", "--model", str(tiny_model_dir), "--json", "--set", "rollout.max_new_tokens=8", "--judge-bench"]
+    results = []
+    for name in ("bench.jsonl", "bench.parquet"):
+        result = CliRunner().invoke(app, command + [str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        results.append(json.loads(result.output.strip().splitlines()[-1]))
+    assert results[0] == results[1]  # the same rows, images as files or as bytes
+    assert results[0]["eval/judge_bench_pairs"] == 4.0
+    assert 0 <= results[0]["eval/judge_bench_acc"] <= 1 and 0 <= results[0]["eval/judge_bench_acc_swapped"] <= 1
+    (tmp_path / "tie.jsonl").write_text(json.dumps({**bench[0], "human_ranking": [0, 0]}) + "\n")
+    result = CliRunner().invoke(app, command + [str(tmp_path / "tie.jsonl")])
+    assert result.exit_code == 2 and "tie.jsonl row 0" in result.output and "lower is preferred" in result.output
+
+
+def test_preference_labels_follow_the_people_in_both_orders():
+    from spark_vl.data.preference import PreferencePair
+    from spark_vl.evaluate.judge import preference_accuracy
+
+    class Always:  # a judge that always answers A: right exactly where A is the preferred response
+        def generate(self, prompts, n, greedy=False, seed=0):
+            from spark_vl.records import RolloutGroup
+
+            return [RolloutGroup(p, ["The image shows red. \\box{A}"], [[1]], [[0.0]]) for p in prompts]
+
+    pairs = [PreferencePair("a", "/x.png", "q", ("good", "bad"), 0), PreferencePair("b", "/x.png", "q", ("bad", "good"), 1),
+             PreferencePair("c", "/x.png", "q", ("good", "bad"), 0)]
+    metrics = preference_accuracy(Always(), pairs, TEMPLATES)
+    assert metrics == {"eval/judge_bench_acc": 2 / 3, "eval/judge_bench_acc_swapped": 1 / 3}

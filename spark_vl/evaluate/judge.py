@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import math
 
+from spark_vl.data.preference import PreferencePair
+from spark_vl.recycle import Templates, pairwise_judge_sample
 from spark_vl.records import PromptRecord
 from spark_vl.verify.extract import box_span
+from spark_vl.verify.grading import judge_reward
 
 VERDICTS = {"judge_pointwise": ("Yes", "No"), "judge_pairwise": ("A", "B")}
 
@@ -56,3 +59,20 @@ def calibration(probabilities: list[float], outcomes: list[bool], bins: int = 10
     ece = sum(count / n * abs(confidence - rate) for confidence, rate, count in
               reliability_bins(probabilities, outcomes, bins))
     return ece, brier
+
+
+def preference_accuracy(engine, pairs: list[PreferencePair], templates: Templates) -> dict[str, float]:
+    """The judge on people's choices (pairwise, greedy): its accuracy with the two responses in
+    the file's order and swapped; a judge that prefers a position scores apart on the two."""
+    metrics = {}
+    for key, swap in (("eval/judge_bench_acc", False), ("eval/judge_bench_acc_swapped", True)):
+        prompts = []
+        for pair in pairs:
+            source = PromptRecord(id=pair.id, kind="solve", images=[pair.image], text=pair.query, label="",
+                                  question=pair.query, answer="", source_id=pair.id)
+            preferred, other = pair.responses[pair.preferred], pair.responses[1 - pair.preferred]
+            prompts.append(pairwise_judge_sample(source, preferred, other, templates.pairwise[0],
+                                                 (pair.preferred == 0) != swap, pair.id))
+        replies = [g.responses[0] for g in engine.generate(prompts, 1, greedy=True)] if prompts else []
+        metrics[key] = sum(judge_reward(r, p.label) for r, p in zip(replies, prompts)) / max(1, len(prompts))
+    return metrics
