@@ -335,9 +335,24 @@ def judge(
         cfg = _model_or_given_config(model_dir, config, set_)
         prompts = _judge_prompts(path, Templates.load(cfg.spark.templates))
         processor = load_processor(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
-        engine = HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
-        replies = [g.responses[0] for g in engine.generate(prompts, 1, greedy=True)]
-        probabilities = verdict_probabilities(engine, prompts, replies)
+        server = None
+        if cfg.rollout.engine == "vllm":  # a vLLM server started on the model (or the one at rollout.vllm.url)
+            from spark_vl.models import vision_token_ids
+            from spark_vl.rollout.vllm import VLLMRolloutEngine
+            from spark_vl.rollout.vllm_server import VLLMServer
+
+            server = VLLMServer(cfg.rollout.vllm, model_dir, Path(tmp) / "vllm")
+            server.ensure_running()
+            engine = VLLMRolloutEngine(server, cfg.rollout, cfg.model, vision_token_ids(processor.tokenizer),
+                                       getattr(processor.image_processor, "patch_size", 14), tokenizer=processor.tokenizer)
+        else:
+            engine = HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
+        try:
+            replies = [g.responses[0] for g in engine.generate(prompts, 1, greedy=True)]
+            probabilities = verdict_probabilities(engine, prompts, replies)
+        finally:
+            if server is not None:
+                server.close()
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     write_jsonl_atomic(out, [{**row, "verdict": extract_verdict(reply), "p_positive": p, "reply": reply}
                              for row, reply, p in zip(rows, replies, probabilities)])

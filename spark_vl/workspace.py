@@ -107,7 +107,8 @@ class Workspace:
             server.load_weights(policy_at(self.config, self.run_dir, k))
             patch = getattr(self.processor.image_processor, "patch_size", 14)
             return VLLMRolloutEngine(server, self.config.rollout, self.config.model,
-                                     vision_token_ids(self.processor.tokenizer), patch, show_progress=False)
+                                     vision_token_ids(self.processor.tokenizer), patch, show_progress=False,
+                                     tokenizer=self.processor.tokenizer)
         model = self.trainer_at(k).model if not distributed(self.config.train) else self.rollout_model_at(k)
         return HFRolloutEngine(model, self.processor, self.config.rollout, self.config.model, show_progress=False)
 

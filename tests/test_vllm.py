@@ -184,3 +184,41 @@ def test_flow_with_vllm_rollouts_survives_a_server_killed_mid_rollout(tmp_path, 
     log = (run_dir / "vllm" / "server.log").read_text()
     assert log.count("Application startup complete") == 2  # started once, restarted once after the kill
     assert not (run_dir / "vllm" / "server.pid").exists()  # stopped at the end of the run
+
+
+@needs_vllm
+def test_vllm_scores_a_judge_reply_as_the_transformers_engine_does(server, tiny_model_dir, tiny_data_dir):
+    """Verdict probabilities (spark-vl judge, calibration, best of n) from the server's prompt log-probs."""
+    from spark_vl.evaluate.judge import verdict_probabilities
+    from spark_vl.recycle import Templates, pointwise_judge_sample
+    from spark_vl.rollout.hf import HFRolloutEngine
+
+    server.load_weights(tiny_model_dir)
+    cfg = vllm_config()
+    processor = load_processor(tiny_model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
+    served = VLLMRolloutEngine(server, cfg.rollout, cfg.model, vision_token_ids(processor.tokenizer), 14,
+                               show_progress=False, tokenizer=processor.tokenizer)
+    local = HFRolloutEngine(load_model(tiny_model_dir, "float32"), processor, cfg.rollout, cfg.model,
+                            show_progress=False)
+    template = Templates.load("tiny").pointwise[0]
+    prompts = [pointwise_judge_sample(p, "red", True, template, f"j{i}") for i, p in enumerate(_prompts(tiny_data_dir, 3))]
+    replies = ["The image shows red. The proposed answer is red. \\box{No}"] * 3
+    ours, theirs = verdict_probabilities(local, prompts, replies), verdict_probabilities(served, prompts, replies)
+    assert all(abs(a - b) < 1e-3 for a, b in zip(ours, theirs)), (ours, theirs)
+
+
+@needs_vllm
+def test_judge_command_with_the_vllm_engine(tiny_model_dir, tiny_data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from spark_vl.cli import app
+
+    row = json.loads((tiny_data_dir / "eval.jsonl").read_text().splitlines()[0])
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"image": str(tiny_data_dir / row["image"]),
+                                                     "question": row["question"], "answer": row["answer"]}) + "\n")
+    result = CliRunner().invoke(app, ["judge", "--model", str(tiny_model_dir), str(tmp_path / "rows.jsonl"), "--out",
+                                      str(tmp_path / "out.jsonl"), "--set", "rollout.engine=vllm",
+                                      "--set", f"rollout.vllm.python={VLLM_PYTHON}", "--set", "rollout.max_new_tokens=8"])
+    assert result.exit_code == 0, result.output
+    (out,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert out["p_positive"] is None or 0 <= out["p_positive"] <= 1

@@ -102,7 +102,7 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     metrics["eval/judge_pointwise_acc"], responses, rewards = _judge_accuracy(engine, pointwise)
     metrics["eval/judge_same_form_acc"] = same_form_accuracy(pointwise, rewards, tokenizer)
     probabilities: list[float | None] = [None] * len(pointwise)
-    if hasattr(engine, "score"):  # the vLLM engine does not score given text (yet)
+    if hasattr(engine, "score"):
         probabilities = verdict_probabilities(engine, pointwise, responses)
         scored = [(p, prompt.label in POSITIVE_LABELS) for p, prompt in zip(probabilities, pointwise) if p is not None]
         metrics["eval/judge_ece"], metrics["eval/judge_brier"] = calibration([p for p, _ in scored],

@@ -31,8 +31,9 @@ class VLLMRolloutEngine:
     under the temperature-scaled distribution, as the transformers engine does."""
 
     def __init__(self, server: VLLMServer, rollout_cfg: RolloutConfig, model_cfg: ModelConfig,
-                 suppress_ids: list[int], image_patch_size: int, show_progress: bool = True):
+                 suppress_ids: list[int], image_patch_size: int, show_progress: bool = True, tokenizer=None):
         self.server = server
+        self.tokenizer = tokenizer  # counts a scored completion's tokens (`score`)
         self.cfg = rollout_cfg
         self.model_cfg = model_cfg
         self.suppress_ids = suppress_ids
@@ -55,6 +56,32 @@ class VLLMRolloutEngine:
             "logprobs": True, "return_token_ids": True, "skip_special_tokens": True,
             "logit_bias": {str(i): -100 for i in self.suppress_ids},  # a weak model samples vision tokens
         }
+
+    def _score_one(self, prompt: PromptRecord, completion: str) -> float:
+        """log p(completion | prompt): the completion is sent as the start of the assistant's turn
+        and the server returns the log-prob of every prompt token (`prompt_logprobs`); the last
+        tokens are the completion's."""
+        body = self.request_body(prompt, 1, greedy=True)
+        body["messages"].append({"role": "assistant", "content": completion})
+        body.update({"max_tokens": 1, "logprobs": False, "prompt_logprobs": 0, "add_generation_prompt": False,
+                     "continue_final_message": True})
+        reply = self.server.post("/v1/chat/completions", body)
+        ids = [int(i) for i in reply.get("prompt_token_ids") or []]
+        entries = reply.get("prompt_logprobs")
+        if not entries or not ids:
+            raise RolloutServerError("the vLLM server returned no prompt log-probs: it must support `prompt_logprobs` "
+                                     "and `return_token_ids` in chat requests")
+        if self.tokenizer is None:
+            raise ValueError("VLLMRolloutEngine.score needs the model's tokenizer (tokenizer=...)")
+        n = len(self.tokenizer.encode(completion, add_special_tokens=False))
+        return sum(entries[i][str(ids[i])]["logprob"] for i in range(len(ids) - n, len(ids)))
+
+    def score(self, prompts: list[PromptRecord], completions: list[str]) -> list[float]:
+        """The log-probability of each completion after its prompt (as `HFRolloutEngine.score`,
+        without the vision-token exclusion: a trained model gives those tokens next to nothing)."""
+        workers = min(self.server.config.max_concurrent_requests, max(1, len(prompts)))
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(self._score_one, prompts, completions))
 
     def _generate_one(self, prompt: PromptRecord, n: int, greedy: bool) -> RolloutGroup:
         reply = self.server.post("/v1/chat/completions", self.request_body(prompt, n, greedy))
