@@ -101,12 +101,9 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     pointwise, pairwise = held_out_judge_prompts(samples, config, templates, config.train.seed)
     metrics["eval/judge_pointwise_acc"], responses, rewards = _judge_accuracy(engine, pointwise)
     metrics["eval/judge_same_form_acc"] = same_form_accuracy(pointwise, rewards, tokenizer)
-    probabilities: list[float | None] = [None] * len(pointwise)
-    if hasattr(engine, "score"):
-        probabilities = verdict_probabilities(engine, pointwise, responses)
-        scored = [(p, prompt.label in POSITIVE_LABELS) for p, prompt in zip(probabilities, pointwise) if p is not None]
-        metrics["eval/judge_ece"], metrics["eval/judge_brier"] = calibration([p for p, _ in scored],
-                                                                             [y for _, y in scored])
+    probabilities = verdict_probabilities(engine, pointwise, responses)
+    scored = [(p, prompt.label in POSITIVE_LABELS) for p, prompt in zip(probabilities, pointwise) if p is not None]
+    metrics["eval/judge_ece"], metrics["eval/judge_brier"] = calibration([p for p, _ in scored], [y for _, y in scored])
     records += [{**r, "p_positive": p} for r, p in zip(_judge_records(pointwise, responses, rewards), probabilities)]
     # A judge that misquotes the proposed answer compares its reading with the wrong thing.
     metrics["eval/judge_restated"] = sum(
@@ -128,7 +125,7 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     metrics["eval/judge_own_acc"] = _judge_accuracy(engine, own_prompts)[0]
 
     metrics["eval/task_acc_reflect"] = self_reflect_accuracy(engine, tasks, answers, config, templates, pool)
-    if ev.best_of_n and hasattr(engine, "score"):
+    if ev.best_of_n:
         (metrics["eval/task_acc_best_of_n"], metrics["eval/task_acc_sampled"],
          metrics["eval/task_acc_majority"]) = best_of_n_accuracy(engine, tasks, config, templates, pool)
     return metrics, records

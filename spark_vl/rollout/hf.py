@@ -20,6 +20,8 @@ class RolloutEngine(Protocol):
     def generate(self, prompts: list[PromptRecord], n: int, greedy: bool = False,
                  seed: int = 0) -> list[RolloutGroup]: ...
 
+    def score(self, prompts: list[PromptRecord], completions: list[str]) -> list[float]: ...
+
 
 def conversation(prompt: PromptRecord, model_cfg: ModelConfig) -> list[dict]:
     return image_message(prompt.images, prompt.text, model_cfg.min_pixels, model_cfg.max_pixels)
