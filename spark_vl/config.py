@@ -172,6 +172,9 @@ class SparkConfig(Section):
     reflect_cot_share: float = Field(0.5, ge=0, le=1)
     templates: str = Field("default", description="prompt template pools: default, tiny, or a JSON file")
     balance_judge_labels: bool = Field(True, description="equal correct and wrong pointwise judge samples")
+    judge_credit: Literal["reply", "verdict"] = Field(
+        "reply", description="which tokens of a judge reply carry its advantage: the whole reply, or only the "
+        "verdict in its box (the rest is held to its format by `judge_reply_check`)")
     judge_reply_check: Literal["verdict", "format", "restate", "grounded"] = Field(
         "format", description="judge reward 1 needs: the right verdict only; also the reply format; "
         "also the proposed answer restated exactly; also the image described as the ground truth")

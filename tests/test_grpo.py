@@ -102,3 +102,30 @@ def test_loss_aggregation_modes_by_hand():
     parts = [grpo_loss(logps[i:i + 1], logps[i:i + 1], logps[i:i + 1], adv[i:i + 1], mask[i:i + 1], 0.2, 0.0, 3,
                        loss_agg_mode="seq-mean-token-mean")[0].item() for i in range(3)]
     assert sum(parts) == pytest.approx(seq_mean.item(), rel=1e-6)
+
+
+def test_verdict_credit_keeps_the_loss_on_the_verdict_tokens(tiny_model_dir):
+    from spark_vl.config import load_config
+    from spark_vl.models import load_processor
+    from spark_vl.records import PromptRecord, RolloutGroup
+    from spark_vl.train.trainer import Sequence, credit_mask, sequences_with_signal, verdict_tokens
+
+    tokenizer = load_processor(tiny_model_dir, 12544, 12544).tokenizer
+    reply = "The image shows blue. The proposed answer is green. \\box{No}"
+    ids = tokenizer.encode(reply, add_special_tokens=False)
+    first, end = verdict_tokens(ids, tokenizer)
+    assert tokenizer.decode(ids[first:end]).strip() == "No"
+    assert verdict_tokens(tokenizer.encode("no box here", add_special_tokens=False), tokenizer) is None
+
+    prompt = PromptRecord("j", "judge_pointwise", [], "q", "No", "q", "blue", "s", ["green"])
+    solve = PromptRecord("t", "solve", [], "q", "blue", "q", "blue", "s")
+    groups = [RolloutGroup(p, [reply] * 2, [ids] * 2, [[0.0] * len(ids)] * 2, rewards=[1.0, 0.0]) for p in (prompt, solve)]
+    cfg = load_config(None, ["spark.judge_credit=verdict"])
+    sequences, _ = sequences_with_signal(groups, cfg, tokenizer)
+    assert [s.credit for s in sequences] == [(first, end)] * 2 + [None] * 2
+    assert all(s.credit is None for s in sequences_with_signal(groups, load_config(None, []), tokenizer)[0])
+
+    mask = torch.ones(2, 6, dtype=torch.long)
+    rows = [Sequence([], [1] * 6, [0.0] * 6, 1.0, 1.0, (2, 4)), Sequence([], [1] * 6, [0.0] * 6, 1.0, 1.0)]
+    assert credit_mask(mask, rows).tolist() == [[0, 0, 1, 1, 0, 0], [1] * 6]
+    assert mask.tolist() == [[1] * 6] * 2  # the batch's own mask is untouched

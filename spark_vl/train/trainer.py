@@ -12,13 +12,14 @@ import torch
 
 from spark_vl.config import RunConfig, save_model_config
 from spark_vl.models import load_model, vision_token_ids
-from spark_vl.records import RolloutGroup
+from spark_vl.records import JUDGE_KINDS, RolloutGroup
 from spark_vl.rollout.hf import conversation
 from spark_vl.runio import logger
 from spark_vl.train.engine import build_engine
 from spark_vl.train.forward import completion_batch, completion_logps
 from spark_vl.train.grpo import group_advantages, grpo_loss, loss_normaliser
 from spark_vl.train.lora import ADAPTER_DIR, add_adapters, load_adapter_weights, merged_state_dict
+from spark_vl.verify.extract import box_span
 
 
 @dataclass
@@ -28,10 +29,38 @@ class Sequence:
     old_logps: list[float]
     advantage: float
     temperature: float  # the one it was sampled at, so the ratio compares like with like
+    credit: tuple[int, int] | None = None  # the completion tokens that carry the loss; None: all
 
 
-def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig) -> tuple[list[Sequence], int]:
-    """Flatten groups into sequences with advantages; groups of equal rewards are dropped and counted."""
+def verdict_tokens(ids: list[int], tokenizer) -> tuple[int, int] | None:
+    """[first, last + 1) of the completion tokens that spell the verdict inside the reply's box;
+    None for a reply without one box."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    span = box_span(text)
+    if span is None:
+        return None
+    ends = [len(tokenizer.decode(ids[:i + 1], skip_special_tokens=True)) for i in range(len(ids))]
+    starts = [0] + ends[:-1]
+    covering = [i for i in range(len(ids)) if starts[i] < span[2] and ends[i] > span[1]]
+    return (covering[0], covering[-1] + 1) if covering else None
+
+
+def credit_mask(mask: torch.Tensor, sequences: list[Sequence]) -> torch.Tensor:
+    """The completion mask with each sequence's tokens outside its credit span zeroed."""
+    if not any(s.credit for s in sequences):
+        return mask
+    mask = mask.clone()
+    for row, s in enumerate(sequences):
+        if s.credit:
+            mask[row, :s.credit[0]] = 0
+            mask[row, s.credit[1]:] = 0
+    return mask
+
+
+def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig,
+                          tokenizer=None) -> tuple[list[Sequence], int]:
+    """Flatten groups into sequences with advantages; groups of equal rewards are dropped and counted.
+    With `spark.judge_credit: verdict` a judge reply's loss is on its verdict tokens only."""
     sequences, flat_groups = [], 0
     for group in groups:
         advantages = group_advantages(group.rewards)
@@ -40,9 +69,11 @@ def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig) -> tupl
             continue
         conv = conversation(group.prompt, config.model)
         temperature = config.rollout.temperature_for(group.prompt.kind)
+        on_verdict = config.spark.judge_credit == "verdict" and group.prompt.kind in JUDGE_KINDS
         for ids, logps, adv in zip(group.response_ids, group.logprobs, advantages):
             if ids:
-                sequences.append(Sequence(conv, ids, logps, adv, temperature))
+                credit = verdict_tokens(ids, tokenizer) if on_verdict else None
+                sequences.append(Sequence(conv, ids, logps, adv, temperature, credit))
     return sequences, flat_groups
 
 
@@ -97,7 +128,7 @@ class PolicyTrainer:
         micro-batches; with several workers each takes every world_size-th sequence and the
         gradients are averaged. Loss, KL, entropy and clipping are averaged over the steps."""
         train = self.config.train
-        sequences, flat_groups = sequences_with_signal(groups, self.config)
+        sequences, flat_groups = sequences_with_signal(groups, self.config, self.processor.tokenizer)
         stats = {"train/flat_groups": float(flat_groups), "train/sequences": float(len(sequences))}
         if not sequences:
             logger.info("no group with differing rewards: no update this iteration")
@@ -133,7 +164,7 @@ class PolicyTrainer:
                 continue
             batch = completion_batch(self.processor, [s.conversation for s in chunk], [s.completion for s in chunk],
                                      self.device)
-            mask = batch["completion_mask"]
+            mask = credit_mask(batch["completion_mask"], chunk)
             tokens += float(batch["attention_mask"].sum())
             old = torch.zeros(mask.shape, device=self.device)
             for row, seq in enumerate(chunk):
