@@ -281,8 +281,8 @@ def _judge_prompts(path: Path, templates) -> list:
     """Judge prompts from JSONL rows {image, question, answer} (pointwise) or {image, question,
     answer_a, answer_b} (pairwise); images relative to the file. Stops at the first bad row,
     naming it and what it needs."""
+    from spark_vl.evaluate.judge import question_source
     from spark_vl.recycle import pairwise_judge_sample, pointwise_judge_sample
-    from spark_vl.records import PromptRecord
 
     prompts = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -293,8 +293,7 @@ def _judge_prompts(path: Path, templates) -> list:
             image = path.parent / row["image"]
             if not image.is_file():
                 raise ValueError(f"image {image} does not exist")
-            source = PromptRecord(id=f"row{number}", kind="solve", images=[str(image)], text=row["question"],
-                                  label="", question=row["question"], answer="", source_id=f"row{number}")
+            source = question_source(f"row{number}", str(image), row["question"])
             if "answer_a" in row:
                 prompt = pairwise_judge_sample(source, str(row["answer_a"]), str(row["answer_b"]),
                                                templates.pairwise[0], True, source.id)
@@ -323,9 +322,7 @@ def judge(
     import tempfile
 
     from spark_vl.evaluate.judge import verdict_probabilities
-    from spark_vl.models import load_model, load_processor
     from spark_vl.recycle import Templates
-    from spark_vl.rollout.hf import HFRolloutEngine
     from spark_vl.runio import write_jsonl_atomic
     from spark_vl.tracking import resolve_model
     from spark_vl.verify import extract_verdict
@@ -334,19 +331,19 @@ def judge(
         model_dir = resolve_model(model, Path(tmp) / "model")
         cfg = _model_or_given_config(model_dir, config, set_)
         prompts = _judge_prompts(path, Templates.load(cfg.spark.templates))
-        processor = load_processor(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
         server = None
         if cfg.rollout.engine == "vllm":  # a vLLM server started on the model (or the one at rollout.vllm.url)
-            from spark_vl.models import vision_token_ids
+            from spark_vl.models import load_processor, vision_token_ids
             from spark_vl.rollout.vllm import VLLMRolloutEngine
             from spark_vl.rollout.vllm_server import VLLMServer
 
+            processor = load_processor(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
             server = VLLMServer(cfg.rollout.vllm, model_dir, Path(tmp) / "vllm")
             server.ensure_running()
             engine = VLLMRolloutEngine(server, cfg.rollout, cfg.model, vision_token_ids(processor.tokenizer),
                                        getattr(processor.image_processor, "patch_size", 14), tokenizer=processor.tokenizer)
         else:
-            engine = HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
+            engine = _local_engine(model_dir, cfg)
         try:
             replies = [g.responses[0] for g in engine.generate(prompts, 1, greedy=True)]
             probabilities = verdict_probabilities(engine, prompts, replies)
@@ -405,9 +402,7 @@ def eval_cmd(
     from spark_vl.data import load_dataset
     from spark_vl.data.tasks import make_dataset
     from spark_vl.evaluate import evaluate
-    from spark_vl.models import load_model, load_processor
     from spark_vl.recycle import Templates
-    from spark_vl.rollout.hf import HFRolloutEngine
     from spark_vl.tracking import resolve_model
     from spark_vl.verify import GradingPool
 
@@ -422,11 +417,20 @@ def eval_cmd(
         if data_path is None:
             data_path = make_dataset(Path(tmp) / "data", cfg.data.builtin)["eval"]
         samples = load_dataset(data_path, cfg.data.max_image_pixels).samples
-        processor = load_processor(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
-        engine = HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
+        engine = _local_engine(model_dir, cfg)
         with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s, cfg.reward.function) as pool:
-            metrics, _ = evaluate(engine, samples, cfg, Templates.load(cfg.spark.templates), pool, processor.tokenizer)
+            metrics, _ = evaluate(engine, samples, cfg, Templates.load(cfg.spark.templates), pool,
+                                  engine.processor.tokenizer)
     _print_metrics(metrics, as_json)
+
+
+def _local_engine(model_dir: Path, cfg):
+    """Transformers generation with the checkpoint at `model_dir`, in this process."""
+    from spark_vl.models import load_model, load_processor
+    from spark_vl.rollout.hf import HFRolloutEngine
+
+    processor = load_processor(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
+    return HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
 
 
 def _print_metrics(metrics: dict[str, float], as_json: bool) -> None:
@@ -443,18 +447,14 @@ def _judge_bench(model_dir: Path, cfg, path: Path, tmp: Path) -> dict[str, float
     from spark_vl.data import DatasetError
     from spark_vl.data.preference import load_preference_pairs
     from spark_vl.evaluate.judge import preference_accuracy
-    from spark_vl.models import load_model, load_processor
     from spark_vl.recycle import Templates
-    from spark_vl.rollout.hf import HFRolloutEngine
 
     try:
         pairs = load_preference_pairs(path, tmp / "bench-images")
     except DatasetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    processor = load_processor(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
-    engine = HFRolloutEngine(load_model(model_dir, cfg.model.dtype), processor, cfg.rollout, cfg.model)
-    return {**preference_accuracy(engine, pairs, Templates.load(cfg.spark.templates)),
+    return {**preference_accuracy(_local_engine(model_dir, cfg), pairs, Templates.load(cfg.spark.templates)),
             "eval/judge_bench_pairs": float(len(pairs))}
 
 

@@ -24,6 +24,9 @@ class ConfigError(ValueError):
     """A config file or override that cannot describe a run; the message says what to fix."""
 
 
+PACKAGED_TEMPLATES = ("default", "tiny")  # template pools shipped in spark_vl/recycle; anything else is a file
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -376,7 +379,7 @@ def check_paths(config: RunConfig) -> None:
     need("train.hostfile", config.train.hostfile, "a DeepSpeed hostfile; see infra/deepspeed/hostfile.example")
     if config.reward.function and ".py:" in config.reward.function:
         need("reward.function", config.reward.function.rsplit(":", 1)[0], "a Python file, as path/to/file.py:fn")
-    if config.spark.templates not in ("default", "tiny"):
+    if config.spark.templates not in PACKAGED_TEMPLATES:
         need("spark.templates", config.spark.templates, "a template JSON file, or `default` / `tiny`")
     vllm = config.rollout.vllm
     if config.rollout.engine == "vllm" and vllm.url is None:
@@ -398,7 +401,7 @@ def save_model_config(config: RunConfig, model_dir: Path) -> None:
     """The run's resolved config inside a saved policy, so that evaluating or judging with it
     later uses the prompts it learned (templates, instruction, pixel bounds); a template file
     travels with it."""
-    if config.spark.templates not in ("default", "tiny"):
+    if config.spark.templates not in PACKAGED_TEMPLATES:
         shutil.copyfile(config.spark.templates, model_dir / MODEL_TEMPLATES)
         config = config.model_copy(update={"spark": config.spark.model_copy(update={"templates": MODEL_TEMPLATES})})
     save_config(config, model_dir / MODEL_CONFIG)

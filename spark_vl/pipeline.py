@@ -29,6 +29,7 @@ from spark_vl.records import (JUDGE_KINDS, REFLECT_KINDS, PromptRecord, RolloutG
                               save_groups, save_prompts, task_item)
 from spark_vl.recycle import Templates, recycle, reply_is_intact
 from spark_vl.runio import logger, write_jsonl_atomic
+from spark_vl.train.grpo import group_advantages
 from spark_vl.train.launch import distributed, is_worker, launch_training
 from spark_vl.train.trainer import PolicyTrainer
 from spark_vl.train.warmup import run_warmup
@@ -151,7 +152,7 @@ def sample_until_informative(ws: Workspace, k: int, engine, solve: list[RolloutG
     extra, new, draws = [], solve, 1
     while draws < cfg.filter_groups.max_num_gen_batches:
         grade_groups(new, ws.templates, ws.pool, ws.config.spark.judge_reply_check)
-        if sum(len(set(g.rewards)) > 1 for g in solve + extra) >= cfg.prompts_per_batch:
+        if sum(any(group_advantages(g.rewards)) for g in solve + extra) >= cfg.prompts_per_batch:
             break
         prompts = task_prompts(ws, k, draws, {g.prompt.source_id for g in solve + extra})
         if not prompts:

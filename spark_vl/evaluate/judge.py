@@ -14,6 +14,12 @@ from spark_vl.verify.grading import judge_reward
 VERDICTS = {"judge_pointwise": ("Yes", "No"), "judge_pairwise": ("A", "B")}
 
 
+def question_source(source_id: str, image: str, question: str) -> PromptRecord:
+    """A task prompt without a known answer: what a user's judge row or a preference pair asks."""
+    return PromptRecord(id=source_id, kind="solve", images=[image], text=question, label="", question=question,
+                        answer="", source_id=source_id)
+
+
 def with_verdict(reply: str, verdict: str) -> str | None:
     """`reply` with `verdict` in its box, the rest as written; None for a reply without one box."""
     span = box_span(reply)
@@ -68,8 +74,7 @@ def preference_accuracy(engine, pairs: list[PreferencePair], templates: Template
     for key, swap in (("eval/judge_bench_acc", False), ("eval/judge_bench_acc_swapped", True)):
         prompts = []
         for pair in pairs:
-            source = PromptRecord(id=pair.id, kind="solve", images=[pair.image], text=pair.query, label="",
-                                  question=pair.query, answer="", source_id=pair.id)
+            source = question_source(pair.id, pair.image, pair.query)
             preferred, other = pair.responses[pair.preferred], pair.responses[1 - pair.preferred]
             prompts.append(pairwise_judge_sample(source, preferred, other, templates.pairwise[0],
                                                  (pair.preferred == 0) != swap, pair.id))
