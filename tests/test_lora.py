@@ -1,7 +1,6 @@
 """LoRA with PEFT on the tiny model: what trains, what stays, what is saved, and exact resume."""
 
 import copy
-import random
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,10 @@ from spark_vl.faults import ENV, InjectedFault
 from spark_vl.layout import policy_dir
 from spark_vl.models import load_model, load_processor
 from spark_vl.pipeline import run
-from spark_vl.rollout.hf import HFRolloutEngine
 from spark_vl.train.forward import completion_batch, completion_logps
 from spark_vl.train.lora import ADAPTER_DIR, merged_state_dict
 from spark_vl.train.trainer import PolicyTrainer
-from tests.test_pipeline import SMALL, _prompts
+from tests.test_pipeline import SMALL, _rewarded_groups
 from tests.test_resume import _assert_same_run, _config
 
 LORA = ["train.lora.rank=4", "train.lora.alpha=8"]
@@ -27,12 +25,7 @@ def setup(tiny_model_dir, tiny_data_dir):
     cfg = load_config(None, SMALL + LORA)
     processor = load_processor(tiny_model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
     trainer = PolicyTrainer(cfg, processor, tiny_model_dir, tiny_model_dir)
-    engine = HFRolloutEngine(trainer.model, processor, cfg.rollout, cfg.model, show_progress=False)
-    groups = engine.generate(_prompts(tiny_data_dir, 4), n=4, seed=2)
-    rng = random.Random(0)
-    for g in groups:
-        g.rewards = [1.0, 0.0] + [float(rng.random() < 0.5) for _ in range(2)]
-    return cfg, processor, trainer, groups
+    return cfg, processor, trainer, _rewarded_groups(trainer, processor, cfg, tiny_data_dir)
 
 
 def _state(module):

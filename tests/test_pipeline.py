@@ -37,6 +37,16 @@ def _prompts(data_dir, n):
             for r in rows]
 
 
+def _rewarded_groups(trainer, processor, cfg, data_dir):
+    """4 prompts x 4 responses sampled from the trainer's policy, each group with differing rewards."""
+    engine = HFRolloutEngine(trainer.model, processor, cfg.rollout, cfg.model, show_progress=False)
+    groups = engine.generate(_prompts(data_dir, 4), n=4, seed=2)
+    rng = random.Random(0)
+    for g in groups:
+        g.rewards = [1.0, 0.0] + [float(rng.random() < 0.5) for _ in range(2)]
+    return groups
+
+
 @pytest.fixture(scope="module")
 def setup(tiny_model_dir, tiny_data_dir):
     cfg = load_config(None, SMALL)
@@ -63,11 +73,7 @@ def test_rollout_logprobs_match_the_training_forward(setup, tiny_model_dir, tiny
 def test_grpo_step_on_deepspeed_changes_weights_and_resumes_exactly(setup, tiny_model_dir, tiny_data_dir, tmp_path):
     cfg, processor = setup
     trainer = PolicyTrainer(cfg, processor, tiny_model_dir, tiny_model_dir)
-    engine = HFRolloutEngine(trainer.model, processor, cfg.rollout, cfg.model, show_progress=False)
-    groups = engine.generate(_prompts(tiny_data_dir, 4), n=4, seed=2)
-    rng = random.Random(0)
-    for g in groups:
-        g.rewards = [1.0, 0.0] + [float(rng.random() < 0.5) for _ in range(2)]
+    groups = _rewarded_groups(trainer, processor, cfg, tiny_data_dir)
     groups[0].rewards = [1.0] * 4  # a flat group: counted, no gradient
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     stats = trainer.grpo_step(groups)

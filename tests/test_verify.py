@@ -119,7 +119,7 @@ def test_only_differing_mathematics_goes_to_math_verify(predicted, answer, neede
 
 
 USER_REWARDS = '''
-import time
+import threading
 
 
 def partial(response, answer, prompt):
@@ -130,7 +130,7 @@ def partial(response, answer, prompt):
 
 
 def forever(response, answer, prompt):
-    time.sleep(3600)
+    threading.Event().wait()  # never returns: only the pool's deadline ends it
 
 
 def raises(response, answer, prompt):
