@@ -56,4 +56,4 @@ run: setup
 
 test: setup vllm-env
 	mkdir -p $(PREFECT_HOME)
-	SPARK_VL_REQUIRE_VLLM=1 $(BIN)/python -m pytest -q
+	SPARK_VL_REQUIRE_VLLM=1 SPARK_VL_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q

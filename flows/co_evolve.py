@@ -13,9 +13,12 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect import flow, task
-from prefect.client.orchestration import get_client
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.runtime import deployment, flow_run
 
 from spark_vl import layout, pipeline, tracking, workspace
@@ -88,9 +91,11 @@ def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> int:
         return layout.read_json(marker)["version"]
     task_acc = layout.latest_task_accuracy(Path(run_dir), k)
     fault_point("register", k, "before")
-    version = tracking.register_policy(mlflow_run_id, layout.policy_dir(Path(run_dir), k),
-                                       cfg.tracking.registered_model, task_acc)
+    name = cfg.tracking.registered_model
+    version = tracking.register_version(mlflow_run_id, layout.policy_dir(Path(run_dir), k), name, task_acc)
     fault_point("register", k, "after")
+    with _champion_lock(name):  # two runs finishing together compare-and-move one at a time
+        tracking.promote_if_better(name, version, task_acc, k)
     tracking.log_artifact(mlflow_run_id, Path(run_dir) / "config.yaml")
     samples = layout.iter_dir(Path(run_dir), k) / "eval_samples.jsonl"
     if samples.exists() and (plot := tracking.plot_reliability(read_jsonl(samples), Path(run_dir) / "reliability.png")):
@@ -99,6 +104,17 @@ def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> int:
         tracking.log_table(mlflow_run_id, rows, f"samples/{name}-k{k:04d}.json")
     layout.write_json(marker, {"version": version, "model": cfg.tracking.registered_model})
     return version
+
+
+def _champion_lock(model: str):
+    """A global concurrency limit of one slot per registered model, made on first use."""
+    name = f"spark-vl-champion-{model}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        except ObjectAlreadyExists:
+            pass
+    return concurrency(name, occupy=1, strict=True)
 
 
 def _check_deployment_allows(cfg: RunConfig, allow_keys: list[str] | None) -> None:

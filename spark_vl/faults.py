@@ -3,12 +3,17 @@
 `SPARK_VL_FAULT` names where and how a process fails, as `STAGE:ITERATION:POINT:ACTION`
 (several separated by commas). A stage calls `fault_point(stage, k, point)` at its points:
 `before` its output is written and `after` it (for `log`: after metrics.jsonl, before the
-MLflow batch; for `register`: after the registry call, before the marker). ACTION is
+MLflow batch; for `register`: after the registry call, before the marker; `promote:K:before`
+sits between reading the champion's accuracy and moving the alias). ACTION is
 
 - `kill`:   SIGKILL, of the whole process group when this process leads it (a run started
             in its own session takes its grading workers and launched trainers with it);
 - `enospc`: raise OSError(ENOSPC), as a full disk would;
-- `error`:  raise InjectedFault (a RuntimeError).
+- `error`:  raise InjectedFault (a RuntimeError);
+- `pause`:  meet the test at two named pipes in `SPARK_VL_FAULT_DIR`, `STAGE-K-POINT.reached`
+            (opened for writing: returns once the test has seen the process arrive) and then
+            `STAGE-K-POINT.release` (opened for reading: returns once the test lets it go on).
+            Opening a pipe blocks until the other end opens it: no clock, no polling.
 
 Unset, `fault_point` does nothing.
 """
@@ -21,9 +26,11 @@ import signal
 from dataclasses import dataclass
 
 ENV = "SPARK_VL_FAULT"
-STAGES = ("prepare", "prompts", "rollout", "verify", "recycle", "train", "evaluate", "log", "register")
+STAGES = ("prepare", "prompts", "rollout", "verify", "recycle", "train", "evaluate", "log", "register",
+          "promote")
 POINTS = ("before", "after")
-ACTIONS = ("kill", "enospc", "error")
+ACTIONS = ("kill", "enospc", "error", "pause")
+PAUSE_DIR = "SPARK_VL_FAULT_DIR"
 
 
 class InjectedFault(RuntimeError):
@@ -66,6 +73,18 @@ def fault_point(stage: str, k: int, point: str) -> None:
             if os.getpgrp() == os.getpid():
                 os.killpg(os.getpid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
+        if fault.action == "pause":
+            pause_at(fault)
+            continue
         if fault.action == "enospc":
             raise OSError(errno.ENOSPC, f"No space left on device (injected at {fault})")
         raise InjectedFault(f"injected fault at {fault}")
+
+
+def pause_at(fault: Fault) -> None:
+    """Rendezvous with the test at `fault`'s two named pipes (made by the test with os.mkfifo)."""
+    base = os.path.join(os.environ[PAUSE_DIR], f"{fault.stage}-{fault.iteration}-{fault.point}")
+    with open(f"{base}.reached", "w"):
+        pass
+    with open(f"{base}.release") as release:
+        release.read()

@@ -18,6 +18,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from spark_vl.config import RunConfig
+from spark_vl.faults import fault_point
 from spark_vl.runio import logger
 
 DEFAULT_DB = Path("runs") / "mlflow.db"
@@ -53,7 +54,12 @@ def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
     tagged as model training."""
     found = mlflow_client.get_experiment_by_name(name)
     if found is None:
-        return mlflow_client.create_experiment(name, _artifact_location(), tags=EXPERIMENT_TAGS)
+        try:
+            return mlflow_client.create_experiment(name, _artifact_location(), tags=EXPERIMENT_TAGS)
+        except mlflow.exceptions.MlflowException as error:  # another run made it since we looked
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            found = mlflow_client.get_experiment_by_name(name)
     if found.tags.get("mlflow.experimentKind") != EXPERIMENT_TAGS["mlflow.experimentKind"]:
         for key, value in EXPERIMENT_TAGS.items():
             mlflow_client.set_experiment_tag(found.experiment_id, key, value)
@@ -235,15 +241,28 @@ def plot_reliability(records: list[dict], out: Path) -> Path | None:
     return out
 
 
-def register_policy(run_id: str, policy_dir: Path, name: str, task_acc: float) -> int:
-    """Log the policy folder as a run artifact and register it as a new version of `name`, alias
-    `candidate`; `champion` moves to it only when its held-out task accuracy beats the champion's."""
+def register_policy(run_id: str, policy_dir: Path, name: str, task_acc: float, k: int = 0) -> int:
+    """Register the policy (`register_version`) and make it champion if it is better
+    (`promote_if_better`). Several runs sharing a registry serialise the second step (the flow
+    holds a Prefect concurrency limit around it)."""
+    version = register_version(run_id, policy_dir, name, task_acc)
+    promote_if_better(name, version, task_acc, k)
+    return version
+
+
+def register_version(run_id: str, policy_dir: Path, name: str, task_acc: float) -> int:
+    """Log the policy folder as a run artifact (to the server's artifact store when there is one)
+    and register it as a new version of `name`, alias `candidate`."""
     mlflow_client = client()
     folder = f"policy/{policy_dir.name}"
     try:
         mlflow_client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:
-        mlflow_client.create_registered_model(name)
+        try:
+            mlflow_client.create_registered_model(name)
+        except mlflow.exceptions.MlflowException as error:  # another run made it since we looked
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     # A run killed after the registry call and before its marker registered this policy already.
     earlier = [v for v in mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
                if v.tags.get("spark_vl.policy") == policy_dir.name]
@@ -255,16 +274,25 @@ def register_policy(run_id: str, policy_dir: Path, name: str, task_acc: float) -
         version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags={
             "task_acc": repr(task_acc), "spark_vl.policy": policy_dir.name})  # exact: compared below
     mlflow_client.set_registered_model_alias(name, "candidate", version.version)
+    return int(version.version)
+
+
+def promote_if_better(name: str, version: int, task_acc: float, k: int = 0) -> bool:
+    """Move `champion` to `version` when its held-out task accuracy beats the champion's: a
+    compare-and-move that two runs must not interleave (fault point `promote:K:before` sits
+    between the two)."""
+    mlflow_client = client()
     try:
         champion = mlflow_client.get_model_version_by_alias(name, "champion")
         best = float(champion.tags.get("task_acc", "-inf"))
     except mlflow.exceptions.MlflowException:
         best = -math.inf
-    if task_acc > best:
-        mlflow_client.set_registered_model_alias(name, "champion", version.version)
-        logger.info("%s version %s is the new champion (task accuracy %.3f > %.3f)", name, version.version,
-                    task_acc, best)
-    return int(version.version)
+    fault_point("promote", k, "before")
+    if task_acc <= best:
+        return False
+    mlflow_client.set_registered_model_alias(name, "champion", str(version))
+    logger.info("%s version %s is the new champion (task accuracy %.3f > %.3f)", name, version, task_acc, best)
+    return True
 
 
 def registry_summary(name: str) -> str:
