@@ -91,18 +91,18 @@ def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> int:
         return layout.read_json(marker)["version"]
     task_acc = layout.latest_task_accuracy(Path(run_dir), k)
     fault_point("register", k, "before")
-    name = cfg.tracking.registered_model
-    version = tracking.register_version(mlflow_run_id, layout.policy_dir(Path(run_dir), k), name, task_acc)
+    model = cfg.tracking.registered_model
+    version = tracking.register_version(mlflow_run_id, layout.policy_dir(Path(run_dir), k), model, task_acc)
     fault_point("register", k, "after")
-    with _champion_lock(name):  # two runs finishing together compare-and-move one at a time
-        tracking.promote_if_better(name, version, task_acc, k)
+    with _champion_lock(model):  # two runs finishing together compare-and-move one at a time
+        tracking.promote_if_better(model, version, task_acc, k)
     tracking.log_artifact(mlflow_run_id, Path(run_dir) / "config.yaml")
     samples = layout.iter_dir(Path(run_dir), k) / "eval_samples.jsonl"
     if samples.exists() and (plot := tracking.plot_reliability(read_jsonl(samples), Path(run_dir) / "reliability.png")):
         tracking.log_artifact(mlflow_run_id, plot)
     for name, rows in pipeline.sample_rows(Path(run_dir), k).items():
         tracking.log_table(mlflow_run_id, rows, f"samples/{name}-k{k:04d}.json")
-    layout.write_json(marker, {"version": version, "model": cfg.tracking.registered_model})
+    layout.write_json(marker, {"version": version, "model": model})
     return version
 
 

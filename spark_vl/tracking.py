@@ -241,15 +241,6 @@ def plot_reliability(records: list[dict], out: Path) -> Path | None:
     return out
 
 
-def register_policy(run_id: str, policy_dir: Path, name: str, task_acc: float, k: int = 0) -> int:
-    """Register the policy (`register_version`) and make it champion if it is better
-    (`promote_if_better`). Several runs sharing a registry serialise the second step (the flow
-    holds a Prefect concurrency limit around it)."""
-    version = register_version(run_id, policy_dir, name, task_acc)
-    promote_if_better(name, version, task_acc, k)
-    return version
-
-
 def register_version(run_id: str, policy_dir: Path, name: str, task_acc: float) -> int:
     """Log the policy folder as a run artifact (to the server's artifact store when there is one)
     and register it as a new version of `name`, alias `candidate`."""

@@ -16,6 +16,7 @@ from spark_vl.train.lora import ADAPTER_DIR, merged_state_dict
 from spark_vl.train.trainer import PolicyTrainer
 from tests.test_pipeline import SMALL, _rewarded_groups
 from tests.test_resume import _assert_same_run, _config
+from tests.test_tracking import register
 
 LORA = ["train.lora.rank=4", "train.lora.alpha=8"]
 
@@ -122,7 +123,7 @@ def test_the_registry_holds_the_merged_model_and_the_adapter(setup, tmp_path, mo
     trainer.grpo_step(groups)  # adapters away from B = 0: the merged model differs from the base
     trainer.save(tmp_path / "policy")
     run_id = tracking.open_run(load_config(None, ["tracking.experiment=lora"]), tmp_path / "run", "lora")
-    tracking.register_policy(run_id, tmp_path / "policy", "lora-policy", 0.5)
+    register(run_id, tmp_path / "policy", "lora-policy", 0.5)
     local = tracking.resolve_model("models:/lora-policy@champion", tmp_path / "download")
     assert (local / ADAPTER_DIR / "adapter_config.json").exists()
     merged = load_model(local).eval()

@@ -8,6 +8,13 @@ from spark_vl import tracking
 from spark_vl.config import load_config
 
 
+def register(run_id: str, policy_dir: Path, name: str, task_acc: float) -> int:
+    """Register a policy and promote it if better, as the flow's register task does in one run."""
+    version = tracking.register_version(run_id, policy_dir, name, task_acc)
+    tracking.promote_if_better(name, version, task_acc)
+    return version
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -61,14 +68,14 @@ def test_registry_aliases_move_only_on_improvement(store, tiny_model_dir):
     run_id = tracking.open_run(cfg, store / "run", "r2")
     mlflow_client = tracking.client()
     first, second, third = _policies(tiny_model_dir, store / "model", 3)
-    assert tracking.register_policy(run_id, first, "m", 1 / 3) == 1
-    assert tracking.register_policy(run_id, second, "m", 1 / 3) == 2  # as good, not better: no move
+    assert register(run_id, first, "m", 1 / 3) == 1
+    assert register(run_id, second, "m", 1 / 3) == 2  # as good, not better: no move
     assert mlflow_client.get_model_version_by_alias("m", "candidate").version == 2
     assert mlflow_client.get_model_version_by_alias("m", "champion").version == 1
     # Killed after the registry call, before its marker: the rerun finds the version it made.
-    assert tracking.register_policy(run_id, second, "m", 1 / 3) == 2
+    assert register(run_id, second, "m", 1 / 3) == 2
     assert len(mlflow_client.search_model_versions("name='m'")) == 2
-    assert tracking.register_policy(run_id, third, "m", 0.7) == 3
+    assert register(run_id, third, "m", 0.7) == 3
     assert mlflow_client.get_model_version_by_alias("m", "champion").version == 3
     local = tracking.resolve_model("models:/m@champion", store / "download")
     assert json.loads((local / "config.json").read_text())["model_type"] == "qwen2_5_vl"
@@ -96,7 +103,7 @@ def test_eval_command_loads_the_champion_from_the_registry(store, tiny_model_dir
 
     cfg = load_config(None, ["tracking.experiment=t3"])
     run_id = tracking.open_run(cfg, store / "run", "r3")
-    tracking.register_policy(run_id, tiny_model_dir, "evalme", 0.1)
+    register(run_id, tiny_model_dir, "evalme", 0.1)
     result = CliRunner().invoke(app, ["eval", "--model", "models:/evalme@champion", "--json",
                                       "--data", str(tiny_data_dir / "eval.jsonl"), "--set", "eval.n_task=4",
                                       "--set", "eval.n_judge=4", "--set", "eval.reflect_rounds=1"])
@@ -129,7 +136,7 @@ def test_eval_uses_the_config_the_model_was_trained_with(store, tiny_model_dir, 
     assert loaded.spark.templates == str(policy / MODEL_TEMPLATES)
     assert "(" in Templates.load(loaded.spark.templates).pointwise[0]["text"]
     run_id = tracking.open_run(load_config(None, ["tracking.experiment=t5"]), store / "run", "r5")
-    tracking.register_policy(run_id, policy, "knows-its-config", 0.1)
+    register(run_id, policy, "knows-its-config", 0.1)
     command = ["eval", "--model", "models:/knows-its-config@champion", "--json", "--data",
                str(tiny_data_dir / "eval.jsonl")]
     result = CliRunner().invoke(app, command)
@@ -147,7 +154,7 @@ def test_a_run_starts_from_the_registry_champion(store, tiny_model_dir, tiny_dat
 
     cfg = load_config(None, ["tracking.experiment=t4"])
     run_id = tracking.open_run(cfg, store / "run", "r4")
-    tracking.register_policy(run_id, tiny_model_dir, "start-here", 0.3)
+    register(run_id, tiny_model_dir, "start-here", 0.3)
     retrain = load_config(None, ["model.path=models:/start-here@champion",
                                  f"data.train_path={tiny_data_dir / 'train.jsonl'}",
                                  f"data.eval_path={tiny_data_dir / 'eval.jsonl'}"])
