@@ -54,20 +54,26 @@ def setup(tiny_model_dir, tiny_data_dir):
     return cfg, processor
 
 
+def response_logps(model, groups: list[RolloutGroup], processor, model_cfg, temperature: float = 1.0,
+                   suppress=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For every sampled response of `groups`: (its token log-probs under `model` by the training
+    forward, the log-probs the rollout engine reported)."""
+    flat = [(g, i) for g in groups for i in range(len(g.responses))]
+    batch = completion_batch(processor, [conversation(g.prompt, model_cfg) for g, _ in flat],
+                             [g.response_ids[i] for g, i in flat], torch.device("cpu"))
+    with torch.no_grad():
+        logps, _ = completion_logps(model, batch, temperature, suppress_ids=suppress)
+    return [(logps[row, :len(g.logprobs[i])], torch.tensor(g.logprobs[i])) for row, (g, i) in enumerate(flat)]
+
+
 def test_rollout_logprobs_match_the_training_forward(setup, tiny_model_dir, tiny_data_dir):
     cfg, processor = setup
     trainer = PolicyTrainer(cfg, processor, tiny_model_dir, None)
     engine = HFRolloutEngine(trainer.model, processor, cfg.rollout, cfg.model, show_progress=False)
     groups = engine.generate(_prompts(tiny_data_dir, 3), n=4, seed=1)
     assert [len(g.responses) for g in groups] == [4, 4, 4]
-    flat = [(g, i) for g in groups for i in range(4)]
-    batch = completion_batch(processor, [conversation(g.prompt, cfg.model) for g, _ in flat],
-                             [g.response_ids[i] for g, i in flat], torch.device("cpu"))
-    with torch.no_grad():
-        logps, _ = completion_logps(trainer.model, batch, suppress_ids=trainer.suppress)
-    for row, (g, i) in enumerate(flat):
-        expected = torch.tensor(g.logprobs[i])
-        assert torch.allclose(logps[row, :len(expected)], expected, atol=1e-4)
+    for ours, sampled in response_logps(trainer.model, groups, processor, cfg.model, suppress=trainer.suppress):
+        assert torch.allclose(ours, sampled, atol=1e-4)
 
 
 def test_grpo_step_on_deepspeed_changes_weights_and_resumes_exactly(setup, tiny_model_dir, tiny_data_dir, tmp_path):

@@ -36,6 +36,24 @@ def _wait_healthy(url: str, process: subprocess.Popen, seconds: float = 120) -> 
     raise TimeoutError(f"{url} not healthy after {seconds} s")
 
 
+def prefect_cli(env: dict, *args: str, timeout: float = 180) -> str:
+    """`prefect --no-prompt ARGS` from the repository root against env's server; must succeed."""
+    result = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+def prefect_client_json(body: str, env: dict):
+    """What `body` prints as JSON on its last line, run with a sync Prefect client `c` of env's
+    server (in a process of its own: this one keeps its own Prefect settings)."""
+    code = "import json\nfrom prefect.client.orchestration import get_client\nwith get_client(sync_client=True) as c:\n"
+    code += "".join(f"    {line}\n" for line in body.splitlines())
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture
 def servers(tmp_path):
     prefect_port, mlflow_port = free_port(), free_port()
@@ -70,27 +88,17 @@ def test_deploy_trigger_and_work(servers, tmp_path, monkeypatch, tiny_data_dir):
                                      "tracking.experiment=integration", "tracking.registered_model=integration"])
     save_config(cfg, tmp_path / "cfg.yaml")
 
-    def prefect(*args, timeout=180):
-        result = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], cwd=REPO, env=env,
-                                capture_output=True, text=True, timeout=timeout)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-        return result.stdout
-
-    prefect("work-pool", "create", "spark-vl", "--type", "process")
-    prefect("deploy", "--all", "--prefect-file", str(REPO / "prefect.yaml"))
-    prefect("deployment", "run", "co-evolve/on-demand", "--param", f"config_path={tmp_path / 'cfg.yaml'}",
-            "--param", "run_name=from-the-deployment")
+    prefect_cli(env, "work-pool", "create", "spark-vl", "--type", "process")
+    prefect_cli(env, "deploy", "--all", "--prefect-file", str(REPO / "prefect.yaml"))
+    prefect_cli(env, "deployment", "run", "co-evolve/on-demand", "--param", f"config_path={tmp_path / 'cfg.yaml'}",
+                "--param", "run_name=from-the-deployment")
     # A trigger naming a program for the worker to execute is refused, before any work.
-    prefect("deployment", "run", "co-evolve/on-demand", "--param", "run_name=names-a-program",
-            "--param", 'overrides=["rollout.engine=vllm", "rollout.vllm.python=/usr/bin/env"]')
-    prefect("worker", "start", "--pool", "spark-vl", "--run-once", timeout=600)
+    prefect_cli(env, "deployment", "run", "co-evolve/on-demand", "--param", "run_name=names-a-program",
+                "--param", 'overrides=["rollout.engine=vllm", "rollout.vllm.python=/usr/bin/env"]')
+    prefect_cli(env, "worker", "start", "--pool", "spark-vl", "--run-once", timeout=600)
 
-    read_states = ("import json\nfrom prefect.client.orchestration import get_client\n"
-                   "with get_client(sync_client=True) as c:\n"
-                   "    print(json.dumps({r.parameters.get('run_name'): [r.state.type.value, r.state.message]"
-                   " for r in c.read_flow_runs()}))")
-    out = subprocess.run([sys.executable, "-c", read_states], env=env, capture_output=True, text=True, timeout=120)
-    states = json.loads(out.stdout.strip().splitlines()[-1])
+    states = prefect_client_json("print(json.dumps({r.parameters.get('run_name'): [r.state.type.value, r.state.message]"
+                                 " for r in c.read_flow_runs()}))", env)
     assert states["from-the-deployment"][0] == "COMPLETED"
     assert states["names-a-program"][0] == "FAILED"
     assert "may not set rollout.vllm.python" in states["names-a-program"][1]

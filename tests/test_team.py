@@ -5,7 +5,6 @@ repository's prefect.yaml runs on a worker started by compose's worker command; 
 finishing together leave the better policy champion; the Kubernetes pool and deployment are
 accepted by the server."""
 
-import json
 import os
 import re
 import secrets
@@ -15,20 +14,19 @@ import sys
 import tempfile
 import threading
 import tomllib
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from spark_vl.config import load_config, save_config
+from spark_vl.doctor import http_get
 from spark_vl.faults import ENV as FAULT, PAUSE_DIR
 from spark_vl.runio import free_port
 from spark_vl.train.launch import environment_without_launcher
 from tests.test_flow import DEEPSPEED
 from tests.test_pipeline import SMALL
-from tests.test_servers import _wait_healthy
+from tests.test_servers import _wait_healthy, prefect_client_json, prefect_cli
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "infra"
@@ -161,15 +159,6 @@ def team(postgres, tmp_path_factory):
             process.wait()
 
 
-def _status(url: str, data: bytes | None = None) -> int:
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-
-
 def _small_config(tmp_path: Path, tiny_data_dir: Path, name: str, *extra: str) -> Path:
     cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
                                      f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", "train.iterations=1",
@@ -183,13 +172,8 @@ def _small_config(tmp_path: Path, tiny_data_dir: Path, name: str, *extra: str) -
 def test_compose_servers_deploy_trigger_and_register_with_auth(team, tmp_path, tiny_data_dir, monkeypatch):
     client, dotenv = team["client"], team["dotenv"]
     # Without credentials both servers refuse.
-    assert _status(f"{client['PREFECT_API_URL']}/flow_runs/filter", b"{}") == 401
-    assert _status(f"{client['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1") == 401
-
-    def prefect(*args, env=client):
-        result = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], cwd=REPO, env=env, capture_output=True,
-                                text=True, timeout=180)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert http_get(f"{client['PREFECT_API_URL']}/admin/version") == 401
+    assert http_get(f"{client['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1") == 401
 
     command, worker_env = _service("worker", dotenv, {key: client[key] for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")})
     worker_env["PREFECT_HOME"] = client["PREFECT_HOME"]
@@ -200,7 +184,8 @@ def test_compose_servers_deploy_trigger_and_register_with_auth(team, tmp_path, t
 
     worker("--run-once")  # makes the pool, deploys prefect.yaml, finds nothing to do
     config = _small_config(tmp_path, tiny_data_dir, "team", "tracking.registered_model=team")
-    prefect("deployment", "run", "co-evolve/on-demand", "--param", f"config_path={config}", "--param", "run_name=team-run")
+    prefect_cli(client, "deployment", "run", "co-evolve/on-demand", "--param", f"config_path={config}", "--param",
+                "run_name=team-run")
     worker("--run-once")
 
     from spark_vl import tracking
@@ -228,16 +213,12 @@ def test_compose_servers_deploy_trigger_and_register_with_auth(team, tmp_path, t
     assert doctor.returncode == 1 and "MLFLOW_TRACKING_PASSWORD" in doctor.stdout, doctor.stdout
 
     # The Kubernetes pool takes the base job template, and its deployment deploys against it.
-    prefect("work-pool", "create", "spark-vl-k8s", "--type", "kubernetes", "--base-job-template",
-            str(INFRA / "k8s" / "base-job-template.json"))
-    prefect("deploy", "--all", "--prefect-file", str(INFRA / "k8s" / "prefect.yaml"),
-            env={**client, "SPARK_VL_IMAGE": "registry.example.com/spark-vl-worker:0.1.0"})
-    read = ("import json\nfrom prefect.client.orchestration import get_client\n"
-            "with get_client(sync_client=True) as c:\n"
-            "    d = c.read_deployment_by_name('co-evolve/on-demand-gpu')\n"
-            "    print(json.dumps([d.work_pool_name, d.job_variables]))")
-    out = subprocess.run([sys.executable, "-c", read], env=client, capture_output=True, text=True, timeout=120)
-    pool, variables = json.loads(out.stdout.strip().splitlines()[-1])
+    prefect_cli(client, "work-pool", "create", "spark-vl-k8s", "--type", "kubernetes", "--base-job-template",
+                str(INFRA / "k8s" / "base-job-template.json"))
+    prefect_cli({**client, "SPARK_VL_IMAGE": "registry.example.com/spark-vl-worker:0.1.0"}, "deploy", "--all",
+                "--prefect-file", str(INFRA / "k8s" / "prefect.yaml"))
+    pool, variables = prefect_client_json("d = c.read_deployment_by_name('co-evolve/on-demand-gpu')\n"
+                                          "print(json.dumps([d.work_pool_name, d.job_variables]))", client)
     assert pool == "spark-vl-k8s"
     assert variables["gpus"] == 8 and variables["image"] == "registry.example.com/spark-vl-worker:0.1.0"
 
@@ -287,9 +268,6 @@ def test_two_runs_finishing_together_leave_the_better_champion(team, tmp_path, t
         process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=log, stderr=log)
         runs[name] = (process, pauses / stem)
 
-    read_slots = ("from prefect.client.orchestration import get_client\n"
-                  "with get_client(sync_client=True) as c:\n"
-                  "    print(c.read_global_concurrency_limit_by_name('spark-vl-champion-shared').active_slots)")
     try:
         for name, end, mode in (("worse", "reached", "r"),    # worse holds the lock, champion read
                                 ("better", "reached", "r"),   # better registered, about to take the lock
@@ -297,9 +275,8 @@ def test_two_runs_finishing_together_leave_the_better_champion(team, tmp_path, t
             process, stem = runs[name]
             _meet(stem.with_suffix(f".{end}"), mode, process, tmp_path / f"{name}.log")
             if (name, end) == ("worse", "reached"):  # the server holds the one slot for worse
-                slots = subprocess.run([sys.executable, "-c", read_slots], env=team["client"], capture_output=True,
-                                       text=True, timeout=120)
-                assert slots.stdout.strip().splitlines()[-1:] == ["1"], slots.stdout + slots.stderr[-2000:]
+                assert prefect_client_json("print(c.read_global_concurrency_limit_by_name("
+                                           "'spark-vl-champion-shared').active_slots)", team["client"]) == 1
         for name, (process, _) in runs.items():
             assert process.wait(timeout=900) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
     finally:

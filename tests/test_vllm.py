@@ -16,11 +16,9 @@ from prefect.testing.utilities import prefect_test_harness
 
 from spark_vl.config import load_config
 from spark_vl.models import load_model, load_processor, vision_token_ids
-from spark_vl.rollout.hf import conversation
 from spark_vl.rollout.vllm import VLLMRolloutEngine
 from spark_vl.rollout.vllm_server import RolloutServerError, VLLMServer, ties_word_embeddings
-from spark_vl.train.forward import completion_batch, completion_logps
-from tests.test_pipeline import SMALL, _prompts
+from tests.test_pipeline import SMALL, _prompts, response_logps
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -73,13 +71,8 @@ def server(tiny_model_dir, tmp_path_factory):
 
 
 def _forward_logps(model_dir, groups, cfg, processor, suppress):
-    model = load_model(model_dir, "float32")
-    flat = [(g, i) for g in groups for i in range(len(g.responses))]
-    batch = completion_batch(processor, [conversation(g.prompt, cfg.model) for g, _ in flat],
-                             [g.response_ids[i] for g, i in flat], torch.device("cpu"))
-    with torch.no_grad():
-        logps, _ = completion_logps(model, batch, cfg.rollout.temperature, suppress_ids=suppress)
-    return [(logps[row, :len(g.logprobs[i])], torch.tensor(g.logprobs[i])) for row, (g, i) in enumerate(flat)]
+    return response_logps(load_model(model_dir, "float32"), groups, processor, cfg.model, cfg.rollout.temperature,
+                          suppress)
 
 
 @needs_vllm
@@ -130,13 +123,9 @@ def test_vllm_serves_a_lora_policy_as_the_adapted_model(server, tiny_model_dir, 
     server.load_weights(tmp_path / "lora-policy")
     engine = VLLMRolloutEngine(server, cfg.rollout, cfg.model, suppress, image_patch_size=14, show_progress=False)
     groups = engine.generate(_prompts(tiny_data_dir, 3), 4, seed=1)
-    flat = [(g, i) for g in groups for i in range(len(g.responses))]
-    batch = completion_batch(processor, [conversation(g.prompt, cfg.model) for g, _ in flat],
-                             [g.response_ids[i] for g, i in flat], torch.device("cpu"))
-    with torch.no_grad():
-        adapted, _ = completion_logps(trainer.model, batch, cfg.rollout.temperature, suppress_ids=suppress)
-    for row, (g, i) in enumerate(flat):
-        assert torch.allclose(adapted[row, :len(g.logprobs[i])], torch.tensor(g.logprobs[i]), atol=1e-3)
+    for adapted, served in response_logps(trainer.model, groups, processor, cfg.model, cfg.rollout.temperature,
+                                          suppress):
+        assert torch.allclose(adapted, served, atol=1e-3)
     base = _forward_logps(tiny_model_dir, groups, cfg, processor, suppress)
     assert max((o - s).abs().max().item() for o, s in base) > 1e-2  # the adapters change what is served
 
