@@ -242,6 +242,28 @@ def run(
     _print_evals([r for r in metric_rows(run_dir) if "eval/task_acc" in r])
 
 
+@app.command("train-node")
+def train_node(
+    run_dir: Annotated[Path, typer.Argument(help="the run's directory, on a filesystem every node shares")],
+    iteration: Annotated[int, typer.Argument(help="the iteration to train (its rollouts are verified)")],
+    node_rank: Annotated[int, typer.Option(help="this node's line in train.hostfile, from 0")],
+) -> None:
+    """Start this node's DeepSpeed workers for one iteration's train stage, for clusters whose nodes
+    cannot ssh to each other (a scheduler starts this on every node of train.hostfile)."""
+    from spark_vl.train.launch import launch_training
+
+    cfg = _config(run_dir / "config.yaml", None)
+    if cfg.train.hostfile is None:
+        typer.echo(f"error: {run_dir / 'config.yaml'} sets no train.hostfile: train-node is for runs across "
+                   "nodes; set train.hostfile to a DeepSpeed hostfile listing them", err=True)
+        raise typer.Exit(2)
+    try:
+        launch_training(cfg.train, run_dir, iteration, node_rank)
+    except RuntimeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 EVAL_COLUMNS = [("eval/task_acc", "task"), ("eval/task_acc_reflect", "reflect"),
                 ("eval/task_acc_best_of_n", "best of n"), ("eval/task_acc_sampled", "sampled"),
                 ("eval/task_acc_majority", "majority"),

@@ -216,6 +216,10 @@ class TrainConfig(Section):
     hostfile: str | None = Field(None, description="DeepSpeed hostfile: train across these nodes")
     launcher: Literal["torchrun", "deepspeed"] = Field(
         "torchrun", description="how workers start on one node (a hostfile always uses `deepspeed`)")
+    master_addr: str | None = Field(None, description="with a hostfile: the address of node 0, where the workers "
+                                    "meet; null: the first host (asked over ssh for its address)")
+    master_port: int = Field(29500, ge=1, le=65535, description="with a hostfile: the port the workers meet at "
+                             "on node 0 (one node picks a free port itself)")
     gradient_checkpointing: bool = False
     lr: float = Field(5e-4, gt=0)
     micro_batch_size: int = Field(32, ge=1)
@@ -420,7 +424,7 @@ def load_model_config(model_dir: Path, overrides: list[str] | None = None) -> Ru
 # Keys that name a program to execute, its arguments or environment, or a host to reach: a run
 # triggered through a deployment (the UI, the API) may not change them; the deployment may.
 PRIVILEGED_KEYS = ("rollout.vllm.python", "rollout.vllm.args", "rollout.vllm.env", "rollout.vllm.url",
-                   "rollout.vllm.host", "train.hostfile", "train.launcher", "reward.function")
+                   "rollout.vllm.host", "train.hostfile", "train.launcher", "train.master_addr", "reward.function")
 
 
 def _value(config: RunConfig, key: str) -> Any:

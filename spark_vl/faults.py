@@ -4,7 +4,9 @@
 (several separated by commas). A stage calls `fault_point(stage, k, point)` at its points:
 `before` its output is written and `after` it (for `log`: after metrics.jsonl, before the
 MLflow batch; for `register`: after the registry call, before the marker; `promote:K:before`
-sits between reading the champion's accuracy and moving the alias). ACTION is
+sits between reading the champion's accuracy and moving the alias; `train:K:step` is inside
+every training worker's first update, after its forward and before its backward, where
+several workers are mid-way through a collective step). ACTION is
 
 - `kill`:   SIGKILL, of the whole process group when this process leads it (a run started
             in its own session takes its grading workers and launched trainers with it);
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 ENV = "SPARK_VL_FAULT"
 STAGES = ("prepare", "prompts", "rollout", "verify", "recycle", "train", "evaluate", "log", "register",
           "promote")
-POINTS = ("before", "after")
+POINTS = ("before", "after", "step")
 ACTIONS = ("kill", "enospc", "error", "pause")
 PAUSE_DIR = "SPARK_VL_FAULT_DIR"
 

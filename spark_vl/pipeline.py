@@ -255,7 +255,8 @@ def stage_train(ws: Workspace, k: int) -> None:
         return
     trainer = ws.trainer_at(k - 1)
     ws.trainer_iteration = None  # stepped but not saved, it is no policy of the run: a retry reloads k-1
-    stats = trainer.grpo_step(load_groups(iter_dir(ws.run_dir, k) / "verified.jsonl"))
+    stats = trainer.grpo_step(load_groups(iter_dir(ws.run_dir, k) / "verified.jsonl"),
+                              mid_step=lambda: fault_point("train", k, "step"))
     try:
         trainer.save(out, deepspeed_dir(ws.run_dir), deepspeed_tag(k),
                      before_publish=lambda: fault_point("train", k, "before"))

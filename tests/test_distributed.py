@@ -1,6 +1,9 @@
-"""Training on two DeepSpeed workers (torchrun, gloo on the CPU) gives the one-process update."""
+"""Training on two DeepSpeed workers (torchrun, gloo on the CPU) gives the one-process update,
+on one node and as two nodes meeting on loopback; a worker's death ends the task, never a hang."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,9 @@ from safetensors.torch import load_file
 from spark_vl import layout, pipeline, workspace
 from spark_vl.records import load_groups, save_groups
 from spark_vl.config import apply_overrides, load_config, save_config, validate_config
+from spark_vl.faults import ENV as FAULT_ENV
+from spark_vl.runio import free_port
+from spark_vl.train.launch import environment_without_launcher
 from tests.test_pipeline import SMALL
 
 DEEPSPEED = Path(__file__).resolve().parent.parent / "configs" / "deepspeed" / "zero0.json"
@@ -54,11 +60,12 @@ def one_process(verified_run, tmp_path_factory):
     return _train_copy(cfg, run_dir, tmp_path_factory.mktemp("one") / "run", [])
 
 
-@pytest.mark.parametrize("zero", ["zero0", "zero3"])
-def test_two_workers_make_the_same_update_as_one(verified_run, one_process, tmp_path, zero):
+@pytest.mark.parametrize("zero,launcher", [("zero0", "torchrun"), ("zero3", "torchrun"), ("zero0", "deepspeed")])
+def test_two_workers_make_the_same_update_as_one(verified_run, one_process, tmp_path, zero, launcher):
     cfg, run_dir = verified_run
     two = _train_copy(cfg, run_dir, tmp_path / "two", [
-        "train.processes_per_node=2", f"train.deepspeed_config={DEEPSPEED.with_name(zero + '.json')}"])
+        "train.processes_per_node=2", f"train.deepspeed_config={DEEPSPEED.with_name(zero + '.json')}",
+        f"train.launcher={launcher}"])
     assert (two / "iter-0001" / "train-workers.log").exists()
     stats_one = layout.read_json(one_process / "iter-0001" / "train.json")
     stats_two = layout.read_json(two / "iter-0001" / "train.json")
@@ -80,3 +87,68 @@ def test_a_failing_worker_fails_the_task_with_its_error(verified_run, tmp_path):
     with pytest.raises(RuntimeError, match="training workers of iteration 1 failed(.|\n)*missing-zero.json"):
         _train_copy(cfg, run_dir, tmp_path / "bad", ["train.processes_per_node=2",
                                                      f"train.deepspeed_config={tmp_path / 'missing-zero.json'}"])
+
+
+def _assert_same_update(cfg, one: Path, other: Path) -> None:
+    stats_one = layout.read_json(one / "iter-0001" / "train.json")
+    stats_other = layout.read_json(other / "iter-0001" / "train.json")
+    for key in ("train/loss", "train/kl", "train/entropy", "train/sequences"):
+        assert stats_other[key] == pytest.approx(stats_one[key], rel=1e-4, abs=1e-7), key
+    w_one = load_file(one / "model" / "policy-0001" / "model.safetensors")
+    w_other = load_file(other / "model" / "policy-0001" / "model.safetensors")
+    assert w_other.keys() == w_one.keys()
+    for name in w_one:
+        assert torch.allclose(w_one[name], w_other[name], atol=1e-5), name
+
+
+@pytest.fixture
+def two_node_run(verified_run, tmp_path):
+    """The verified run set for two nodes of one worker each, both this machine by two names."""
+    cfg, run_dir = verified_run
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
+    dest = tmp_path / "run"
+    shutil.copytree(run_dir, dest)
+    config = validate_config(apply_overrides(cfg.model_dump(mode="json"), [
+        f"train.hostfile={hostfile}", f"train.master_port={free_port()}"]))
+    save_config(config, dest / "config.yaml")
+    return dest
+
+
+def _start_node(run_dir: Path, rank: int, fault: str | None = None) -> subprocess.Popen:
+    """`spark-vl train-node` as a scheduler would start it on node `rank`, in a session of its own."""
+    env = {**environment_without_launcher(), **({FAULT_ENV: fault} if fault else {})}
+    return subprocess.Popen([sys.executable, "-m", "spark_vl.cli", "train-node", str(run_dir), "1",
+                             "--node-rank", str(rank)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _finish(nodes: list[subprocess.Popen]) -> list[tuple[int, str]]:
+    # The timeout only turns a hang into a failure; nothing waits on it to pass.
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    return [(node.returncode, output) for node, output in zip(nodes, outputs)]
+
+
+def test_two_nodes_make_the_same_update_as_one_process(verified_run, one_process, two_node_run):
+    """Node ranks 0 and 1 each start their DeepSpeed launcher (`--no_ssh`, the per-node launcher
+    pdsh would run over ssh) and meet at node 0's rendezvous; the update is one process's."""
+    cfg, _ = verified_run
+    (rc0, out0), (rc1, out1) = _finish([_start_node(two_node_run, 0), _start_node(two_node_run, 1)])
+    assert (rc0, rc1) == (0, 0), out0 + out1
+    for rank in (0, 1):
+        log = (two_node_run / "iter-0001" / f"train-workers-node{rank}.log").read_text()
+        assert f"--node_rank={rank}" in log and "--master_addr=127.0.0.1" in log
+    _assert_same_update(cfg, one_process, two_node_run)
+
+
+def test_a_worker_dying_mid_step_on_node_1_ends_both_nodes_with_their_logs(two_node_run):
+    """Node 1's worker is killed between its forward and its backward, while node 0's waits in the
+    gradient all-reduce: both nodes' launchers end, each with the end of its workers' log."""
+    nodes = [_start_node(two_node_run, 0), _start_node(two_node_run, 1, fault="train:1:step:kill")]
+    (rc0, out0), (rc1, out1) = _finish(nodes)
+    assert rc1 == 1 and "training workers of iteration 1 failed on node 1" in out1, out1
+    assert "exits with return code = -9" in out1, out1  # DeepSpeed's launcher saw SIGKILL
+    assert rc0 == 1 and "training workers of iteration 1 failed on node 0" in out0, out0
+    assert "gloo/transport/tcp" in out0, out0  # node 0's worker heard of the loss from its transport
+    assert not (two_node_run / "iter-0001" / "train.json").exists()
+    assert not (two_node_run / "model" / "policy-0001").exists()

@@ -6,6 +6,11 @@ same trainer from the run directory, takes its share of the sequences, and rank 
 outputs. A failing worker ends the launcher (which stops the others), and the task raises with
 the workers' own error instead of hanging.
 
+With a hostfile the DeepSpeed runner starts each node's launcher over ssh (pdsh). Where nodes
+cannot ssh to each other, each node starts its own launcher with its node rank
+(`launch_training(..., node_rank=R)`, `spark-vl train-node`): DeepSpeed's `--no_ssh`, the same
+per-node launcher pdsh would run there.
+
     python -m spark_vl.train.launch RUN_DIR ITERATION
 """
 
@@ -40,30 +45,46 @@ def distributed(train: TrainConfig) -> bool:
     return train.processes_per_node > 1 or train.hostfile is not None
 
 
-def launch_command(train: TrainConfig, run_dir: Path, k: int, port: int) -> list[str]:
+def launch_command(train: TrainConfig, run_dir: Path, k: int, port: int, node_rank: int | None = None) -> list[str]:
+    """The launcher for iteration k's workers: of every node (over ssh), or of node `node_rank` only."""
     module = ["spark_vl.train.launch", str(run_dir), str(k)]
     if train.hostfile is not None or train.launcher == "deepspeed":
         hosts = ["--hostfile", train.hostfile] if train.hostfile else ["--num_gpus", str(train.processes_per_node)]
+        if node_rank is not None:
+            hosts += ["--no_ssh", "--node_rank", str(node_rank), "--master_addr", train.master_addr or first_host(train)]
+        elif train.master_addr:
+            hosts += ["--master_addr", train.master_addr]
         beside = Path(sys.executable).with_name("deepspeed")  # the launcher of this environment
-        return [str(beside) if beside.exists() else "deepspeed", *hosts, "--master_port", str(port), "--module",
-                *module]
+        return [str(beside) if beside.exists() else "deepspeed", *hosts, "--master_port", str(port),
+                "--no_local_rank", "--module", *module]  # workers read LOCAL_RANK from the environment
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(train.processes_per_node),
             "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", *module]
 
 
-def launch_training(train: TrainConfig, run_dir: Path, k: int) -> None:
-    """Run iteration k's train stage on all workers; raise with their error if one fails."""
-    log_path = run_dir / f"iter-{k:04d}" / "train-workers.log"
+def first_host(train: TrainConfig) -> str:
+    """Node 0 of the hostfile: rank 0 and the rendezvous run there."""
+    from deepspeed.launcher.runner import fetch_hostfile
+
+    return next(iter(fetch_hostfile(train.hostfile)))
+
+
+def launch_training(train: TrainConfig, run_dir: Path, k: int, node_rank: int | None = None) -> None:
+    """Run iteration k's train stage on all workers (or on node `node_rank`'s, the other nodes
+    starting theirs); raise with the end of their log if one fails."""
+    name = "train-workers.log" if node_rank is None else f"train-workers-node{node_rank}.log"
+    log_path = run_dir / f"iter-{k:04d}" / name
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = launch_command(train, run_dir, k, free_port("127.0.0.1"))
+    port = train.master_port if train.hostfile is not None else free_port("127.0.0.1")
+    command = launch_command(train, run_dir, k, port, node_rank)
     env = environment_without_launcher()
     env.setdefault("OMP_NUM_THREADS", "1")
-    logger.info("training iteration %d on %s workers: %s", k, train.processes_per_node, " ".join(command))
+    where = "every node" if node_rank is None else f"node {node_rank}"
+    logger.info("training iteration %d on %s: %s", k, where, " ".join(command))
     with open(log_path, "w") as log:
         result = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-        raise RuntimeError(f"training workers of iteration {k} failed (exit code {result.returncode}); "
+        raise RuntimeError(f"training workers of iteration {k} failed on {where} (exit code {result.returncode}); "
                            f"the end of {log_path}:\n{tail}")
 
 

@@ -123,10 +123,11 @@ class PolicyTrainer:
     def world_size(self) -> int:
         return torch.distributed.get_world_size()
 
-    def grpo_step(self, groups: list[RolloutGroup]) -> dict[str, float]:
+    def grpo_step(self, groups: list[RolloutGroup], mid_step: Callable[[], None] | None = None) -> dict[str, float]:
         """`train.updates_per_batch` optimizer steps over every sequence with signal, in
         micro-batches; with several workers each takes every world_size-th sequence and the
-        gradients are averaged. Loss, KL, entropy and clipping are averaged over the steps."""
+        gradients are averaged. Loss, KL, entropy and clipping are averaged over the steps.
+        `mid_step` runs once, before the first backward (a fault point)."""
         train = self.config.train
         sequences, flat_groups = sequences_with_signal(groups, self.config, self.processor.tokenizer)
         stats = {"train/flat_groups": float(flat_groups), "train/sequences": float(len(sequences))}
@@ -137,8 +138,8 @@ class PolicyTrainer:
         sums = torch.zeros(5, dtype=torch.float64)
         normaliser = loss_normaliser(train.loss_agg_mode, total_tokens, len(sequences),
                                      self.config.rollout.max_new_tokens)
-        for _ in range(train.updates_per_batch):
-            sums += self._update(sequences, normaliser)
+        for update in range(train.updates_per_batch):
+            sums += self._update(sequences, normaliser, mid_step if update == 0 else None)
         if self.world_size > 1:  # on the engine's device: NCCL reduces CUDA tensors only
             sums = sums.to(self.device)
             torch.distributed.all_reduce(sums)
@@ -146,7 +147,8 @@ class PolicyTrainer:
         return {**stats, "train/tokens": tokens, "train/loss": loss_sum, "train/kl": kl_sum / total_tokens,
                 "train/entropy": entropy_sum / total_tokens, "train/clip_frac": clipped / total_tokens}
 
-    def _update(self, sequences: list, batch_normaliser: float) -> torch.Tensor:
+    def _update(self, sequences: list, batch_normaliser: float,
+                mid_step: Callable[[], None] | None = None) -> torch.Tensor:
         """One optimizer step; returns this worker's sums of loss, KL, entropy, clipped tokens, tokens."""
         train = self.config.train
         # DeepSpeed averages gradients over workers: normalise each worker's share accordingly.
@@ -184,6 +186,8 @@ class PolicyTrainer:
             loss, chunk_stats = grpo_loss(logps, old, ref, advantages, mask, train.clip_eps, train.kl_coef,
                                           normaliser, train.clip_eps_high, entropy, train.entropy_coef,
                                           train.loss_agg_mode)
+            if mid_step is not None and i == 0:
+                mid_step()
             self.engine.backward(loss)
             loss_sum += loss.item()
             kl_sum += chunk_stats["kl_sum"]
