@@ -175,9 +175,12 @@ class SparkConfig(Section):
     reflect_cot_share: float = Field(0.5, ge=0, le=1)
     templates: str = Field("default", description="prompt template pools: default, tiny, or a JSON file")
     balance_judge_labels: bool = Field(True, description="equal correct and wrong pointwise judge samples")
+    balance_judge_advantages: bool = Field(
+        False, description="scale judge advantages so each label (Yes/No, A/B) pushes with equal total weight "
+        "per batch: the verdict's marginal holds instead of drifting to one answer for all")
     judge_credit: Literal["reply", "verdict"] = Field(
         "reply", description="which tokens of a judge reply carry its advantage: the whole reply, or only the "
-        "verdict in its box (the rest is held to its format by `judge_reply_check`)")
+        "verdict in its box when the reply passes `judge_reply_check` (a malformed reply: all of it)")
     judge_reply_check: Literal["verdict", "format", "restate", "grounded"] = Field(
         "format", description="judge reward 1 needs: the right verdict only; also the reply format; "
         "also the proposed answer restated exactly; also the image described as the ground truth")
@@ -232,6 +235,8 @@ class TrainConfig(Section):
     loss_agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
         "token-mean", description="verl's loss_agg_mode: token-mean (DAPO), seq-mean-token-mean (GRPO paper), "
         "seq-mean-token-sum-norm (Dr. GRPO: token sums over sequences x rollout.max_new_tokens)")
+    norm_adv_by_std: bool = Field(True, description="divide group advantages by the group's reward std (verl "
+                                  "norm_adv_by_std_in_grpo); false: Dr. GRPO's unbiased r - mean")
     kl_coef: float = Field(1e-3, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     deepspeed_config: str = "configs/deepspeed/zero0.json"

@@ -179,13 +179,14 @@ def grade_groups(groups, templates: Templates, pool: GradingPool, judge_reply_ch
     for (gi, ri), grade in zip(where, grades):
         group = groups[gi]
         reward = grade.reward
+        status = grade.status
         if group.prompt.kind in JUDGE_KINDS:
             group.extracted[ri] = extract_verdict(group.responses[ri])
-            if reward and not reply_is_intact(group.responses[ri], group.prompt, templates, judge_reply_check):
-                reward = 0.0
+            if not reply_is_intact(group.responses[ri], group.prompt, templates, judge_reply_check):
+                reward, status = 0.0, "malformed" if status == "ok" else status
         else:
             group.extracted[ri] = extract_answer(group.responses[ri])
-        group.rewards[ri], group.statuses[ri] = reward, grade.status
+        group.rewards[ri], group.statuses[ri] = reward, status
 
 
 def stage_verify(ws: Workspace, k: int) -> None:
@@ -202,12 +203,14 @@ def stage_verify(ws: Workspace, k: int) -> None:
 
     solve = [g for g in groups if g.prompt.kind == "solve"]
     statuses = [s for g in groups for s in g.statuses]
+    judge_statuses = [s for g in groups if g.prompt.kind in JUDGE_KINDS for s in g.statuses]
     fault_point("verify", k, "before")
     write_json(iter_dir(ws.run_dir, k) / "verify.json", {
         "rollout/reward_mean": mean_reward(("solve",)),
         "rollout/all_correct_frac": sum(all(r > 0 for r in g.rewards) for g in solve) / max(1, len(solve)),
         "rollout/all_wrong_frac": sum(all(r <= 0 for r in g.rewards) for g in solve) / max(1, len(solve)),
         "verify/timeout_frac": statuses.count("timeout") / max(1, len(statuses)),
+        "verify/judge_malformed_frac": judge_statuses.count("malformed") / max(1, len(judge_statuses)),
         "aux/judge_reward_mean": mean_reward(JUDGE_KINDS),
         "aux/reflect_reward_mean": mean_reward(REFLECT_KINDS),
         "time/verify_s": time.perf_counter() - start,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from spark_vl.train.grpo import group_advantages, grpo_loss, loss_normaliser
+from spark_vl.train.grpo import group_advantages, grpo_loss, label_balanced, loss_normaliser
 
 
 def test_group_advantages_normalise_and_flat_groups_carry_nothing():
@@ -10,6 +10,25 @@ def test_group_advantages_normalise_and_flat_groups_carry_nothing():
     assert sum(group_advantages([1, 0, 0, 0])) == pytest.approx(0, abs=1e-9)
     assert group_advantages([1, 1, 1]) == [0.0, 0.0, 0.0]
     assert group_advantages([0, 0]) == [0.0, 0.0]
+    # Dr. GRPO (norm_adv_by_std false): r - mean, by hand.
+    assert group_advantages([1, 0, 0, 0], by_std=False) == pytest.approx([0.75, -0.25, -0.25, -0.25])
+    assert group_advantages([1, 1], by_std=False) == [0.0, 0.0]
+
+
+def test_label_balanced_advantages_give_each_label_of_a_kind_equal_weight():
+    yes = [1.0, -1.0, 1.0, -1.0]  # weight 4
+    no_a, no_b = [0.5, -0.5], [3.0, -3.0]  # weight 1 + 6 = 7
+    pair_a, solve = [2.0, -2.0], [1.5, -1.5]
+    out = label_balanced([yes, no_a, no_b, pair_a, solve],
+                         ["judge_pointwise/Yes", "judge_pointwise/No", "judge_pointwise/No", "judge_pairwise/A", None])
+    # Mean weight of the two pointwise labels is 5.5: Yes scaled by 5.5/4, No by 5.5/7.
+    assert out[0] == pytest.approx([1.375, -1.375, 1.375, -1.375])
+    assert out[1] == pytest.approx([0.5 * 5.5 / 7, -0.5 * 5.5 / 7])
+    assert out[2] == pytest.approx([3 * 5.5 / 7, -3 * 5.5 / 7])
+    assert sum(abs(a) for a in out[0]) == pytest.approx(sum(abs(a) for g in out[1:3] for a in g))
+    assert out[3] == pair_a and out[4] == solve  # pairwise has one label here; solve is not a judge group
+    # A label without signal leaves its kind unscaled (nothing can balance a push against nothing).
+    assert label_balanced([yes, [0.0, 0.0]], ["judge_pointwise/Yes", "judge_pointwise/No"]) == [yes, [0.0, 0.0]]
 
 
 def _inputs():
@@ -124,6 +143,20 @@ def test_verdict_credit_keeps_the_loss_on_the_verdict_tokens(tiny_model_dir):
     sequences, _ = sequences_with_signal(groups, cfg, tokenizer)
     assert [s.credit for s in sequences] == [(first, end)] * 2 + [None] * 2
     assert all(s.credit is None for s in sequences_with_signal(groups, load_config(None, []), tokenizer)[0])
+    groups[0].statuses = ["ok", "malformed"]  # a malformed reply carries its advantage on all its tokens
+    assert [s.credit for s in sequences_with_signal(groups, cfg, tokenizer)[0]][:2] == [(first, end), None]
+    groups[0].statuses = []
+    # Balanced judge advantages reach the sequences: a lone label is left as it is; with a second
+    # label (weights 2 and 4) both are scaled to their mean weight, 3.
+    negative = PromptRecord("k", "judge_pointwise", [], "q", "Yes", "q", "blue", "s", ["blue"])
+    more = RolloutGroup(negative, [reply] * 4, [ids] * 4, [[0.0] * len(ids)] * 4, rewards=[1.0, 0.0, 1.0, 0.0])
+    balanced = load_config(None, ["spark.balance_judge_advantages=true"])
+    lone = sequences_with_signal(groups, balanced, tokenizer)[0]
+    assert [s.advantage for s in lone] == pytest.approx([1.0, -1.0, 1.0, -1.0], abs=1e-5)
+    two = sequences_with_signal([groups[0], more], balanced, tokenizer)[0]
+    assert [s.advantage for s in two] == pytest.approx([1.5, -1.5] + [0.75, -0.75, 0.75, -0.75], abs=1e-5)
+    unscaled = sequences_with_signal(groups, load_config(None, ["train.norm_adv_by_std=false"]), tokenizer)[0]
+    assert [s.advantage for s in unscaled] == pytest.approx([0.5, -0.5, 0.5, -0.5])
 
     mask = torch.ones(2, 6, dtype=torch.long)
     rows = [Sequence([], [1] * 6, [0.0] * 6, 1.0, 1.0, (2, 4)), Sequence([], [1] * 6, [0.0] * 6, 1.0, 1.0)]

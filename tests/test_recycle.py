@@ -174,3 +174,19 @@ def test_judge_reply_checks():
     misread = r"The image shows 4. The proposed answer is 4. \box{No}"  # the truth (label source) is 3
     assert [reply_is_intact(r, prompt, TEMPLATES, "grounded") for r in (faithful, misquoted, misread, degenerate)] == [
         True, False, False, False]
+
+
+def test_grading_marks_a_malformed_judge_reply_whatever_its_verdict():
+    """A reply that fails the reply check earns 0 and is marked `malformed`, so verdict credit
+    puts its advantage on all of it, not only on a verdict that may be right."""
+    from spark_vl.pipeline import grade_groups
+    from spark_vl.verify import GradingPool
+
+    prompt = pointwise_judge_sample(group("g", ["3"], [1]).prompt, "4", False, TEMPLATES.pointwise[0], "j")
+    replies = [r"The image shows 3. The proposed answer is 4. \box{No}", r"The image shows 3. The proposed answer is 4. \box{Yes}",
+               r"The image shows 3. The proposed answer is 2. \box{No}", r"The image showsNo}"]
+    judged = RolloutGroup(prompt, replies, [[1]] * 4, [[0.0]] * 4)
+    with GradingPool(workers=1, timeout_s=5.0, reward_function=None) as pool:
+        grade_groups([judged], TEMPLATES, pool, "restate")
+    assert judged.rewards == [1.0, 0.0, 0.0, 0.0]
+    assert judged.statuses == ["ok", "ok", "malformed", "malformed"]

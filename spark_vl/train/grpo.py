@@ -13,13 +13,39 @@ import torch
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 
-def group_advantages(rewards: list[float], eps: float = 1e-6) -> list[float]:
-    """(r - mean) / (std + eps) within one group; a group of equal rewards gets zeros (no signal)."""
+def group_advantages(rewards: list[float], eps: float = 1e-6, by_std: bool = True) -> list[float]:
+    """(r - mean) / (std + eps) within one group, or r - mean without `by_std` (Dr. GRPO: dividing
+    by the std weighs groups near half solved most, which biases the expected gradient); a group
+    of equal rewards gets zeros (no signal)."""
     values = torch.tensor(rewards, dtype=torch.float64)
     std = values.std(unbiased=False)
     if std < eps:
         return [0.0] * len(rewards)
-    return ((values - values.mean()) / (std + eps)).tolist()
+    return ((values - values.mean()) / (std + eps if by_std else 1.0)).tolist()
+
+
+def label_balanced(advantages: list[list[float]], classes: list[str | None]) -> list[list[float]]:
+    """Group advantages rescaled so that, among groups of one judge kind, each label pushes with
+    the same total weight (sum of |advantage|); `classes[i]` is group i's "kind/label", None
+    for groups left as they are.
+
+    Why: GRPO gives a group more weight the nearer its success rate is to one half, so once a
+    judge leans to one verdict the groups whose label is that verdict outweigh the others and the
+    lean grows, until the verdict is one answer for all. Equal weights per label hold the
+    verdict's marginal; what remains is the signal that tells right answers from wrong ones.
+    A kind with only one label in the batch, or a label without signal, is left unscaled."""
+    mass: dict[str, float] = {}
+    for advs, cls in zip(advantages, classes):
+        if cls is not None:
+            mass[cls] = mass.get(cls, 0.0) + sum(abs(a) for a in advs)
+    scale: dict[str, float] = {}
+    for kind in {cls.split("/")[0] for cls in mass}:
+        labels = {cls: m for cls, m in mass.items() if cls.split("/")[0] == kind}
+        if len(labels) > 1 and all(m > 0 for m in labels.values()):
+            mean = sum(labels.values()) / len(labels)
+            scale.update({cls: mean / m for cls, m in labels.items()})
+    return [[a * scale.get(cls, 1.0) for a in advs] if cls is not None else advs
+            for advs, cls in zip(advantages, classes)]
 
 
 def loss_normaliser(mode: LossAggMode, tokens: int, sequences: int, max_new_tokens: int) -> float:

@@ -17,7 +17,7 @@ from spark_vl.rollout.hf import conversation
 from spark_vl.runio import logger
 from spark_vl.train.engine import build_engine
 from spark_vl.train.forward import completion_batch, completion_logps
-from spark_vl.train.grpo import group_advantages, grpo_loss, loss_normaliser
+from spark_vl.train.grpo import group_advantages, grpo_loss, label_balanced, loss_normaliser
 from spark_vl.train.lora import ADAPTER_DIR, add_adapters, load_adapter_weights, merged_state_dict
 from spark_vl.verify.extract import box_span
 
@@ -60,19 +60,24 @@ def credit_mask(mask: torch.Tensor, sequences: list[Sequence]) -> torch.Tensor:
 def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig,
                           tokenizer=None) -> tuple[list[Sequence], int]:
     """Flatten groups into sequences with advantages; groups of equal rewards are dropped and counted.
-    With `spark.judge_credit: verdict` a judge reply's loss is on its verdict tokens only."""
+    With `spark.balance_judge_advantages` each judge label pushes with equal weight (`label_balanced`);
+    with `spark.judge_credit: verdict` an intact judge reply's loss is on its verdict tokens only."""
     sequences, flat_groups = [], 0
-    for group in groups:
-        advantages = group_advantages(group.rewards)
+    per_group = [group_advantages(group.rewards, by_std=config.train.norm_adv_by_std) for group in groups]
+    if config.spark.balance_judge_advantages:
+        per_group = label_balanced(per_group, [f"{g.prompt.kind}/{g.prompt.label}" if g.prompt.kind in JUDGE_KINDS
+                                               else None for g in groups])
+    for group, advantages in zip(groups, per_group):
         if not any(advantages):
             flat_groups += 1
             continue
         conv = conversation(group.prompt, config.model)
         temperature = config.rollout.temperature_for(group.prompt.kind)
         on_verdict = config.spark.judge_credit == "verdict" and group.prompt.kind in JUDGE_KINDS
-        for ids, logps, adv in zip(group.response_ids, group.logprobs, advantages):
-            if ids:
-                credit = verdict_tokens(ids, tokenizer) if on_verdict else None
+        statuses = group.statuses or ["ok"] * len(group.responses)
+        for ids, logps, adv, status in zip(group.response_ids, group.logprobs, advantages, statuses):
+            if ids:  # a malformed reply is wrong all through: its whole text carries the advantage
+                credit = verdict_tokens(ids, tokenizer) if on_verdict and status != "malformed" else None
                 sequences.append(Sequence(conv, ids, logps, adv, temperature, credit))
     return sequences, flat_groups
 
