@@ -42,11 +42,16 @@ def verified_run(tiny_data_dir, tiny_model_dir, tmp_path_factory):
     return cfg, run_dir
 
 
-def _train_copy(cfg, run_dir: Path, dest: Path, overrides: list[str]) -> Path:
+def _run_copy(cfg, run_dir: Path, dest: Path, overrides: list[str]):
+    """A copy of the verified run at `dest` whose config has `overrides`; returns that config."""
     shutil.copytree(run_dir, dest)
     config = validate_config(apply_overrides(cfg.model_dump(mode="json"), overrides))
     save_config(config, dest / "config.yaml")
-    ws = workspace.Workspace(config, dest)
+    return config
+
+
+def _train_copy(cfg, run_dir: Path, dest: Path, overrides: list[str]) -> Path:
+    ws = workspace.Workspace(_run_copy(cfg, run_dir, dest, overrides), dest)
     try:
         pipeline.stage_train(ws, 1)
     finally:
@@ -60,6 +65,22 @@ def one_process(verified_run, tmp_path_factory):
     return _train_copy(cfg, run_dir, tmp_path_factory.mktemp("one") / "run", [])
 
 
+def _assert_same_update(cfg, one: Path, other: Path) -> None:
+    """`other` made iteration 1's update as the one-process run `one` did, and it was an update."""
+    stats_one = layout.read_json(one / "iter-0001" / "train.json")
+    stats_other = layout.read_json(other / "iter-0001" / "train.json")
+    assert stats_one["train/sequences"] > 0
+    for key in ("train/loss", "train/kl", "train/entropy", "train/sequences"):
+        assert stats_other[key] == pytest.approx(stats_one[key], rel=1e-4, abs=1e-7), key
+    start = load_file(cfg.model.path + "/model.safetensors")
+    w_one = load_file(one / "model" / "policy-0001" / "model.safetensors")
+    w_other = load_file(other / "model" / "policy-0001" / "model.safetensors")
+    assert any(not torch.equal(start[k], w_one[k]) for k in start)  # the step changed the weights
+    assert w_other.keys() == w_one.keys()
+    for name in w_one:
+        assert torch.allclose(w_one[name], w_other[name], atol=1e-5), name  # an update is ~lr = 5e-4
+
+
 @pytest.mark.parametrize("zero,launcher", [("zero0", "torchrun"), ("zero3", "torchrun"), ("zero0", "deepspeed")])
 def test_two_workers_make_the_same_update_as_one(verified_run, one_process, tmp_path, zero, launcher):
     cfg, run_dir = verified_run
@@ -67,18 +88,7 @@ def test_two_workers_make_the_same_update_as_one(verified_run, one_process, tmp_
         "train.processes_per_node=2", f"train.deepspeed_config={DEEPSPEED.with_name(zero + '.json')}",
         f"train.launcher={launcher}"])
     assert (two / "iter-0001" / "train-workers.log").exists()
-    stats_one = layout.read_json(one_process / "iter-0001" / "train.json")
-    stats_two = layout.read_json(two / "iter-0001" / "train.json")
-    assert stats_one["train/sequences"] > 0
-    for key in ("train/loss", "train/kl", "train/entropy", "train/sequences"):
-        assert stats_two[key] == pytest.approx(stats_one[key], rel=1e-4, abs=1e-7), key
-    start = load_file(cfg.model.path + "/model.safetensors")
-    w_one = load_file(one_process / "model" / "policy-0001" / "model.safetensors")
-    w_two = load_file(two / "model" / "policy-0001" / "model.safetensors")  # ZeRO-3: gathered from both
-    assert any(not torch.equal(start[k], w_one[k]) for k in start)  # the step changed the weights
-    assert w_two.keys() == w_one.keys()
-    for name in w_one:
-        assert torch.allclose(w_one[name], w_two[name], atol=1e-5), name  # an update is ~lr = 5e-4
+    _assert_same_update(cfg, one_process, two)  # ZeRO-3: the policy gathered from both workers
     assert (two / "deepspeed" / "iter-0001").exists()
 
 
@@ -89,18 +99,6 @@ def test_a_failing_worker_fails_the_task_with_its_error(verified_run, tmp_path):
                                                      f"train.deepspeed_config={tmp_path / 'missing-zero.json'}"])
 
 
-def _assert_same_update(cfg, one: Path, other: Path) -> None:
-    stats_one = layout.read_json(one / "iter-0001" / "train.json")
-    stats_other = layout.read_json(other / "iter-0001" / "train.json")
-    for key in ("train/loss", "train/kl", "train/entropy", "train/sequences"):
-        assert stats_other[key] == pytest.approx(stats_one[key], rel=1e-4, abs=1e-7), key
-    w_one = load_file(one / "model" / "policy-0001" / "model.safetensors")
-    w_other = load_file(other / "model" / "policy-0001" / "model.safetensors")
-    assert w_other.keys() == w_one.keys()
-    for name in w_one:
-        assert torch.allclose(w_one[name], w_other[name], atol=1e-5), name
-
-
 @pytest.fixture
 def two_node_run(verified_run, tmp_path):
     """The verified run set for two nodes of one worker each, both this machine by two names."""
@@ -108,10 +106,7 @@ def two_node_run(verified_run, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("127.0.0.1 slots=1\nlocalhost slots=1\n")
     dest = tmp_path / "run"
-    shutil.copytree(run_dir, dest)
-    config = validate_config(apply_overrides(cfg.model_dump(mode="json"), [
-        f"train.hostfile={hostfile}", f"train.master_port={free_port()}"]))
-    save_config(config, dest / "config.yaml")
+    _run_copy(cfg, run_dir, dest, [f"train.hostfile={hostfile}", f"train.master_port={free_port()}"])
     return dest
 
 

@@ -20,7 +20,8 @@ def test_label_balanced_advantages_give_each_label_of_a_kind_equal_weight():
     no_a, no_b = [0.5, -0.5], [3.0, -3.0]  # weight 1 + 6 = 7
     pair_a, solve = [2.0, -2.0], [1.5, -1.5]
     out = label_balanced([yes, no_a, no_b, pair_a, solve],
-                         ["judge_pointwise/Yes", "judge_pointwise/No", "judge_pointwise/No", "judge_pairwise/A", None])
+                         [("judge_pointwise", "Yes"), ("judge_pointwise", "No"), ("judge_pointwise", "No"),
+                          ("judge_pairwise", "A"), None])
     # Mean weight of the two pointwise labels is 5.5: Yes scaled by 5.5/4, No by 5.5/7.
     assert out[0] == pytest.approx([1.375, -1.375, 1.375, -1.375])
     assert out[1] == pytest.approx([0.5 * 5.5 / 7, -0.5 * 5.5 / 7])
@@ -28,7 +29,8 @@ def test_label_balanced_advantages_give_each_label_of_a_kind_equal_weight():
     assert sum(abs(a) for a in out[0]) == pytest.approx(sum(abs(a) for g in out[1:3] for a in g))
     assert out[3] == pair_a and out[4] == solve  # pairwise has one label here; solve is not a judge group
     # A label without signal leaves its kind unscaled (nothing can balance a push against nothing).
-    assert label_balanced([yes, [0.0, 0.0]], ["judge_pointwise/Yes", "judge_pointwise/No"]) == [yes, [0.0, 0.0]]
+    assert label_balanced([yes, [0.0, 0.0]], [("judge_pointwise", "Yes"), ("judge_pointwise", "No")]) == [
+        yes, [0.0, 0.0]]
 
 
 def _inputs():

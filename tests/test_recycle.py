@@ -183,7 +183,8 @@ def test_grading_marks_a_malformed_judge_reply_whatever_its_verdict():
     from spark_vl.verify import GradingPool
 
     prompt = pointwise_judge_sample(group("g", ["3"], [1]).prompt, "4", False, TEMPLATES.pointwise[0], "j")
-    replies = [r"The image shows 3. The proposed answer is 4. \box{No}", r"The image shows 3. The proposed answer is 4. \box{Yes}",
+    replies = [r"The image shows 3. The proposed answer is 4. \box{No}",
+               r"The image shows 3. The proposed answer is 4. \box{Yes}",
                r"The image shows 3. The proposed answer is 2. \box{No}", r"The image showsNo}"]
     judged = RolloutGroup(prompt, replies, [[1]] * 4, [[0.0]] * 4)
     with GradingPool(workers=1, timeout_s=5.0, reward_function=None) as pool:

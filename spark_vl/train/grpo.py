@@ -24,9 +24,9 @@ def group_advantages(rewards: list[float], eps: float = 1e-6, by_std: bool = Tru
     return ((values - values.mean()) / (std + eps if by_std else 1.0)).tolist()
 
 
-def label_balanced(advantages: list[list[float]], classes: list[str | None]) -> list[list[float]]:
+def label_balanced(advantages: list[list[float]], classes: list[tuple[str, str] | None]) -> list[list[float]]:
     """Group advantages rescaled so that, among groups of one judge kind, each label pushes with
-    the same total weight (sum of |advantage|); `classes[i]` is group i's "kind/label", None
+    the same total weight (sum of |advantage|); `classes[i]` is group i's (kind, label), None
     for groups left as they are.
 
     Why: GRPO gives a group more weight the nearer its success rate is to one half, so once a
@@ -34,13 +34,13 @@ def label_balanced(advantages: list[list[float]], classes: list[str | None]) -> 
     lean grows, until the verdict is one answer for all. Equal weights per label hold the
     verdict's marginal; what remains is the signal that tells right answers from wrong ones.
     A kind with only one label in the batch, or a label without signal, is left unscaled."""
-    mass: dict[str, float] = {}
+    mass: dict[tuple[str, str], float] = {}
     for advs, cls in zip(advantages, classes):
         if cls is not None:
             mass[cls] = mass.get(cls, 0.0) + sum(abs(a) for a in advs)
-    scale: dict[str, float] = {}
-    for kind in {cls.split("/")[0] for cls in mass}:
-        labels = {cls: m for cls, m in mass.items() if cls.split("/")[0] == kind}
+    scale: dict[tuple[str, str], float] = {}
+    for kind in {kind for kind, _ in mass}:
+        labels = {cls: m for cls, m in mass.items() if cls[0] == kind}
         if len(labels) > 1 and all(m > 0 for m in labels.values()):
             mean = sum(labels.values()) / len(labels)
             scale.update({cls: mean / m for cls, m in labels.items()})

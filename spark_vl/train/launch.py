@@ -51,7 +51,8 @@ def launch_command(train: TrainConfig, run_dir: Path, k: int, port: int, node_ra
     if train.hostfile is not None or train.launcher == "deepspeed":
         hosts = ["--hostfile", train.hostfile] if train.hostfile else ["--num_gpus", str(train.processes_per_node)]
         if node_rank is not None:
-            hosts += ["--no_ssh", "--node_rank", str(node_rank), "--master_addr", train.master_addr or first_host(train)]
+            hosts += ["--no_ssh", "--node_rank", str(node_rank),
+                      "--master_addr", train.master_addr or first_host(train)]
         elif train.master_addr:
             hosts += ["--master_addr", train.master_addr]
         beside = Path(sys.executable).with_name("deepspeed")  # the launcher of this environment

@@ -65,7 +65,7 @@ def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig,
     sequences, flat_groups = [], 0
     per_group = [group_advantages(group.rewards, by_std=config.train.norm_adv_by_std) for group in groups]
     if config.spark.balance_judge_advantages:
-        per_group = label_balanced(per_group, [f"{g.prompt.kind}/{g.prompt.label}" if g.prompt.kind in JUDGE_KINDS
+        per_group = label_balanced(per_group, [(g.prompt.kind, g.prompt.label) if g.prompt.kind in JUDGE_KINDS
                                                else None for g in groups])
     for group, advantages in zip(groups, per_group):
         if not any(advantages):
