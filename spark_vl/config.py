@@ -138,6 +138,9 @@ class RolloutConfig(Section):
     engine: Literal["hf", "vllm"] = "hf"
     prompts_per_batch: int = Field(16, ge=1)
     group_size: int = Field(8, ge=2, description="sampled responses per prompt (n)")
+    kind_group_size: dict[Kind, Annotated[int, Field(ge=2)]] = Field(
+        {}, description="responses per prompt for each prompt kind (as `kind_temperature`); kinds not named "
+        "use `group_size`. More judge samples per prompt give the verdict more signal per step")
     temperature: float = Field(1.0, gt=0)
     kind_temperature: dict[Kind, Annotated[float, Field(gt=0)]] = Field(
         {}, description="sampling temperature per prompt kind (solve, judge_pointwise, judge_pairwise, "
@@ -153,6 +156,9 @@ class RolloutConfig(Section):
 
     def temperature_for(self, kind: str) -> float:
         return self.kind_temperature.get(kind, self.temperature)
+
+    def group_size_for(self, kind: str) -> int:
+        return self.kind_group_size.get(kind, self.group_size)
 
 
 class RewardConfig(Section):
@@ -175,6 +181,10 @@ class SparkConfig(Section):
     reflect_cot_share: float = Field(0.5, ge=0, le=1)
     templates: str = Field("default", description="prompt template pools: default, tiny, or a JSON file")
     balance_judge_labels: bool = Field(True, description="equal correct and wrong pointwise judge samples")
+    pair_judge_answers: bool = Field(
+        False, description="with balance_judge_labels: each pointwise sample is kept beside its counterpart, "
+        "the same proposed answer for another image of the same question with the other label, so the "
+        "proposed answer alone predicts no verdict")
     balance_judge_advantages: bool = Field(
         False, description="scale judge advantages so each label (Yes/No, A/B) pushes with equal total weight "
         "per batch: the verdict's marginal holds instead of drifting to one answer for all")
@@ -228,6 +238,9 @@ class TrainConfig(Section):
     micro_batch_size: int = Field(32, ge=1)
     updates_per_batch: int = Field(1, ge=1, description="optimizer steps on each rollout batch (GRPO's mu); "
                                    "above 1 the clipped ratio keeps later steps near the sampling policy")
+    ppo_mini_batch_size: int | None = Field(
+        None, ge=1, description="prompt groups per optimizer step (verl's ppo_mini_batch_size): a batch's groups "
+        "with signal, shuffled, make several steps; null: one step on all of them")
     clip_eps: float = Field(0.2, gt=0, description="PPO ratio clip: [1 - clip_eps, 1 + clip_eps_high]")
     clip_eps_high: float | None = Field(None, gt=0, description="upper clip (DAPO's clip-higher; verl "
                                         "clip_ratio_high, TRL epsilon_high); null: clip_eps")

@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from spark_vl.config import RunConfig, save_config
+from spark_vl.config import RolloutConfig, RunConfig, save_config
 from spark_vl.data import warn_bad_rows
 from spark_vl.data.tasks import make_dataset
 from spark_vl.evaluate import evaluate, solve_prompt
@@ -125,7 +125,7 @@ def stage_rollout(ws: Workspace, k: int) -> None:
     prompts = load_prompts(iter_dir(ws.run_dir, k) / "prompts.jsonl")
     engine = ws.engine_at(k - 1)
     start = time.perf_counter()
-    groups = engine.generate(prompts, cfg.group_size, seed=cfg.seed * 1_000_003 + k)
+    groups = sample_groups(engine, prompts, cfg, seed=cfg.seed * 1_000_003 + k)
     draws = 1
     if cfg.filter_groups.enable:
         extra, draws = sample_until_informative(ws, k, engine, [g for g in groups if g.prompt.kind == "solve"])
@@ -144,6 +144,17 @@ def stage_rollout(ws: Workspace, k: int) -> None:
     fault_point("rollout", k, "after")
 
 
+def sample_groups(engine, prompts: list[PromptRecord], cfg: RolloutConfig, seed: int) -> list[RolloutGroup]:
+    """One group per prompt, of its kind's size (`rollout.kind_group_size`), in prompt order."""
+    by_size: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_size.setdefault(cfg.group_size_for(prompt.kind), []).append(i)
+    groups: dict[int, RolloutGroup] = {}
+    for n, order in by_size.items():
+        groups.update(zip(order, engine.generate([prompts[i] for i in order], n, seed=seed)))
+    return [groups[i] for i in range(len(prompts))]
+
+
 def sample_until_informative(ws: Workspace, k: int, engine, solve: list[RolloutGroup]) -> tuple[list[RolloutGroup], int]:
     """Dynamic sampling: (extra task groups, batches drawn in all). Draws more task prompts while
     fewer than `prompts_per_batch` task groups have differing rewards, at most
@@ -157,7 +168,7 @@ def sample_until_informative(ws: Workspace, k: int, engine, solve: list[RolloutG
         prompts = task_prompts(ws, k, draws, {g.prompt.source_id for g in solve + extra})
         if not prompts:
             break
-        new = engine.generate(prompts, cfg.group_size, seed=(cfg.seed * 1_000_003 + k) * 1_009 + draws)
+        new = engine.generate(prompts, cfg.group_size_for("solve"), seed=(cfg.seed * 1_000_003 + k) * 1_009 + draws)
         extra += new
         draws += 1
     return extra, draws
@@ -259,7 +270,8 @@ def stage_train(ws: Workspace, k: int) -> None:
     trainer = ws.trainer_at(k - 1)
     ws.trainer_iteration = None  # stepped but not saved, it is no policy of the run: a retry reloads k-1
     stats = trainer.grpo_step(load_groups(iter_dir(ws.run_dir, k) / "verified.jsonl"),
-                              mid_step=lambda: fault_point("train", k, "step"))
+                              mid_step=lambda: fault_point("train", k, "step"),
+                              seed=ws.config.train.seed * 1_000_003 + k)
     try:
         trainer.save(out, deepspeed_dir(ws.run_dir), deepspeed_tag(k),
                      before_publish=lambda: fault_point("train", k, "before"))

@@ -164,3 +164,24 @@ def test_verdict_credit_keeps_the_loss_on_the_verdict_tokens(tiny_model_dir):
     rows = [Sequence([], [1] * 6, [0.0] * 6, 1.0, 1.0, (2, 4)), Sequence([], [1] * 6, [0.0] * 6, 1.0, 1.0)]
     assert credit_mask(mask, rows).tolist() == [[0, 0, 1, 1, 0, 0], [1] * 6]
     assert mask.tolist() == [[1] * 6] * 2  # the batch's own mask is untouched
+
+
+def test_mini_batches_split_whole_groups_in_a_seeded_order():
+    from spark_vl.train.trainer import Sequence, mini_batches
+
+    sequences = [Sequence([], [1], [0.0], 1.0, 1.0, group=g) for g in (0, 0, 2, 2, 3, 5, 5)]
+    assert mini_batches(sequences, None, 0) == [sequences]
+
+    def split(size, seed):
+        return [sorted({s.group for s in step}) for step in mini_batches(sequences, size, seed)]
+
+    assert [len(groups) for groups in split(2, 1)] == [2, 2]
+    assert [len(groups) for groups in split(3, 1)] == [3, 1]
+    for size in (1, 2, 3, 4):  # every sequence once, a group never split over two steps
+        steps = mini_batches(sequences, size, seed=7)
+        assert sorted(id(s) for step in steps for s in step) == sorted(id(s) for s in sequences)
+        assert sum(len(groups) for groups in split(size, 7)) == 4
+    step_of_zero = next(step for step in mini_batches(sequences, 2, 1) if any(s.group == 0 for s in step))
+    assert [s for s in step_of_zero if s.group == 0] == sequences[:2]  # batch order kept inside a step
+    assert split(2, 1) == split(2, 1)  # the seed decides: a resumed run splits alike
+    assert len({str(split(2, seed)) for seed in range(20)}) > 1  # and other seeds split otherwise

@@ -1,5 +1,6 @@
 """End to end on the tiny model: rollouts, DeepSpeed GRPO on the CPU, resume, the run loop."""
 
+import dataclasses
 import json
 import random
 
@@ -9,12 +10,12 @@ import torch
 from spark_vl.config import load_config, load_model_config
 from spark_vl.models import load_processor
 from spark_vl.layout import policy_dir
-from spark_vl.pipeline import run, sample_until_informative, task_prompts
+from spark_vl.pipeline import run, sample_groups, sample_until_informative, task_prompts
 from spark_vl.workspace import Workspace
 from spark_vl.records import PromptRecord, RolloutGroup
 from spark_vl.rollout.hf import HFRolloutEngine, conversation
 from spark_vl.train.forward import completion_batch, completion_logps
-from spark_vl.train.trainer import PolicyTrainer, sequences_with_signal
+from spark_vl.train.trainer import PolicyTrainer, mini_batches, sequences_with_signal
 
 METRICS = ["eval/task_acc", "eval/task_acc_reflect", "eval/judge_pointwise_acc", "eval/judge_pairwise_acc",
            "eval/well_formed", "eval/judge_well_formed", "eval/judge_same_form_acc", "eval/judge_restated", "eval/judge_ece", "eval/judge_brier",
@@ -113,6 +114,35 @@ def test_updates_per_batch_are_optimizer_steps_on_the_same_rollouts(setup, tiny_
     for k, v in twice.model.state_dict().items():
         assert torch.allclose(v, once.model.state_dict()[k], atol=1e-6), k
     assert stats["train/loss"] != pytest.approx(first["train/loss"], abs=1e-9)  # the average of both steps
+
+
+def test_mini_batches_are_optimizer_steps_one_after_another(setup, tiny_model_dir, tiny_data_dir):
+    cfg, processor = setup
+    trainer = PolicyTrainer(cfg, processor, tiny_model_dir, tiny_model_dir)
+    groups = _rewarded_groups(trainer, processor, cfg, tiny_data_dir)[:3]
+    split = PolicyTrainer(load_config(None, SMALL + ["train.ppo_mini_batch_size=1"]), processor, tiny_model_dir,
+                          tiny_model_dir)
+    stats = split.grpo_step(groups, seed=5)
+    assert split.engine.global_steps == 3 and stats["train/optimizer_steps"] == 3.0
+    order = [step[0].group for step in mini_batches(sequences_with_signal(groups, cfg)[0], 1, seed=5)]
+    assert sorted(order) == [0, 1, 2]
+    losses = [trainer.grpo_step([groups[i]])["train/loss"] for i in order]  # the same steps, by hand
+    assert stats["train/loss"] == pytest.approx(sum(losses) / 3, abs=1e-6)
+    for k, v in split.model.state_dict().items():
+        assert torch.allclose(v, trainer.model.state_dict()[k], atol=1e-6), k
+
+
+def test_each_prompt_kind_samples_its_own_group_size(setup, tiny_model_dir, tiny_data_dir):
+    cfg, processor = setup
+    sizes = load_config(None, SMALL + ['rollout.kind_group_size={"judge_pointwise": 3}']).rollout
+    engine = HFRolloutEngine(PolicyTrainer(cfg, processor, tiny_model_dir, None).model, processor, sizes, cfg.model,
+                             show_progress=False)
+    solve_a, judge, solve_b = _prompts(tiny_data_dir, 3)
+    judge = dataclasses.replace(judge, kind="judge_pointwise", label="Yes")
+    groups = sample_groups(engine, [solve_a, judge, solve_b], sizes, seed=6)
+    assert [(g.prompt.id, len(g.responses)) for g in groups] == [(solve_a.id, 4), (judge.id, 3), (solve_b.id, 4)]
+    alone = engine.generate([solve_a, solve_b], 4, seed=6)  # the same draws as a batch of task prompts alone
+    assert [g.response_ids for g in (groups[0], groups[2])] == [g.response_ids for g in alone]
 
 
 def test_micro_batches_with_accumulation_match_one_big_batch(setup, tiny_model_dir, tiny_data_dir):

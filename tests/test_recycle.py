@@ -105,6 +105,21 @@ def test_balance_is_per_question_and_borrows_answers_of_the_same_question():
             assert (sample.proposed[0] == sample.answer) == (sample.label in POSITIVE_LABELS)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_answer_pairs_propose_one_answer_for_two_images_right_on_one_wrong_on_the_other(seed):
+    colour = [group(f"c{i}", [c] * 4, [1] * 4, answer=c, question="What colour?")
+              for i, c in enumerate(["red", "blue", "red", "green"])]
+    colour += [group("w", ["purple"] * 4, [0] * 4, answer="blue", question="What colour?")]  # nobody's truth
+    cfg = SparkConfig(balance_judge_labels=True, pair_judge_answers=True, judge_cap=1.0, pointwise_prob=1.0)
+    pointwise = [p for p in run(colour, cfg, seed=seed, batch_size=10).prompts if p.kind == "judge_pointwise"]
+    by_answer = Counter((p.proposed[0], p.label in POSITIVE_LABELS) for p in pointwise)
+    assert by_answer and all(by_answer[(a, True)] == by_answer[(a, False)] for a, _ in by_answer)
+    for sample in pointwise:
+        assert (sample.proposed[0] == sample.answer) == (sample.label in POSITIVE_LABELS)
+    assert "purple" not in {p.proposed[0] for p in pointwise}  # right nowhere: no counterpart, dropped
+    assert len(pointwise) == 8  # the four right answers, each beside a wrong twin on another image
+
+
 def test_balance_without_any_wrong_answer_drops_one_sided_samples():
     result = run([group(f"g{i}", ["3"] * 4, [1] * 4) for i in range(8)], SparkConfig(balance_judge_labels=True))
     assert result.prompts == []

@@ -193,8 +193,8 @@ def _balance_pointwise(samples: list[PromptRecord], groups: list[RolloutGroup], 
     return others + kept
 
 
-def _take_balanced(samples: list[PromptRecord], cap: int, rng: random.Random) -> list[PromptRecord]:
-    """Up to `cap` samples at random, pointwise ones kept in correct/wrong pairs of one question."""
+def _question_pairs(samples: list[PromptRecord], rng: random.Random) -> list[list[PromptRecord]]:
+    """Units of samples kept or dropped together: pointwise ones in correct/wrong pairs of one question."""
     units: list[list[PromptRecord]] = [[s] for s in samples if s.kind != "judge_pointwise"]
     pointwise = [s for s in samples if s.kind == "judge_pointwise"]
     for question in sorted({s.question for s in pointwise}):
@@ -203,6 +203,44 @@ def _take_balanced(samples: list[PromptRecord], cap: int, rng: random.Random) ->
         rng.shuffle(positive)
         rng.shuffle(negative)
         units += [[p, n] for p, n in zip(positive, negative)]
+    return units
+
+
+def _answer_pairs(samples: list[PromptRecord], groups: list[RolloutGroup], templates: Templates,
+                  rng: random.Random, prefix: str) -> list[list[PromptRecord]]:
+    """Units as `_question_pairs`, but each pointwise sample paired with its counterpart: the same
+    proposed answer put to another prompt of the same question, right there if it was wrong here
+    and wrong there if it was right (plain word/number answers only, where string comparison is
+    exact). Beside the recycled samples, every distinct answer the batch gave becomes a candidate
+    too, so pairing does not thin the judge prompts; one without a counterpart is dropped. Why: a
+    verdict that reads the proposed answer and not the image scores exactly half on such pairs."""
+    units: list[list[PromptRecord]] = [[s] for s in samples if s.kind != "judge_pointwise"]
+    candidates = [(next(g.prompt for g in groups if g.prompt.source_id == s.source_id), s.proposed[0],
+                   s.label in POSITIVE_LABELS, s) for s in samples if s.kind == "judge_pointwise"]
+    seen = {(source.source_id, normalise(answer)) for source, answer, _, _ in candidates}
+    for group in groups:
+        correct, wrong, _ = _answers(group)
+        for answer, right in [(a, True) for a in sorted(set(correct))] + [(a, False) for a in sorted(set(wrong))]:
+            if (group.prompt.source_id, normalise(answer)) not in seen:
+                seen.add((group.prompt.source_id, normalise(answer)))
+                candidates.append((group.prompt, answer, right, None))
+    for i, (source, answer, correct, sample) in enumerate(candidates):
+        others = [g.prompt for g in groups if g.prompt.question == source.question
+                  and g.prompt.source_id != source.source_id and _PLAIN_ANSWER.match(answer)
+                  and _PLAIN_ANSWER.match(g.prompt.answer)
+                  and (normalise(answer) == normalise(g.prompt.answer)) != correct]
+        if others:
+            twin = rng.choice(others)
+            sample = sample or pointwise_judge_sample(source, answer, correct, rng.choice(templates.pointwise),
+                                                      f"{prefix}/{source.id}/judge-pair{i}")
+            units.append([sample, pointwise_judge_sample(twin, answer, not correct, rng.choice(templates.pointwise),
+                                                         f"{prefix}/{twin.id}/judge-twin{i}")])
+    return units
+
+
+def _take(units: list[list[PromptRecord]], cap: int, rng: random.Random) -> list[PromptRecord]:
+    """Up to `cap` samples, whole units at random."""
+    units = list(units)
     rng.shuffle(units)
     taken: list[PromptRecord] = []
     for unit in units:
@@ -219,8 +257,10 @@ def recycle(groups: list[RolloutGroup], cfg: SparkConfig, batch_size: int, rng: 
     for group in solve:
         judge += judge_samples_for_group(group, cfg, templates, rng, prefix)
     judge_cap = int(cfg.judge_cap * batch_size)
-    if cfg.balance_judge_labels:
-        judge = _take_balanced(_balance_pointwise(judge, solve, templates, rng, prefix), judge_cap, rng)
+    if cfg.balance_judge_labels and cfg.pair_judge_answers:
+        judge = _take(_answer_pairs(judge, solve, templates, rng, prefix), judge_cap, rng)
+    elif cfg.balance_judge_labels:
+        judge = _take(_question_pairs(_balance_pointwise(judge, solve, templates, rng, prefix), rng), judge_cap, rng)
     else:
         judge = rng.sample(judge, min(judge_cap, len(judge)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class Sequence:
     advantage: float
     temperature: float  # the one it was sampled at, so the ratio compares like with like
     credit: tuple[int, int] | None = None  # the completion tokens that carry the loss; None: all
+    group: int = 0  # the index of its rollout group in the batch
 
 
 def verdict_tokens(ids: list[int], tokenizer) -> tuple[int, int] | None:
@@ -67,7 +69,7 @@ def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig,
     if config.spark.balance_judge_advantages:
         per_group = label_balanced(per_group, [(g.prompt.kind, g.prompt.label) if g.prompt.kind in JUDGE_KINDS
                                                else None for g in groups])
-    for group, advantages in zip(groups, per_group):
+    for index, (group, advantages) in enumerate(zip(groups, per_group)):
         if not any(advantages):
             flat_groups += 1
             continue
@@ -78,8 +80,23 @@ def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig,
         for ids, logps, adv, status in zip(group.response_ids, group.logprobs, advantages, statuses):
             if ids:  # a malformed reply is wrong all through: its whole text carries the advantage
                 credit = verdict_tokens(ids, tokenizer) if on_verdict and status != "malformed" else None
-                sequences.append(Sequence(conv, ids, logps, adv, temperature, credit))
+                sequences.append(Sequence(conv, ids, logps, adv, temperature, credit, index))
     return sequences, flat_groups
+
+
+def mini_batches(sequences: list[Sequence], groups_per_step: int | None, seed: int) -> list[list[Sequence]]:
+    """The sequences split into optimizer steps of `groups_per_step` whole groups (verl's
+    ppo_mini_batch_size); the groups are shuffled with `seed` first, so each step mixes task,
+    judge and reflection groups. None: one step on all."""
+    if groups_per_step is None:
+        return [sequences]
+    order = sorted({s.group for s in sequences})
+    random.Random(seed).shuffle(order)
+    step_of = {group: i // groups_per_step for i, group in enumerate(order)}
+    steps: list[list[Sequence]] = [[] for _ in range(math.ceil(len(order) / groups_per_step))]
+    for s in sequences:
+        steps[step_of[s.group]].append(s)
+    return steps
 
 
 class PolicyTrainer:
@@ -128,11 +145,13 @@ class PolicyTrainer:
     def world_size(self) -> int:
         return torch.distributed.get_world_size()
 
-    def grpo_step(self, groups: list[RolloutGroup], mid_step: Callable[[], None] | None = None) -> dict[str, float]:
-        """`train.updates_per_batch` optimizer steps over every sequence with signal, in
-        micro-batches; with several workers each takes every world_size-th sequence and the
-        gradients are averaged. Loss, KL, entropy and clipping are averaged over the steps.
-        `mid_step` runs once, before the first backward (a fault point)."""
+    def grpo_step(self, groups: list[RolloutGroup], mid_step: Callable[[], None] | None = None,
+                  seed: int = 0) -> dict[str, float]:
+        """`train.updates_per_batch` passes over every sequence with signal, each pass one optimizer
+        step per mini-batch (`train.ppo_mini_batch_size` groups, split with `seed`), in
+        micro-batches; with several workers each takes every world_size-th sequence of a mini-batch
+        and the gradients are averaged. Loss is averaged over the steps; KL, entropy and clipping
+        over the tokens of a pass. `mid_step` runs once, before the first backward (a fault point)."""
         train = self.config.train
         sequences, flat_groups = sequences_with_signal(groups, self.config, self.processor.tokenizer)
         stats = {"train/flat_groups": float(flat_groups), "train/sequences": float(len(sequences))}
@@ -140,16 +159,19 @@ class PolicyTrainer:
             logger.info("no group with differing rewards: no update this iteration")
             return {**stats, "train/loss": 0.0, "train/kl": 0.0, "train/entropy": 0.0, "train/clip_frac": 0.0}
         total_tokens = sum(len(s.completion) for s in sequences)
+        steps = mini_batches(sequences, train.ppo_mini_batch_size, seed)
         sums = torch.zeros(5, dtype=torch.float64)
-        normaliser = loss_normaliser(train.loss_agg_mode, total_tokens, len(sequences),
-                                     self.config.rollout.max_new_tokens)
         for update in range(train.updates_per_batch):
-            sums += self._update(sequences, normaliser, mid_step if update == 0 else None)
+            for i, step in enumerate(steps):
+                normaliser = loss_normaliser(train.loss_agg_mode, sum(len(s.completion) for s in step), len(step),
+                                             self.config.rollout.max_new_tokens)
+                sums += self._update(step, normaliser, mid_step if update == i == 0 else None)
         if self.world_size > 1:  # on the engine's device: NCCL reduces CUDA tensors only
             sums = sums.to(self.device)
             torch.distributed.all_reduce(sums)
         loss_sum, kl_sum, entropy_sum, clipped, tokens = (sums / train.updates_per_batch).tolist()
-        return {**stats, "train/tokens": tokens, "train/loss": loss_sum, "train/kl": kl_sum / total_tokens,
+        return {**stats, "train/optimizer_steps": float(len(steps) * train.updates_per_batch),
+                "train/tokens": tokens, "train/loss": loss_sum / len(steps), "train/kl": kl_sum / total_tokens,
                 "train/entropy": entropy_sum / total_tokens, "train/clip_frac": clipped / total_tokens}
 
     def _update(self, sequences: list, batch_normaliser: float,
