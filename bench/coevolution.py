@@ -58,6 +58,11 @@ def evaluations(run_dir: Path) -> list[dict[str, float]]:
     return [r for r in rows if "eval/task_acc" in r]
 
 
+def mean_of(values: list[float]) -> float:
+    present = [v for v in values if not math.isnan(v)]
+    return statistics.mean(present) if present else math.nan
+
+
 def mean_spread(values: list[float]) -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -70,20 +75,20 @@ def table(config: Path, seeds: list[int], evals: dict[tuple[str, int], list[dict
     last_iteration = evals[("spark", seeds[0])][-1]["iteration"]
     lines = [f"# SPARK vs plain GRPO: {config.name} ({date.today()})", "",
              f"Seeds {', '.join(map(str, seeds))}; mean ± standard deviation over seeds; held-out sets of the "
-             f"config; first evaluation (iteration 0, the same starting policy for both arms) and last "
-             f"(iteration {last_iteration}).", "",
+             f"config; first evaluation (iteration 0, the same starting policy for both arms), last "
+             f"(iteration {last_iteration}) and the mean of each seed's last three (one evaluation swings by "
+             f"0.1-0.2 from the next: the last alone is a noisy point).", "",
              "| arm | when | " + " | ".join(label for _, label in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     summary: dict[str, float] = {}
     for arm in ARMS:
-        for when, index in (("first", 0), ("last", -1)):
+        for when, rows in (("first", slice(0, 1)), ("last", slice(-1, None)), ("last 3", slice(-3, None))):
             cells = []
             for key, _ in COLUMNS:
-                values = [evals[(arm, s)][index].get(key, math.nan) for s in seeds]
+                values = [mean_of([r.get(key, math.nan) for r in evals[(arm, s)][rows]]) for s in seeds]
                 cells.append(mean_spread(values))
-                present = [v for v in values if not math.isnan(v)]
-                if present:
-                    summary[f"{arm}/{when}/{key.removeprefix('eval/')}"] = statistics.mean(present)
+                if not math.isnan(mean := mean_of(values)):
+                    summary[f"{arm}/{when.replace(' ', '')}/{key.removeprefix('eval/')}"] = mean
             lines.append(f"| {'SPARK' if arm == 'spark' else 'GRPO'} | {when} | " + " | ".join(cells) + " |")
     lines += ["", *goals(seeds, evals)]
     lines += ["", f"Command: `.venv/bin/python bench/coevolution.py --configs {config.relative_to(ROOT)} "
@@ -96,15 +101,12 @@ def goals(seeds: list[int], evals: dict[tuple[str, int], list[dict]]) -> list[st
     def value(arm, seed, index, key):
         return evals[(arm, seed)][index].get(key, math.nan)
 
-    def mean(values):
-        return statistics.mean(values) if values else math.nan
-
     task_gain = [value("spark", s, -1, "eval/task_acc") - value("spark", s, 0, "eval/task_acc") for s in seeds]
     formed = min(r.get("eval/well_formed", math.nan) for rows in evals.values() for r in rows)
     same_form = [value("spark", s, -1, "eval/judge_same_form_acc") for s in seeds]
     grpo_judge = [value("grpo", s, -1, "eval/judge_pointwise_acc") - value("grpo", s, 0, "eval/judge_pointwise_acc")
                   for s in seeds]
-    reflect = {arm: mean([value(arm, s, -1, "eval/task_acc_reflect") - value(arm, s, -1, "eval/task_acc")
+    reflect = {arm: mean_of([value(arm, s, -1, "eval/task_acc_reflect") - value(arm, s, -1, "eval/task_acc")
                           for s in seeds]) for arm in ARMS}
     checks = [
         (formed >= 0.95, f"well-formed answers at every evaluation of every run >= 0.95: lowest {formed:.3f}"),

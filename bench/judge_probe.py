@@ -105,13 +105,16 @@ def print_breakdown(records: list[dict], templates, tokenizer) -> None:
     """Pointwise judge accuracy by label and by how the word the reply restates as seen and the
     prompt's proposed answer are tokenised (one token, or a space token and then the word)."""
     from spark_vl.recycle.core import template_pattern
+    from spark_vl.verify import extract_verdict
 
     def shape(answer: str) -> str:
         return "one token" if len(tokenizer.encode(f" {answer.strip()}", add_special_tokens=False)) == 1 else "split"
 
     reply = templates.reply_pattern(False)
     prompts = [re.compile(template_pattern(t["text"], ("answer",), ("question",))) for t in templates.pointwise]
+    yes = extract_verdict(f"\\box{{{templates.pointwise[0]['labels'][0]}}}")  # normalised as replies are
     counts: collections.Counter = collections.Counter()
+    by_answer: collections.Counter = collections.Counter()
     for record in records:
         if record["kind"] != "judge_pointwise":
             continue
@@ -122,8 +125,16 @@ def print_breakdown(records: list[dict], templates, tokenizer) -> None:
                 if match else "reply not in format")
         counts[(record["label"], form, "n")] += 1
         counts[(record["label"], form, "right")] += record["reward"]
+        by_answer[(proposed.strip(), record["label"], "n")] += 1
+        by_answer[(proposed.strip(), record["label"], "yes")] += extract_verdict(record["response"]) == yes
     for label, form in sorted({key[:2] for key in counts}):
         print(f"  label {label}, {form}: {counts[(label, form, 'right')]:.0f} / {counts[(label, form, 'n')]} right")
+    print("  verdict Yes by proposed answer, when it is right / when it is wrong (a verdict read off the"
+          " proposed answer alone says Yes as often in both):")
+    for answer in sorted({key[0] for key in by_answer}):
+        right, wrong = ((by_answer[(answer, label, "yes")], by_answer[(answer, label, "n")])
+                        for label in templates.pointwise[0]["labels"])
+        print(f"  {answer}: {right[0]} / {right[1]}, {wrong[0]} / {wrong[1]}")
 
 
 if __name__ == "__main__":
