@@ -2,9 +2,10 @@
 
 A random tiny model can neither answer in a box nor judge. A short supervised run teaches the
 formats: task prompts answered as `\\boxed{answer}`, judge prompts answered in the restate-then-
-verdict format, reflection prompts answered in a box. Judge verdicts are RANDOM here, so any
-judging skill the model shows later comes from SPARK, not from this step. Stopping early leaves
-the task accuracy modest, where reinforcement learning has room to act.
+verdict format, reflection prompts answered in a box. Judge verdicts are right only with
+probability `train.warmup.verdict_accuracy` (0.5: random), a weak prior at most, so judging skill
+the model shows later comes from SPARK, not from this step. Stopping early leaves the task
+accuracy modest, where reinforcement learning has room to act.
 """
 
 from __future__ import annotations
