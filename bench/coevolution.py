@@ -58,13 +58,17 @@ def evaluations(run_dir: Path) -> list[dict[str, float]]:
     return [r for r in rows if "eval/task_acc" in r]
 
 
+def present(values: list[float]) -> list[float]:
+    """The values that were measured (a run without an evaluation there gives NaN)."""
+    return [v for v in values if not math.isnan(v)]
+
+
 def mean_of(values: list[float]) -> float:
-    present = [v for v in values if not math.isnan(v)]
-    return statistics.mean(present) if present else math.nan
+    return statistics.mean(present(values)) if present(values) else math.nan
 
 
 def mean_spread(values: list[float]) -> str:
-    values = [v for v in values if not math.isnan(v)]
+    values = present(values)
     if not values:
         return "n/a"
     spread = statistics.stdev(values) if len(values) > 1 else 0.0

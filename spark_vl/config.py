@@ -206,6 +206,20 @@ class WarmupConfig(Section):
     verdict_accuracy: float = Field(0.5, ge=0, le=1, description="share of warm-up judge verdicts that are "
                                     "right: 0.5 says nothing (judging comes from SPARK alone); above it, a weak "
                                     "prior like a pretrained model's")
+    above_chance: float | None = Field(
+        None, ge=0, le=1, description="after `steps`, keep warming up until greedy accuracy on a probe of "
+        "held-back train samples beats chance (1 / the question's number of answers) by this margin for "
+        "every question, checked every `check_every` steps up to `max_steps`; null: stop after `steps`")
+    check_every: int = Field(25, ge=1)
+    max_steps: int = Field(1000, ge=0, description="with `above_chance`: stop here even below the margin")
+    probe_size: int = Field(128, ge=1, description="with `above_chance`: train samples (the last ones) held "
+                            "back from the warm-up to check it on")
+
+    @model_validator(mode="after")
+    def _steps_fit(self) -> "WarmupConfig":
+        if self.above_chance is not None and self.max_steps < self.steps:
+            raise ValueError("max_steps must be at least steps when above_chance is set")
+        return self
 
 
 class LoraConfig(Section):

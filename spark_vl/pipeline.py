@@ -86,8 +86,9 @@ def warm_start(config: RunConfig, run_dir: Path, init: Path, start: Path) -> Non
         return
     ws = Workspace(config, run_dir)
     trainer = PolicyTrainer(config, processor, init, None, lr=config.train.warmup.lr, adapters=False)
-    losses = run_warmup(trainer, ws.samples("train"), config, ws.templates)
-    write_json(run_dir / "warmup.json", {"loss_first": losses[0], "loss_last": losses[-1], "steps": len(losses)})
+    losses, checks = run_warmup(trainer, ws.samples("train"), config, ws.templates)
+    write_json(run_dir / "warmup.json", {"loss_first": losses[0], "loss_last": losses[-1], "steps": len(losses),
+                                         "probe": checks})
     fault_point("prepare", 0, "before")
     trainer.save(start)
 

@@ -6,7 +6,7 @@ from spark_vl.config import load_config
 from spark_vl.data import TaskSample
 from spark_vl.evaluate import held_out_judge_prompts, solve_prompt, wrong_answers
 from spark_vl.recycle import POSITIVE_LABELS, Templates
-from spark_vl.train.warmup import warmup_example
+from spark_vl.train.warmup import beats_chance, warmup_example
 from spark_vl.verify import extract_verdict
 
 TEMPLATES = Templates.load()
@@ -69,6 +69,13 @@ def test_warmup_judge_verdicts_are_right_as_often_as_asked(accuracy):
     assert sum(counts.values()) > 300
     assert yes_if_right == pytest.approx(accuracy, abs=0.06)
     assert yes_if_wrong == pytest.approx(1 - accuracy, abs=0.06)
+
+
+def test_warmup_stops_only_when_every_question_beats_its_own_chance():
+    answers = {"colour?": ["blue", "green", "red", "yellow"], "count?": ["1", "2", "3"]}
+    assert beats_chance({"colour?": 0.41, "count?": 0.49}, answers, 0.15)  # above 0.25 + 0.15, 0.333 + 0.15
+    assert not beats_chance({"colour?": 0.90, "count?": 0.47}, answers, 0.15)  # counting still near chance
+    assert not beats_chance({"colour?": 0.39, "count?": 0.90}, answers, 0.15)
 
 
 def test_same_form_accuracy_gives_a_shape_rule_no_credit(tiny_model_dir):

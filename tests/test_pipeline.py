@@ -168,6 +168,23 @@ def test_micro_batches_with_accumulation_match_one_big_batch(setup, tiny_model_d
     assert torch.nn.functional.cosine_similarity(small_update, big_update, dim=0) > 0.99
 
 
+def test_warmup_checks_its_probe_until_max_steps_when_the_margin_is_out_of_reach(setup, tiny_model_dir,
+                                                                                   tiny_data_dir):
+    from spark_vl.data import load_dataset
+    from spark_vl.recycle import Templates
+    from spark_vl.train.warmup import run_warmup
+
+    cfg = load_config(None, SMALL + ["train.warmup.above_chance=1.0", "train.warmup.check_every=2",
+                                     "train.warmup.max_steps=7", "train.warmup.probe_size=10"])
+    samples = load_dataset(tiny_data_dir / "train.jsonl").samples
+    trainer = PolicyTrainer(cfg, setup[1], tiny_model_dir, None, lr=cfg.train.warmup.lr, adapters=False)
+    losses, checks = run_warmup(trainer, samples, cfg, Templates.load())
+    assert len(losses) == 7 and [c["step"] for c in checks] == [3, 5, 7]
+    assert all(set(c["accuracy"]) == {s.question for s in samples[-10:]} for c in checks)
+    with pytest.raises(ValueError, match="probe_size"):
+        run_warmup(trainer, samples[:10], cfg, Templates.load())
+
+
 def test_two_iterations_end_to_end_and_rerun_skips(tmp_path, tiny_data_dir):
     cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
                                      f"data.eval_path={tiny_data_dir / 'eval.jsonl'}"])

@@ -215,8 +215,9 @@ def _answer_pairs(samples: list[PromptRecord], groups: list[RolloutGroup], templ
     too, so pairing does not thin the judge prompts; one without a counterpart is dropped. Why: a
     verdict that reads the proposed answer and not the image scores exactly half on such pairs."""
     units: list[list[PromptRecord]] = [[s] for s in samples if s.kind != "judge_pointwise"]
-    candidates = [(next(g.prompt for g in groups if g.prompt.source_id == s.source_id), s.proposed[0],
-                   s.label in POSITIVE_LABELS, s) for s in samples if s.kind == "judge_pointwise"]
+    source_of = {g.prompt.source_id: g.prompt for g in reversed(groups)}  # the first group of a source wins
+    candidates = [(source_of[s.source_id], s.proposed[0], s.label in POSITIVE_LABELS, s)
+                  for s in samples if s.kind == "judge_pointwise"]
     seen = {(source.source_id, normalise(answer)) for source, answer, _, _ in candidates}
     for group in groups:
         correct, wrong, _ = _answers(group)
@@ -225,9 +226,10 @@ def _answer_pairs(samples: list[PromptRecord], groups: list[RolloutGroup], templ
                 seen.add((group.prompt.source_id, normalise(answer)))
                 candidates.append((group.prompt, answer, right, None))
     for i, (source, answer, correct, sample) in enumerate(candidates):
+        if not _PLAIN_ANSWER.match(answer):
+            continue
         others = [g.prompt for g in groups if g.prompt.question == source.question
-                  and g.prompt.source_id != source.source_id and _PLAIN_ANSWER.match(answer)
-                  and _PLAIN_ANSWER.match(g.prompt.answer)
+                  and g.prompt.source_id != source.source_id and _PLAIN_ANSWER.match(g.prompt.answer)
                   and (normalise(answer) == normalise(g.prompt.answer)) != correct]
         if others:
             twin = rng.choice(others)

@@ -5,12 +5,15 @@ formats: task prompts answered as `\\boxed{answer}`, judge prompts answered in t
 verdict format, reflection prompts answered in a box. Judge verdicts are right only with
 probability `train.warmup.verdict_accuracy` (0.5: random), a weak prior at most, so judging skill
 the model shows later comes from SPARK, not from this step. Stopping early leaves the task
-accuracy modest, where reinforcement learning has room to act.
+accuracy modest, where reinforcement learning has room to act; but a fixed step count leaves some
+seeds unable to see anything in a task family (one answered 2 to every count), which RL then
+cannot sharpen. `train.warmup.above_chance` stops instead once every question beats chance.
 """
 
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 
 from tqdm import tqdm
 
@@ -18,8 +21,9 @@ from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
 from spark_vl.evaluate import solve_prompt, wrong_answers
 from spark_vl.recycle import Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample
-from spark_vl.rollout.hf import conversation
+from spark_vl.rollout.hf import HFRolloutEngine, conversation
 from spark_vl.train.trainer import PolicyTrainer
+from spark_vl.verify import task_reward
 
 # Shares of a warm-up batch by prompt kind. A judge can only compare what it sees with the
 # proposed answer once it quotes that answer from the prompt, a copy a 2-layer model learns in
@@ -60,17 +64,50 @@ def warmup_example(sample: TaskSample, pool: dict[str, list[str]], config: RunCo
     return conversation(prompt, config.model), f"\\boxed{{{sample.answer}}}"
 
 
+def probe_accuracy(engine: HFRolloutEngine, probe: list[TaskSample], instruction: str) -> dict[str, float]:
+    """Greedy task accuracy on `probe`, per question text."""
+    prompts = [solve_prompt(s, instruction) for s in probe]
+    right: dict[str, list[float]] = defaultdict(list)
+    for sample, group in zip(probe, engine.generate(prompts, 1, greedy=True)):
+        right[sample.question].append(task_reward(group.responses[0], sample.answer))
+    return {question: sum(r) / len(r) for question, r in right.items()}
+
+
+def beats_chance(accuracy: dict[str, float], answers: dict[str, list[str]], margin: float) -> bool:
+    """Whether every question's accuracy is at least chance (1 / its number of answers) + margin."""
+    return all(a >= 1 / len(answers[q]) + margin for q, a in accuracy.items())
+
+
 def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunConfig,
-               templates: Templates) -> list[float]:
-    """`train.warmup.steps` supervised steps; returns the loss per step."""
+               templates: Templates) -> tuple[list[float], list[dict]]:
+    """`train.warmup.steps` supervised steps, then with `above_chance` more until every question
+    of the probe beats chance by that margin (each seed's warm-up then leaves the policy able to
+    see something in every task family, for RL to sharpen). Returns the loss per step and the
+    probe checks: each {"step", "accuracy": {question: accuracy}}."""
     cfg = config.train.warmup
     rng = random.Random(config.train.seed)
     pool = wrong_answers(samples)
+    probe = samples[-cfg.probe_size:] if cfg.above_chance is not None else []
+    if probe and len(probe) >= len(samples):
+        raise ValueError(f"train.warmup.probe_size ({cfg.probe_size}) leaves no train samples to warm up on "
+                         f"({len(samples)} in the train split): lower it")
+    train = samples[:len(samples) - len(probe)]
+    engine = HFRolloutEngine(trainer.model, trainer.processor, config.rollout, config.model, show_progress=False)
     tokenizer = trainer.processor.tokenizer
     end = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    losses = []
-    for _ in tqdm(range(cfg.steps), desc="warm-up", unit="step"):
-        batch = [warmup_example(rng.choice(samples), pool, config, templates, rng) for _ in range(cfg.batch_size)]
-        targets = [tokenizer.encode(text, add_special_tokens=False) + end for _, text in batch]
-        losses.append(trainer.sft_step([conv for conv, _ in batch], targets))
-    return losses
+    last = cfg.steps if cfg.above_chance is None else cfg.max_steps
+    losses: list[float] = []
+    checks: list[dict] = []
+    with tqdm(total=last, desc="warm-up", unit="step") as bar:
+        while len(losses) < last:
+            batch = [warmup_example(rng.choice(train), pool, config, templates, rng) for _ in range(cfg.batch_size)]
+            targets = [tokenizer.encode(text, add_special_tokens=False) + end for _, text in batch]
+            losses.append(trainer.sft_step([conv for conv, _ in batch], targets))
+            bar.update()
+            if probe and len(losses) >= cfg.steps and (len(losses) - cfg.steps) % cfg.check_every == 0:
+                accuracy = probe_accuracy(engine, probe, config.data.instruction)
+                checks.append({"step": len(losses), "accuracy": accuracy})
+                bar.set_postfix({q[:12]: f"{a:.2f}" for q, a in accuracy.items()})
+                if beats_chance(accuracy, pool, cfg.above_chance):
+                    break
+    return losses, checks
