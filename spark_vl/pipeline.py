@@ -87,6 +87,12 @@ def warm_start(config: RunConfig, run_dir: Path, init: Path, start: Path) -> Non
     ws = Workspace(config, run_dir)
     trainer = PolicyTrainer(config, processor, init, None, lr=config.train.warmup.lr, adapters=False)
     losses, checks = run_warmup(trainer, ws.samples("train"), config, ws.templates)
+    if checks:
+        probe = ", ".join(f"{q} {a:.2f}" for q, a in checks[-1]["accuracy"].items())
+        logger.info("warm-up: %d steps; held-back train samples answered right: %s", len(losses), probe)
+        if not checks[-1]["passed"]:
+            logger.warning("warm-up reached train.warmup.max_steps (%d) before every question beat chance by "
+                           "train.warmup.above_chance: raise max_steps or lower above_chance", len(losses))
     write_json(run_dir / "warmup.json", {"loss_first": losses[0], "loss_last": losses[-1], "steps": len(losses),
                                          "probe": checks})
     fault_point("prepare", 0, "before")

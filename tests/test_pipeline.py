@@ -179,7 +179,7 @@ def test_warmup_checks_its_probe_until_max_steps_when_the_margin_is_out_of_reach
     samples = load_dataset(tiny_data_dir / "train.jsonl").samples
     trainer = PolicyTrainer(cfg, setup[1], tiny_model_dir, None, lr=cfg.train.warmup.lr, adapters=False)
     losses, checks = run_warmup(trainer, samples, cfg, Templates.load())
-    assert len(losses) == 7 and [c["step"] for c in checks] == [3, 5, 7]
+    assert len(losses) == 7 and [(c["step"], c["passed"]) for c in checks] == [(3, False), (5, False), (7, False)]
     assert all(set(c["accuracy"]) == {s.question for s in samples[-10:]} for c in checks)
     with pytest.raises(ValueError, match="probe_size"):
         run_warmup(trainer, samples[:10], cfg, Templates.load())

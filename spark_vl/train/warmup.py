@@ -83,7 +83,7 @@ def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunCon
     """`train.warmup.steps` supervised steps, then with `above_chance` more until every question
     of the probe beats chance by that margin (each seed's warm-up then leaves the policy able to
     see something in every task family, for RL to sharpen). Returns the loss per step and the
-    probe checks: each {"step", "accuracy": {question: accuracy}}."""
+    probe checks: each {"step", "accuracy": {question: accuracy}, "passed": beats chance}."""
     cfg = config.train.warmup
     rng = random.Random(config.train.seed)
     pool = wrong_answers(samples)
@@ -106,8 +106,9 @@ def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunCon
             bar.update()
             if probe and len(losses) >= cfg.steps and (len(losses) - cfg.steps) % cfg.check_every == 0:
                 accuracy = probe_accuracy(engine, probe, config.data.instruction)
-                checks.append({"step": len(losses), "accuracy": accuracy})
+                checks.append({"step": len(losses), "accuracy": accuracy,
+                               "passed": beats_chance(accuracy, pool, cfg.above_chance)})
                 bar.set_postfix({q[:12]: f"{a:.2f}" for q, a in accuracy.items()})
-                if beats_chance(accuracy, pool, cfg.above_chance):
+                if checks[-1]["passed"]:
                     break
     return losses, checks
