@@ -95,7 +95,8 @@ def table(config: Path, seeds: list[int], evals: dict[tuple[str, int], list[dict
                     summary[f"{arm}/{when.replace(' ', '')}/{key.removeprefix('eval/')}"] = mean
             lines.append(f"| {'SPARK' if arm == 'spark' else 'GRPO'} | {when} | " + " | ".join(cells) + " |")
     lines += ["", *goals(seeds, evals)]
-    lines += ["", f"Command: `.venv/bin/python bench/coevolution.py --configs {config.relative_to(ROOT)} "
+    shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
+    lines += ["", f"Command: `.venv/bin/python bench/coevolution.py --configs {shown} "
               f"--seeds {' '.join(map(str, seeds))}`"]
     return "\n".join(lines), summary
 
