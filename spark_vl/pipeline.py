@@ -86,7 +86,10 @@ def warm_start(config: RunConfig, run_dir: Path, init: Path, start: Path) -> Non
         return
     ws = Workspace(config, run_dir)
     trainer = PolicyTrainer(config, processor, init, None, lr=config.train.warmup.lr, adapters=False)
-    losses, checks = run_warmup(trainer, ws.samples("train"), config, ws.templates)
+    try:
+        losses, checks = run_warmup(trainer, ws.samples("train"), config, ws.templates, ws.pool)
+    finally:
+        ws.close()
     if checks:
         probe = ", ".join(f"{q} {a:.2f}" for q, a in checks[-1]["accuracy"].items())
         logger.info("warm-up: %d steps; held-back train samples answered right: %s", len(losses), probe)

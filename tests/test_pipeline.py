@@ -173,16 +173,18 @@ def test_warmup_checks_its_probe_until_max_steps_when_the_margin_is_out_of_reach
     from spark_vl.data import load_dataset
     from spark_vl.recycle import Templates
     from spark_vl.train.warmup import run_warmup
+    from spark_vl.verify import GradingPool
 
     cfg = load_config(None, SMALL + ["train.warmup.above_chance=1.0", "train.warmup.check_every=2",
                                      "train.warmup.max_steps=7", "train.warmup.probe_size=10"])
     samples = load_dataset(tiny_data_dir / "train.jsonl").samples
     trainer = PolicyTrainer(cfg, setup[1], tiny_model_dir, None, lr=cfg.train.warmup.lr, adapters=False)
-    losses, checks = run_warmup(trainer, samples, cfg, Templates.load())
-    assert len(losses) == 7 and [(c["step"], c["passed"]) for c in checks] == [(3, False), (5, False), (7, False)]
-    assert all(set(c["accuracy"]) == {s.question for s in samples[-10:]} for c in checks)
-    with pytest.raises(ValueError, match="probe_size"):
-        run_warmup(trainer, samples[:10], cfg, Templates.load())
+    with GradingPool() as pool:
+        losses, checks = run_warmup(trainer, samples, cfg, Templates.load(), pool)
+        assert len(losses) == 7 and [(c["step"], c["passed"]) for c in checks] == [(3, False), (5, False), (7, False)]
+        assert all(set(c["accuracy"]) == {s.question for s in samples[-10:]} for c in checks)
+        with pytest.raises(ValueError, match="probe_size"):
+            run_warmup(trainer, samples[:10], cfg, Templates.load(), pool)
 
 
 def test_two_iterations_end_to_end_and_rerun_skips(tmp_path, tiny_data_dir):

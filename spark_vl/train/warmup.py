@@ -20,10 +20,11 @@ from tqdm import tqdm
 from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
 from spark_vl.evaluate import solve_prompt, wrong_answers
+from spark_vl.records import task_item
 from spark_vl.recycle import Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample
 from spark_vl.rollout.hf import HFRolloutEngine, conversation
 from spark_vl.train.trainer import PolicyTrainer
-from spark_vl.verify import task_reward
+from spark_vl.verify import GradingPool
 
 # Shares of a warm-up batch by prompt kind. A judge can only compare what it sees with the
 # proposed answer once it quotes that answer from the prompt, a copy a 2-layer model learns in
@@ -64,12 +65,14 @@ def warmup_example(sample: TaskSample, pool: dict[str, list[str]], config: RunCo
     return conversation(prompt, config.model), f"\\boxed{{{sample.answer}}}"
 
 
-def probe_accuracy(engine: HFRolloutEngine, probe: list[TaskSample], instruction: str) -> dict[str, float]:
-    """Greedy task accuracy on `probe`, per question text."""
+def probe_accuracy(engine: HFRolloutEngine, probe: list[TaskSample], instruction: str,
+                   pool: GradingPool) -> dict[str, float]:
+    """Greedy task accuracy on `probe`, per question text, graded as the run grades."""
     prompts = [solve_prompt(s, instruction) for s in probe]
+    answers = [g.responses[0] for g in engine.generate(prompts, 1, greedy=True)]
     right: dict[str, list[float]] = defaultdict(list)
-    for sample, group in zip(probe, engine.generate(prompts, 1, greedy=True)):
-        right[sample.question].append(task_reward(group.responses[0], sample.answer))
+    for sample, grade in zip(probe, pool.grade([task_item(a, p) for a, p in zip(answers, prompts)])):
+        right[sample.question].append(grade.reward)
     return {question: sum(r) / len(r) for question, r in right.items()}
 
 
@@ -78,15 +81,15 @@ def beats_chance(accuracy: dict[str, float], answers: dict[str, list[str]], marg
     return all(a >= 1 / len(answers[q]) + margin for q, a in accuracy.items())
 
 
-def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunConfig,
-               templates: Templates) -> tuple[list[float], list[dict]]:
+def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunConfig, templates: Templates,
+               pool: GradingPool) -> tuple[list[float], list[dict]]:
     """`train.warmup.steps` supervised steps, then with `above_chance` more until every question
     of the probe beats chance by that margin (each seed's warm-up then leaves the policy able to
     see something in every task family, for RL to sharpen). Returns the loss per step and the
     probe checks: each {"step", "accuracy": {question: accuracy}, "passed": beats chance}."""
     cfg = config.train.warmup
     rng = random.Random(config.train.seed)
-    pool = wrong_answers(samples)
+    answers = wrong_answers(samples)
     probe = samples[-cfg.probe_size:] if cfg.above_chance is not None else []
     if probe and len(probe) >= len(samples):
         raise ValueError(f"train.warmup.probe_size ({cfg.probe_size}) leaves no train samples to warm up on "
@@ -100,14 +103,14 @@ def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunCon
     checks: list[dict] = []
     with tqdm(total=last, desc="warm-up", unit="step") as bar:
         while len(losses) < last:
-            batch = [warmup_example(rng.choice(train), pool, config, templates, rng) for _ in range(cfg.batch_size)]
+            batch = [warmup_example(rng.choice(train), answers, config, templates, rng) for _ in range(cfg.batch_size)]
             targets = [tokenizer.encode(text, add_special_tokens=False) + end for _, text in batch]
             losses.append(trainer.sft_step([conv for conv, _ in batch], targets))
             bar.update()
             if probe and len(losses) >= cfg.steps and (len(losses) - cfg.steps) % cfg.check_every == 0:
-                accuracy = probe_accuracy(engine, probe, config.data.instruction)
+                accuracy = probe_accuracy(engine, probe, config.data.instruction, pool)
                 checks.append({"step": len(losses), "accuracy": accuracy,
-                               "passed": beats_chance(accuracy, pool, cfg.above_chance)})
+                               "passed": beats_chance(accuracy, answers, cfg.above_chance)})
                 bar.set_postfix({q[:12]: f"{a:.2f}" for q, a in accuracy.items()})
                 if checks[-1]["passed"]:
                     break
