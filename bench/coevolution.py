@@ -64,7 +64,8 @@ def present(values: list[float]) -> list[float]:
 
 
 def mean_of(values: list[float]) -> float:
-    return statistics.mean(present(values)) if present(values) else math.nan
+    values = present(values)
+    return statistics.mean(values) if values else math.nan
 
 
 def mean_spread(values: list[float]) -> str:
