@@ -91,6 +91,8 @@ def launch_training(train: TrainConfig, run_dir: Path, k: int, node_rank: int | 
 
 @record
 def main(argv: list[str]) -> None:
+    import torch
+
     from spark_vl import pipeline, workspace
     from spark_vl.config import load_config
 
@@ -101,6 +103,10 @@ def main(argv: list[str]) -> None:
         pipeline.stage_train(ws, k)
     finally:
         ws.close()
+        # Left to interpreter exit, the process group's threads can abort a finished worker
+        # ("terminate called without an active exception", seen once in CI on ZeRO-3).
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
