@@ -175,31 +175,41 @@ def log_table(run_id: str, rows: list[dict[str, Any]], name: str) -> None:
 
 
 def plot_coevolution(rows: list[dict[str, float]], out: Path) -> Path:
-    """Task accuracy with and without self-reflection and judge accuracy per iteration (PNG)."""
+    """Per evaluation: task accuracy (greedy, with self-reflection), what self-reflection did
+    (answers fixed and broken, how often its judge gate opened on right and on wrong answers) and
+    judge accuracy (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     evals = [r for r in rows if "eval/task_acc" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     steps = [r["iteration"] for r in evals]
-    for key, label in [("eval/task_acc", "task"), ("eval/task_acc_reflect", "task + self-reflection"),
-                       ("eval/task_acc_best_of_n", "task, best of n by the own judge"),
-                       ("eval/well_formed", "well-formed answers")]:
-        if not any(key in r for r in evals):
-            continue
-        axes[0].plot(steps, [r.get(key, math.nan) for r in evals], marker="o", label=label)
-    for key, label in [("eval/judge_pointwise_acc", "pointwise"), ("eval/judge_same_form_acc", "pointwise, look-alikes"),
-                       ("eval/judge_pairwise_acc", "pairwise"), ("eval/judge_own_wrong_acc", "own wrong answers")]:
-        axes[1].plot(steps, [r.get(key, math.nan) for r in evals], marker="o", label=label)
-    axes[0].set_title("policy: held-out task accuracy")
-    axes[1].set_title("judge: held-out accuracy")
-    for ax in axes:
+    panels = [
+        ("policy: held-out task accuracy",
+         [("eval/task_acc", "task", "-"), ("eval/task_acc_reflect", "task + self-reflection", "-"),
+          ("eval/task_acc_best_of_n", "task, best of n by the own judge", "-"),
+          ("eval/well_formed", "well-formed answers", "-")]),
+        ("self-reflection: share of held-out answers",
+         [("eval/reflect_fixed", "fixed (wrong -> right)", "-"), ("eval/reflect_broke", "broken (right -> wrong)", "-"),
+          ("eval/reflect_gate_wrong", "gate opened on wrong answers", ":"),
+          ("eval/reflect_gate_right", "gate opened on right answers", ":")]),
+        ("judge: held-out accuracy",
+         [("eval/judge_pointwise_acc", "pointwise", "-"), ("eval/judge_same_form_acc", "pointwise, look-alikes", "-"),
+          ("eval/judge_pairwise_acc", "pairwise (both orders)", "-"),
+          ("eval/judge_own_wrong_acc", "own wrong answers", "-"),
+          ("eval/judge_pairwise_first_rate", "pairwise: share of (A) picks", ":")]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (title, lines) in zip(axes, panels):
+        for key, label, style in lines:
+            if any(key in r for r in evals):
+                ax.plot(steps, [r.get(key, math.nan) for r in evals], style, marker="o", label=label)
+        ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

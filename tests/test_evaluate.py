@@ -95,3 +95,36 @@ def test_same_form_accuracy_gives_a_shape_rule_no_credit(tiny_model_dir):
     assert same_form_accuracy(prompts, [1.0, 0.0, 1.0], tokenizer) == 0.5
     assert same_form_accuracy(prompts, [0.0, 1.0, 0.0], tokenizer) == 0.5  # always No
     assert same_form_accuracy(prompts, [1.0, 1.0, 0.0], tokenizer) == 1.0  # the look-alike caught
+
+
+def test_held_out_pairs_come_in_both_orders():
+    cfg = load_config(None, ["eval.n_judge=20"])
+    _, pairwise = held_out_judge_prompts(SAMPLES, cfg, TEMPLATES, seed=0)
+    assert len(pairwise) == 20
+    assert [p.label for p in pairwise] == ["A", "B"] * 10  # balanced: right answer first, then second
+    for first, second in zip(pairwise[::2], pairwise[1::2]):
+        assert first.proposed == second.proposed[::-1] and first.source_id == second.source_id
+
+
+def test_pairwise_metrics_expose_a_position_bias():
+    from spark_vl.evaluate.core import pairwise_metrics
+
+    always_b = pairwise_metrics([0.0, 1.0] * 4, [r"The image shows 3. (A) is 3. \box{B}"] * 8)
+    assert always_b == {"eval/judge_pairwise_acc": 0.5, "eval/judge_pairwise_consistent": 0.0,
+                        "eval/judge_pairwise_first_rate": 0.0}
+    replies = [r"\box{A}", r"\box{B}", r"\box{A}", r"\box{A}"]  # pair 1 right twice, pair 2 right once
+    assert pairwise_metrics([1.0, 1.0, 1.0, 0.0], replies) == {
+        "eval/judge_pairwise_acc": 0.75, "eval/judge_pairwise_consistent": 0.5, "eval/judge_pairwise_first_rate": 0.75}
+
+
+def test_reflection_outcomes_count_fixes_breaks_and_gates():
+    from spark_vl.evaluate.core import reflection_outcomes
+
+    greedy = [1.0, 1.0, 0.0, 0.0, 0.0]
+    reflected = [1.0, 0.0, 1.0, 0.0, 0.0]
+    gated = [False, True, True, True, False]  # a right answer sent to reflect and broken, a wrong one fixed
+    outcomes = reflection_outcomes(greedy, reflected, gated)
+    assert outcomes == {"eval/task_acc_reflect": 0.4, "eval/reflect_fixed": 0.2, "eval/reflect_broke": 0.2,
+                        "eval/reflect_gate_right": 0.5, "eval/reflect_gate_wrong": pytest.approx(2 / 3)}
+    assert outcomes["eval/task_acc_reflect"] - sum(greedy) / 5 == pytest.approx(
+        outcomes["eval/reflect_fixed"] - outcomes["eval/reflect_broke"])

@@ -6,7 +6,7 @@ import pytest
 
 from spark_vl.config import SparkConfig
 from spark_vl.records import PromptRecord, RolloutGroup
-from spark_vl.recycle import POSITIVE_LABELS, Templates, pointwise_judge_sample, recycle
+from spark_vl.recycle import POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample, recycle
 
 TEMPLATES = Templates.load()
 
@@ -137,7 +137,9 @@ def test_reply_pattern_matches_intact_judge_reply():
     match = pattern.match(r"The image shows red. The proposed answer is blue. \box{No}")
     assert match and match.groups() == ("red", "blue", "No")
     assert not pattern.match(r"TTTTTT \box{No}")
-    assert TEMPLATES.reply_pattern(pairwise=True).match(r"The image shows 3. \box{A}")
+    match = TEMPLATES.reply_pattern(pairwise=True).match(r"The image shows 3. (A) is 4. \box{B}")
+    assert match and match.groups() == ("3", "4", "B")
+    assert not TEMPLATES.reply_pattern(pairwise=True).match(r"The image shows 3. \box{A}")
 
 
 def test_parenthesised_template_file_loads_and_parses_its_replies():
@@ -189,6 +191,20 @@ def test_judge_reply_checks():
     misread = r"The image shows 4. The proposed answer is 4. \box{No}"  # the truth (label source) is 3
     assert [reply_is_intact(r, prompt, TEMPLATES, "grounded") for r in (faithful, misquoted, misread, degenerate)] == [
         True, False, False, False]
+
+
+def test_pairwise_reply_must_restate_option_a():
+    """The pairwise letter follows the reasoning: the reply says what the image shows and what (A)
+    is, so choosing A or B is the same comparison the pointwise judge makes."""
+    from spark_vl.recycle import reply_is_intact
+
+    source = group("g", ["3"], [1]).prompt
+    prompt = pairwise_judge_sample(source, "3", "4", TEMPLATES.pairwise[0], False, "j")  # (A) 4, (B) 3
+    assert prompt.proposed == ["4", "3"] and prompt.label == "B"
+    replies = [r"The image shows 3. (A) is 4. \box{B}", r"The image shows 3. (A) is 3. \box{B}",
+               r"The image shows 3. \box{B}"]
+    assert [reply_is_intact(r, prompt, TEMPLATES, "restate") for r in replies] == [True, False, False]
+    assert [reply_is_intact(r, prompt, TEMPLATES, "grounded") for r in replies] == [True, False, False]
 
 
 def test_grading_marks_a_malformed_judge_reply_whatever_its_verdict():

@@ -34,23 +34,41 @@ def wrong_answers(samples: list[TaskSample]) -> dict[str, list[str]]:
 def held_out_judge_prompts(samples: list[TaskSample], config: RunConfig, templates: Templates,
                            seed: int) -> tuple[list[PromptRecord], list[PromptRecord]]:
     """Pointwise prompts (about the right answer for every other prompt OF EACH QUESTION, so that
-    the kind of question says nothing about the label) and pairwise prompts, built from held-out
-    questions; the same for every evaluation of a run."""
+    the kind of question says nothing about the label) and pairwise prompts, each pair in both
+    orders one after the other (a judge that picks one position scores 0.5), built from held-out
+    questions; `eval.n_judge` of each kind, the same for every evaluation of a run."""
     rng = random.Random(seed)
     pool = wrong_answers(samples)
     pointwise, pairwise = [], []
     seen_per_question: dict[str, int] = defaultdict(int)
     usable = [s for s in samples if len(pool[s.question]) > 1]
-    for sample in usable[: config.eval.n_judge]:
+    for i, sample in enumerate(usable[: config.eval.n_judge]):
         source = solve_prompt(sample, config.data.instruction, "eval/")
         wrong = rng.choice([a for a in pool[sample.question] if a != sample.answer])
         correct = seen_per_question[sample.question] % 2 == 0
         seen_per_question[sample.question] += 1
         pointwise.append(pointwise_judge_sample(source, sample.answer if correct else wrong, correct,
                                                 rng.choice(templates.pointwise), f"eval/{sample.id}/pointwise"))
-        pairwise.append(pairwise_judge_sample(source, sample.answer, wrong, rng.choice(templates.pairwise),
-                                              rng.random() < 0.5, f"eval/{sample.id}/pairwise"))
+        if i < config.eval.n_judge // 2:
+            template = rng.choice(templates.pairwise)
+            pairwise += [pairwise_judge_sample(source, sample.answer, wrong, template, first,
+                                               f"eval/{sample.id}/pairwise-{'right' if first else 'wrong'}-first")
+                         for first in (True, False)]
     return pointwise, pairwise
+
+
+def pairwise_metrics(rewards: list[float], replies: list[str]) -> dict[str, float]:
+    """The pairwise judge on pairs shown in both orders (`held_out_judge_prompts`: consecutive
+    prompts): its accuracy, the share of pairs it gets right in both orders, and the share of
+    replies that pick the first option (0.5 for a judge without a position bias; 1.0 or 0.0 for one
+    that always boxes the same letter)."""
+    if not replies:
+        return {}
+    firsts = [extract_verdict(r) == "a" for r in replies]
+    both = [rewards[i] * rewards[i + 1] for i in range(0, len(rewards) - 1, 2)]
+    return {"eval/judge_pairwise_acc": sum(rewards) / len(rewards),
+            "eval/judge_pairwise_consistent": sum(both) / max(1, len(both)),
+            "eval/judge_pairwise_first_rate": sum(firsts) / len(firsts)}
 
 
 def token_form(tokenizer, answer: str) -> tuple[str, ...]:
@@ -109,7 +127,8 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     metrics["eval/judge_restated"] = sum(
         reply_is_intact(r, p, templates, "restate") for r, p in zip(responses, pointwise)) / max(1, len(pointwise))
     replies = [(r, False) for r in responses]
-    metrics["eval/judge_pairwise_acc"], responses, rewards = _judge_accuracy(engine, pairwise)
+    _, responses, rewards = _judge_accuracy(engine, pairwise)
+    metrics.update(pairwise_metrics(rewards, responses))
     records += _judge_records(pairwise, responses, rewards)
     replies += [(r, True) for r in responses]
     metrics["eval/judge_well_formed"] = sum(
@@ -124,7 +143,7 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     metrics["eval/judge_own_wrong_acc"] = _judge_accuracy(engine, wrong_own)[0]
     metrics["eval/judge_own_acc"] = _judge_accuracy(engine, own_prompts)[0]
 
-    metrics["eval/task_acc_reflect"] = self_reflect_accuracy(engine, tasks, answers, config, templates, pool)
+    metrics.update(self_reflect(engine, tasks, answers, correct, config, templates, pool))
     if ev.best_of_n:
         (metrics["eval/task_acc_best_of_n"], metrics["eval/task_acc_sampled"],
          metrics["eval/task_acc_majority"]) = best_of_n_accuracy(engine, tasks, config, templates, pool)
@@ -174,14 +193,31 @@ def _judge_records(prompts: list[PromptRecord], responses: list[str], rewards: l
             for p, r, reward in zip(prompts, responses, rewards)]
 
 
-def self_reflect_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], answers: list[str], config: RunConfig,
-                          templates: Templates, pool: GradingPool) -> float:
+def reflection_outcomes(greedy: list[float], reflected: list[float], gated: list[bool]) -> dict[str, float]:
+    """What test-time self-reflection did to each held-out answer (rewards before and after, and
+    whether the judge's first verdict sent it to reflect): answers fixed (wrong -> right), broken
+    (right -> wrong), and how often the judge's "No" gate opened on right and on wrong answers.
+    Its gain is fixed - broken: the gate must open on wrong answers and stay shut on right ones."""
+    n = max(1, len(greedy))
+    right = [g for g, before in zip(gated, greedy) if before > 0]
+    wrong = [g for g, before in zip(gated, greedy) if before <= 0]
+    return {"eval/task_acc_reflect": sum(reflected) / n,
+            "eval/reflect_fixed": sum(b <= 0 < a for b, a in zip(greedy, reflected)) / n,
+            "eval/reflect_broke": sum(a <= 0 < b for b, a in zip(greedy, reflected)) / n,
+            "eval/reflect_gate_right": sum(right) / len(right) if right else float("nan"),
+            "eval/reflect_gate_wrong": sum(wrong) / len(wrong) if wrong else float("nan")}
+
+
+def self_reflect(engine: RolloutEngine, tasks: list[PromptRecord], answers: list[str], greedy: list[float],
+                 config: RunConfig, templates: Templates, pool: GradingPool) -> dict[str, float]:
     """Answer, judge the own answer (pointwise, Yes/No), and if judged wrong answer again with the
-    answer marked incorrect; up to `eval.reflect_rounds` rounds."""
+    answer marked incorrect; up to `eval.reflect_rounds` rounds. `greedy` holds the first answers'
+    rewards; returns `reflection_outcomes`."""
     judge_template = next(t for t in templates.pointwise if t["labels"] == ["Yes", "No"])
     reflect_template = templates.reflect_answer[1 % len(templates.reflect_answer)]
     current = list(answers)
     open_ids = list(range(len(tasks)))
+    gated = [False] * len(tasks)
     for round_ in range(config.eval.reflect_rounds):
         judged = []
         for i in open_ids:
@@ -190,6 +226,9 @@ def self_reflect_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], answ
                                                  f"{tasks[i].id}/self-judge{round_}"))
         verdicts = [extract_verdict(g.responses[0]) for g in engine.generate(judged, 1, greedy=True)] if judged else []
         open_ids = [i for i, verdict in zip(open_ids, verdicts) if verdict != "yes"]
+        if round_ == 0:
+            for i in open_ids:
+                gated[i] = True
         if not open_ids:
             break
         retries = [reflection_sample(tasks[i], extract_answer(current[i]) or "none", "answer", reflect_template,
@@ -197,4 +236,4 @@ def self_reflect_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], answ
         for i, group in zip(open_ids, engine.generate(retries, 1, greedy=True)):
             current[i] = group.responses[0]
     grades = pool.grade([task_item(r, t) for r, t in zip(current, tasks)])
-    return sum(g.reward for g in grades) / len(tasks)
+    return reflection_outcomes(greedy, [g.reward for g in grades], gated)

@@ -50,7 +50,8 @@ class Templates:
         return cls(**{k: v for k, v in data.items() if not k.startswith("_")})
 
     def reply_pattern(self, pairwise: bool) -> re.Pattern:
-        """Regex of an intact judge reply; groups: what the image shows, [answer,] verdict."""
+        """Regex of an intact judge reply; groups: what the image shows, the answer it restates (the
+        proposed one; pairwise: option A's), the verdict."""
         reply = self.pairwise_reply if pairwise else self.judge_reply
         return re.compile(r"^\s*" + template_pattern(reply, ("seen", "answer", "verdict")) + r"\s*$", re.DOTALL)
 
@@ -68,15 +69,15 @@ def template_pattern(template: str, groups: tuple[str, ...], skipped: tuple[str,
 def reply_is_intact(response: str, prompt: PromptRecord, templates: Templates, check: str) -> bool:
     """Whether a judge reply passes `check` beyond its verdict: `format` (the template's reply
     format; without it the text before the verdict degenerates), `restate` (also the proposed
-    answer copied exactly), `grounded` (also what the image shows stated as the ground truth,
-    which the recycled sample knows) or `verdict` (nothing more)."""
+    answer, pairwise option A's, copied exactly: the verdict then compares what the image shows
+    with what the reply just wrote), `grounded` (also what the image shows stated as the ground
+    truth, which the recycled sample knows) or `verdict` (nothing more)."""
     if check == "verdict":
         return True
-    pairwise = prompt.kind == "judge_pairwise"
-    match = templates.reply_pattern(pairwise).match(response)
+    match = templates.reply_pattern(prompt.kind == "judge_pairwise").match(response)
     if match is None:
         return False
-    restated = pairwise or match.group(2).strip() == prompt.proposed[0].strip()
+    restated = match.group(2).strip() == prompt.proposed[0].strip()
     if check == "grounded":
         return restated and match.group(1).strip() == prompt.answer.strip()
     return check == "format" or restated

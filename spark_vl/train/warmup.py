@@ -60,7 +60,7 @@ def warmup_example(sample: TaskSample, pool: dict[str, list[str]], config: RunCo
         prompt = pairwise_judge_sample(source, sample.answer, rng.choice(wrongs), template, rng.random() < 0.5,
                                        "warmup")
         return conversation(prompt, config.model), templates.pairwise_reply.format(
-            seen=sample.answer, verdict=_verdict(prompt.label, template, config, rng))
+            seen=sample.answer, answer=prompt.proposed[0], verdict=_verdict(prompt.label, template, config, rng))
     prompt = reflection_sample(source, rng.choice(wrongs), "answer", rng.choice(templates.reflect_answer), "warmup")
     return conversation(prompt, config.model), f"\\boxed{{{sample.answer}}}"
 
