@@ -188,9 +188,11 @@ class SparkConfig(Section):
     balance_judge_advantages: bool = Field(
         False, description="scale judge advantages so each label (Yes/No, A/B) pushes with equal total weight "
         "per batch: the verdict's marginal holds instead of drifting to one answer for all")
-    judge_credit: Literal["reply", "verdict"] = Field(
-        "reply", description="which tokens of a judge reply carry its advantage: the whole reply, or only the "
-        "verdict in its box when the reply passes `judge_reply_check` (a malformed reply: all of it)")
+    judge_credit: Literal["reply", "verdict", "claims"] = Field(
+        "reply", description="which tokens of a judge reply carry its advantage: the whole reply; only the "
+        "verdict in its box when the reply passes `judge_reply_check` (a malformed reply: all of it); or "
+        "`claims`: the verdict so, and what the reply says the image shows with the advantage of its own "
+        "check against the ground truth (judging then trains the policy's reading of the image too)")
     judge_reply_check: Literal["verdict", "format", "restate", "grounded"] = Field(
         "format", description="judge reward 1 needs: the right verdict only; also the reply format; "
         "also the proposed answer restated exactly; also the image described as the ground truth")

@@ -166,6 +166,44 @@ def test_verdict_credit_keeps_the_loss_on_the_verdict_tokens(tiny_model_dir):
     assert mask.tolist() == [[1] * 6] * 2  # the batch's own mask is untouched
 
 
+def test_claims_credit_puts_the_reading_of_the_image_under_its_own_check(tiny_model_dir):
+    """Under `claims` an intact judge reply's verdict carries the verdict's advantage and what it
+    says the image shows carries the advantage of that claim against the ground truth (blue)."""
+    from spark_vl.config import load_config
+    from spark_vl.models import load_processor
+    from spark_vl.records import PromptRecord, RolloutGroup
+    from spark_vl.train.trainer import credit_mask, sequences_with_signal, token_advantages, verdict_tokens
+
+    tokenizer = load_processor(tiny_model_dir, 12544, 12544).tokenizer
+    replies = ["The image shows blue. The proposed answer is green. \\box{No}",  # right reading, right verdict
+               "The image shows green. The proposed answer is green. \\box{No}",  # wrong reading, right verdict
+               "The image shows green. The proposed answer is green. \\box{Yes}",  # wrong reading, wrong verdict
+               "The image shows blue. The proposed answer is green. \\box{Yes}"]  # right reading, wrong verdict
+    ids = [tokenizer.encode(r, add_special_tokens=False) for r in replies]
+    prompt = PromptRecord("j", "judge_pointwise", [], "q", "No", "q", "blue", "s", ["green"])
+    group = RolloutGroup(prompt, replies, ids, [[0.0] * len(i) for i in ids], rewards=[1.0, 1.0, 0.0, 0.0],
+                         statuses=["ok"] * 4)
+    sequences, flat = sequences_with_signal([group], load_config(None, ["spark.judge_credit=claims",
+                                                                        "spark.templates=tiny"]), tokenizer)
+    assert flat == 0 and [s.advantage for s in sequences] == pytest.approx([1, 1, -1, -1], abs=1e-5)
+    assert [s.credit for s in sequences] == [verdict_tokens(i, tokenizer) for i in ids]
+    claims = [s.claim for s in sequences]
+    assert [tokenizer.decode(i[c[0]:c[1]]).strip() for i, c in zip(ids, claims)] == ["blue", "green", "green", "blue"]
+    assert [c[2] for c in claims] == pytest.approx([1, -1, -1, 1], abs=1e-5)
+
+    width = max(map(len, ids))
+    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
+    kept, advantages = credit_mask(mask, sequences), token_advantages(mask, sequences)
+    for row, (s, c) in enumerate(zip(sequences, claims)):
+        assert kept[row].nonzero().flatten().tolist() == [*range(c[0], c[1]), *range(*s.credit)]
+        assert advantages[row, c[0]].item() == pytest.approx(c[2], abs=1e-5)
+        assert advantages[row, s.credit[0]].item() == pytest.approx(s.advantage, abs=1e-5)
+    # Verdicts all right and readings that differ: the group still teaches the reading.
+    group.rewards = [1.0] * 4
+    sequences, flat = sequences_with_signal([group], load_config(None, ["spark.judge_credit=claims"]), tokenizer)
+    assert flat == 0 and [s.advantage for s in sequences] == [0.0] * 4 and all(s.claim for s in sequences)
+
+
 def test_mini_batches_split_whole_groups_in_a_seeded_order():
     from spark_vl.train.trainer import Sequence, mini_batches
 

@@ -74,12 +74,13 @@ def grpo_loss(
 
     The ratio is clipped to [1 - clip_eps, 1 + clip_eps_high] ("clip-higher" when clip_eps_high
     is larger: rare tokens with positive advantage may grow further); `entropy_coef` rewards
-    entropy (`per_token_entropy` must then carry gradients). Shapes: (B, T); advantages (B,).
+    entropy (`per_token_entropy` must then carry gradients). Shapes: (B, T); advantages (B,), one
+    per sequence, or (B, T), one per token.
     """
     high = clip_eps if clip_eps_high is None else clip_eps_high
     ratio = torch.exp(per_token_logps - old_per_token_logps)
     clipped_ratio = torch.clamp(ratio, 1 - clip_eps, 1 + high)
-    adv = advantages.unsqueeze(1)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     per_token_pg = -torch.min(ratio * adv, clipped_ratio * adv)
     log_ref_ratio = ref_per_token_logps - per_token_logps
     per_token_kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # k3 estimator, >= 0

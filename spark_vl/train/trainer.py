@@ -14,6 +14,7 @@ import torch
 from spark_vl.config import RunConfig, save_model_config
 from spark_vl.models import load_model, vision_token_ids
 from spark_vl.records import JUDGE_KINDS, RolloutGroup
+from spark_vl.recycle import Templates
 from spark_vl.rollout.hf import conversation
 from spark_vl.runio import logger
 from spark_vl.train.engine import build_engine
@@ -30,57 +31,99 @@ class Sequence:
     old_logps: list[float]
     advantage: float
     temperature: float  # the one it was sampled at, so the ratio compares like with like
-    credit: tuple[int, int] | None = None  # the completion tokens that carry the loss; None: all
+    credit: tuple[int, int] | None = None  # the completion tokens that carry `advantage`; None: all
     group: int = 0  # the index of its rollout group in the batch
+    claim: tuple[int, int, float] | None = None  # (first, end, advantage) of tokens carrying their own advantage
 
 
-def verdict_tokens(ids: list[int], tokenizer) -> tuple[int, int] | None:
-    """[first, last + 1) of the completion tokens that spell the verdict inside the reply's box;
-    None for a reply without one box."""
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    span = box_span(text)
-    if span is None:
-        return None
+def char_span_tokens(ids: list[int], tokenizer, start: int, end: int) -> tuple[int, int] | None:
+    """[first, last + 1) of the completion tokens that spell characters [start, end) of the decoded
+    completion; None when no token does."""
     ends = [len(tokenizer.decode(ids[:i + 1], skip_special_tokens=True)) for i in range(len(ids))]
     starts = [0] + ends[:-1]
-    covering = [i for i in range(len(ids)) if starts[i] < span[2] and ends[i] > span[1]]
+    covering = [i for i in range(len(ids)) if starts[i] < end and ends[i] > start]
     return (covering[0], covering[-1] + 1) if covering else None
 
 
+def verdict_tokens(ids: list[int], tokenizer) -> tuple[int, int] | None:
+    """The completion tokens that spell the verdict inside the reply's box; None for a reply
+    without one box."""
+    span = box_span(tokenizer.decode(ids, skip_special_tokens=True))
+    return None if span is None else char_span_tokens(ids, tokenizer, span[1], span[2])
+
+
+def seen_claims(group: RolloutGroup, templates: Templates, tokenizer) -> list[tuple[tuple[int, int], float] | None]:
+    """For each reply of a judge group, the tokens of what it says the image shows and whether
+    that is the ground truth (1.0 or 0.0); None for a reply without the reply format."""
+    pattern = templates.reply_pattern(group.prompt.kind == "judge_pairwise")
+    claims: list[tuple[tuple[int, int], float] | None] = []
+    for response, ids in zip(group.responses, group.response_ids):
+        match = pattern.match(tokenizer.decode(ids, skip_special_tokens=True))
+        span = char_span_tokens(ids, tokenizer, match.start(1), match.end(1)) if match else None
+        claims.append(None if span is None else (span, float(match.group(1).strip() == group.prompt.answer.strip())))
+    return claims
+
+
 def credit_mask(mask: torch.Tensor, sequences: list[Sequence]) -> torch.Tensor:
-    """The completion mask with each sequence's tokens outside its credit span zeroed."""
+    """The completion mask with each sequence's tokens outside its credit span (and its claim)
+    zeroed."""
     if not any(s.credit for s in sequences):
         return mask
     mask = mask.clone()
     for row, s in enumerate(sequences):
         if s.credit:
+            kept = mask[row].clone()
             mask[row, :s.credit[0]] = 0
             mask[row, s.credit[1]:] = 0
+            if s.claim:
+                mask[row, s.claim[0]:s.claim[1]] = kept[s.claim[0]:s.claim[1]]
     return mask
+
+
+def token_advantages(mask: torch.Tensor, sequences: list[Sequence]) -> torch.Tensor:
+    """(B, T) advantages: each sequence's own, and its claim's on the claim tokens."""
+    advantages = torch.tensor([s.advantage for s in sequences], device=mask.device, dtype=torch.float32)
+    advantages = advantages.unsqueeze(1).expand(mask.shape).clone()
+    for row, s in enumerate(sequences):
+        if s.claim:
+            advantages[row, s.claim[0]:s.claim[1]] = s.claim[2]
+    return advantages
 
 
 def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig,
                           tokenizer=None) -> tuple[list[Sequence], int]:
     """Flatten groups into sequences with advantages; groups of equal rewards are dropped and counted.
     With `spark.balance_judge_advantages` each judge label pushes with equal weight (`label_balanced`);
-    with `spark.judge_credit: verdict` an intact judge reply's loss is on its verdict tokens only."""
+    with `spark.judge_credit: verdict` an intact judge reply's loss is on its verdict tokens only;
+    with `claims` also on what it says the image shows, with the advantage of that claim's own
+    check against the ground truth (`seen_claims`)."""
     sequences, flat_groups = [], 0
-    per_group = [group_advantages(group.rewards, by_std=config.train.norm_adv_by_std) for group in groups]
+    by_std = config.train.norm_adv_by_std
+    per_group = [group_advantages(group.rewards, by_std=by_std) for group in groups]
     if config.spark.balance_judge_advantages:
         per_group = label_balanced(per_group, [(g.prompt.kind, g.prompt.label) if g.prompt.kind in JUDGE_KINDS
                                                else None for g in groups])
+    templates = Templates.load(config.spark.templates) if config.spark.judge_credit == "claims" else None
     for index, (group, advantages) in enumerate(zip(groups, per_group)):
-        if not any(advantages):
+        judge = group.prompt.kind in JUDGE_KINDS
+        claims: list = [None] * len(group.responses)
+        if templates is not None and judge:
+            found = seen_claims(group, templates, tokenizer)
+            claim_advantages = group_advantages([c[1] if c else 0.0 for c in found], by_std=by_std)
+            claims = [(*c[0], a) if c and a else None for c, a in zip(found, claim_advantages)]
+        if not any(advantages) and not any(claims):
             flat_groups += 1
             continue
         conv = conversation(group.prompt, config.model)
         temperature = config.rollout.temperature_for(group.prompt.kind)
-        on_verdict = config.spark.judge_credit == "verdict" and group.prompt.kind in JUDGE_KINDS
+        on_verdict = config.spark.judge_credit in ("verdict", "claims") and judge
         statuses = group.statuses or ["ok"] * len(group.responses)
-        for ids, logps, adv, status in zip(group.response_ids, group.logprobs, advantages, statuses):
+        for ids, logps, adv, status, claim in zip(group.response_ids, group.logprobs, advantages, statuses, claims):
             if ids:  # a malformed reply is wrong all through: its whole text carries the advantage
-                credit = verdict_tokens(ids, tokenizer) if on_verdict and status != "malformed" else None
-                sequences.append(Sequence(conv, ids, logps, adv, temperature, credit, index))
+                intact = on_verdict and status != "malformed"
+                credit = verdict_tokens(ids, tokenizer) if intact else None
+                sequences.append(Sequence(conv, ids, logps, adv, temperature, credit, index,
+                                          claim if intact and credit else None))
     return sequences, flat_groups
 
 
@@ -198,7 +241,7 @@ class PolicyTrainer:
             old = torch.zeros(mask.shape, device=self.device)
             for row, seq in enumerate(chunk):
                 old[row, :len(seq.old_logps)] = torch.tensor(seq.old_logps)
-            advantages = torch.tensor([s.advantage for s in chunk], device=self.device)
+            advantages = token_advantages(mask, chunk)
             temperature = torch.tensor([s.temperature for s in chunk], device=self.device)
             logps, entropy = completion_logps(self.engine, batch, temperature, True, self.suppress,
                                               entropy_grad=train.entropy_coef > 0)
