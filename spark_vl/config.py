@@ -103,7 +103,7 @@ class DataConfig(Section):
 
 class VLLMConfig(Section):
     """The vLLM OpenAI-compatible server behind `rollout.engine: vllm`: started by the run (in its
-    own environment, see README "vLLM rollouts"), or already running at `url`."""
+    own environment, see docs/scaling.md), or already running at `url`."""
 
     url: str | None = Field(None, description="a server someone else runs; null: the run starts one")
     served_model_name: str = "policy"

@@ -41,7 +41,7 @@ class DamagedOutput(RuntimeError):
     def __init__(self, path: Path, problem: str):
         self.path = Path(path)
         super().__init__(f"{path} is damaged: {problem}. Delete it and rerun the same command: the stage "
-                         f"that wrote it runs again (see README, 'When a run is killed').")
+                         f"that wrote it runs again (see docs/reliability.md).")
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:

@@ -84,7 +84,7 @@ class VLLMServer:
         self._stop_leftover()
         if not Path(self.config.python).exists():
             raise RolloutServerError(f"rollout.vllm.python {self.config.python} does not exist: build the vLLM "
-                                     "environment with `make vllm-env` (README, \"vLLM rollouts\")")
+                                     "environment with `make vllm-env` (docs/scaling.md)")
         self.port = self.config.port or free_port(self.config.host)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.work_dir / "server.log"
