@@ -42,10 +42,11 @@ def main() -> None:
     from spark_vl import workspace
     from spark_vl.config import load_config
     from spark_vl.data.tasks import make_dataset
-    from spark_vl.evaluate import evaluate, solve_prompt, wrong_answers
+    from spark_vl.evaluate import evaluate
     from spark_vl.models import build_tiny_model, load_processor
-    from spark_vl.recycle import pointwise_judge_sample
-    from spark_vl.rollout.hf import HFRolloutEngine, conversation
+    from spark_vl.models.inputs import conversation
+    from spark_vl.prompts import pointwise_judge_sample, solve_prompt, wrong_answers
+    from spark_vl.rollout.hf import HFRolloutEngine
     from spark_vl.train.trainer import PolicyTrainer
 
     config = load_config(args.config, args.overrides)
@@ -91,7 +92,7 @@ def break_down_run(samples: Path) -> None:
 
     from spark_vl.config import load_config
     from spark_vl.models import load_processor
-    from spark_vl.recycle import Templates
+    from spark_vl.prompts import Templates
 
     run_dir = samples.parent.parent
     config = load_config(run_dir / "config.yaml", [])
@@ -104,7 +105,7 @@ def break_down_run(samples: Path) -> None:
 def print_breakdown(records: list[dict], templates, tokenizer) -> None:
     """Pointwise judge accuracy by label and by how the word the reply restates as seen and the
     prompt's proposed answer are tokenised (one token, or a space token and then the word)."""
-    from spark_vl.recycle.core import template_pattern
+    from spark_vl.prompts import template_pattern
     from spark_vl.verify import extract_verdict
 
     def shape(answer: str) -> str:

@@ -58,7 +58,7 @@ def measure(rank: int) -> dict:
     from spark_vl.config import load_config
     from spark_vl.data import load_dataset
     from spark_vl.data.tasks import make_dataset
-    from spark_vl.evaluate import solve_prompt
+    from spark_vl.prompts import solve_prompt
     from spark_vl.models import build_tiny_model, load_processor
     from spark_vl.rollout.hf import HFRolloutEngine
     from spark_vl.train.trainer import PolicyTrainer

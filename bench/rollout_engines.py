@@ -25,7 +25,7 @@ import torch
 
 from spark_vl.config import load_config
 from spark_vl.data.tasks import make_dataset
-from spark_vl.evaluate import solve_prompt
+from spark_vl.prompts import solve_prompt
 from spark_vl.data import load_dataset
 from spark_vl.models import build_tiny_model, load_model, load_processor, vision_token_ids
 from spark_vl.rollout.hf import HFRolloutEngine

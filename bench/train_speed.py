@@ -36,7 +36,8 @@ def main() -> None:
     from spark_vl import layout, workspace
     from spark_vl.config import load_config
     from spark_vl.records import load_groups
-    from spark_vl.train import forward, trainer as trainer_module
+    from spark_vl.models import forward
+    from spark_vl.train import trainer as trainer_module
 
     before = import_as_of(BEFORE, {"spark_vl/rollout/inputs.py": "inputs_before",
                                    "spark_vl/train/forward.py": "forward_before"})

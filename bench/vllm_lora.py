@@ -25,12 +25,12 @@ from report import publish
 from spark_vl.config import load_config
 from spark_vl.data import load_dataset
 from spark_vl.data.tasks import make_dataset
-from spark_vl.evaluate import solve_prompt
+from spark_vl.prompts import solve_prompt
 from spark_vl.models import build_tiny_model, load_processor, vision_token_ids
-from spark_vl.rollout.hf import conversation
+from spark_vl.models.inputs import conversation
 from spark_vl.rollout.vllm import VLLMRolloutEngine
 from spark_vl.rollout.vllm_server import VLLMServer
-from spark_vl.train.forward import completion_batch, completion_logps
+from spark_vl.models.forward import completion_batch, completion_logps
 from spark_vl.train.trainer import PolicyTrainer
 
 ROOT = Path(__file__).resolve().parent.parent

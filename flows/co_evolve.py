@@ -21,22 +21,23 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import deployment, flow_run
 
-from spark_vl import layout, pipeline, tracking, workspace
+from spark_vl import layout, pipeline, plots, tracking
 from spark_vl.config import ConfigError, RunConfig, check_paths, check_triggered, load_config
 from spark_vl.data import DatasetError
 from spark_vl.faults import fault_point
 from spark_vl.runio import DamagedOutput, read_jsonl
+from spark_vl.workspace import Workspace
 
-_workspaces: dict[Path, workspace.Workspace] = {}
+_workspaces: dict[Path, Workspace] = {}
 
 
-def _ws(cfg: RunConfig, run_dir: str) -> workspace.Workspace:
+def _ws(cfg: RunConfig, run_dir: str) -> Workspace:
     """The process's workspace for a run directory: keeps the policy loaded between tasks."""
     key = Path(run_dir)
     if key not in _workspaces or _workspaces[key].config != cfg:
         if key in _workspaces:
             _workspaces[key].close()
-        _workspaces[key] = workspace.Workspace(cfg, key)
+        _workspaces[key] = Workspace(cfg, key)
     return _workspaces[key]
 
 
@@ -54,23 +55,28 @@ def transient(task, task_run, state) -> bool:
     return not isinstance(error, permanent) and getattr(error, "errno", None) != errno.ENOSPC
 
 
-def _stage(name: str):
-    """A task running `pipeline.stage_<name>(workspace, k)`."""
+def stage_task(stage):
+    """`stage(workspace, k)` of `spark_vl.pipeline` as a task named after it (`rollout-k3`)."""
+    name = stage.__name__.removeprefix("stage_")
 
     @task(name=name, task_run_name=f"{name}-k{{k}}", cache_policy=NO_CACHE)
     def run_stage(cfg: RunConfig, run_dir: str, k: int) -> None:
-        getattr(pipeline, f"stage_{name}")(_ws(cfg, run_dir), k)
+        stage(_ws(cfg, run_dir), k)
 
     return run_stage
 
 
-prompts, rollout, verify, recycle, train, evaluate = map(
-    _stage, ["prompts", "rollout", "verify", "recycle", "train", "evaluate"])
+prompts = stage_task(pipeline.stage_prompts)
+rollout = stage_task(pipeline.stage_rollout)
+verify = stage_task(pipeline.stage_verify)
+recycle = stage_task(pipeline.stage_recycle)
+train = stage_task(pipeline.stage_train)
+evaluate = stage_task(pipeline.stage_evaluate)
 
 
 @task(name="prepare", cache_policy=NO_CACHE)
 def prepare(cfg: RunConfig, run_dir: str) -> None:
-    pipeline.prepare_run(cfg, Path(run_dir))
+    pipeline.prepare_run(cfg, Path(run_dir), fetch_model=tracking.resolve_model)
 
 
 @task(name="log", task_run_name="log-k{k}", cache_policy=NO_CACHE)
@@ -79,7 +85,7 @@ def log(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> dict[str, f
     rows = layout.metric_rows(Path(run_dir))
     create_markdown_artifact(key="spark-metrics", markdown=pipeline.metrics_markdown(row),
                              description=f"SPARK metrics, iteration {k}")
-    plot = tracking.plot_coevolution(rows, Path(run_dir) / "coevolution.png") if "eval/task_acc" in row else None
+    plot = plots.plot_coevolution(rows, Path(run_dir) / "coevolution.png") if "eval/task_acc" in row else None
     tracking.log_step(mlflow_run_id, rows, plot)  # also what MLflow missed before
     return row
 
@@ -98,7 +104,7 @@ def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> int:
         tracking.promote_if_better(model, version, task_acc, k)
     tracking.log_artifact(mlflow_run_id, Path(run_dir) / "config.yaml")
     samples = layout.iter_dir(Path(run_dir), k) / "eval_samples.jsonl"
-    if samples.exists() and (plot := tracking.plot_reliability(read_jsonl(samples), Path(run_dir) / "reliability.png")):
+    if samples.exists() and (plot := plots.plot_reliability(read_jsonl(samples), Path(run_dir) / "reliability.png")):
         tracking.log_artifact(mlflow_run_id, plot)
     for name, rows in pipeline.sample_rows(Path(run_dir), k).items():
         tracking.log_table(mlflow_run_id, rows, f"samples/{name}-k{k:04d}.json")

@@ -127,6 +127,13 @@ def check_resumable(config: RunConfig, run_dir: Path) -> None:
             check_policy(path)
 
 
+def prune_deepspeed_state(run_dir: Path, keep: int) -> None:
+    """Delete all DeepSpeed state but iteration `keep`'s: the newest alone is needed to resume."""
+    for tag in deepspeed_dir(run_dir).glob("iter-*"):
+        if tag.name != deepspeed_tag(keep):
+            shutil.rmtree(tag, ignore_errors=True)
+
+
 def prune_policies(config: RunConfig, run_dir: Path, k: int) -> list[Path]:
     """Once iteration k has landed, delete the policies no later stage needs: all but the newest
     `train.keep_policies`, policy-0000 (the KL reference), registered ones and every

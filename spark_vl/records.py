@@ -9,9 +9,35 @@ from typing import Any, Literal
 from spark_vl.runio import read_jsonl, write_jsonl_atomic
 from spark_vl.verify.grading import GradeItem
 
-Kind = Literal["solve", "judge_pointwise", "judge_pairwise", "reflect_cot", "reflect_answer"]
-JUDGE_KINDS = ("judge_pointwise", "judge_pairwise")
-REFLECT_KINDS = ("reflect_cot", "reflect_answer")
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """What the code knows of a kind of prompt. `grader`: what its responses are rewarded against,
+    the task's ground truth by the answer verifier (`task`) or a verdict label with the judge reply
+    check (`judge`); `template`: the `Templates` pool its text comes from (None: the data's own
+    question); `reward_metric`: the per-iteration mean reward it counts towards; `eval_metric`: the
+    held-out metric that measures the skill it trains."""
+
+    grader: Literal["task", "judge"]
+    template: str | None
+    reward_metric: str
+    eval_metric: str
+
+
+# The kinds of prompt a run rolls out. `solve` prompts come from the data; SPARK's recycling
+# (`spark_vl.recycle`) makes the others from verified solve groups. A new kind is one entry here,
+# its template pool, and the rule that makes its prompts.
+KINDS: dict[str, KindSpec] = {
+    "solve": KindSpec("task", None, "rollout/reward_mean", "eval/task_acc"),
+    "judge_pointwise": KindSpec("judge", "pointwise", "aux/judge_reward_mean", "eval/judge_pointwise_acc"),
+    "judge_pairwise": KindSpec("judge", "pairwise", "aux/judge_reward_mean", "eval/judge_pairwise_acc"),
+    "reflect_cot": KindSpec("task", "reflect_cot", "aux/reflect_reward_mean", "eval/task_acc_reflect"),
+    "reflect_answer": KindSpec("task", "reflect_answer", "aux/reflect_reward_mean", "eval/task_acc_reflect"),
+}
+Kind = Literal[tuple(KINDS)]  # type: ignore[valid-type]  # the names above, for typed configs and rows
+JUDGE_KINDS = tuple(kind for kind, spec in KINDS.items() if spec.grader == "judge")
+REFLECT_KINDS = tuple(kind for kind in KINDS if kind.startswith("reflect_"))
 
 
 @dataclass

@@ -9,11 +9,9 @@ from typing import Any
 from spark_vl.config import ConfigError, RunConfig
 from spark_vl.data import LoadedDataset, TaskSample, load_dataset
 from spark_vl.layout import check_policy, deepspeed_dir, deepspeed_tag, policy_at, start_policy
-from spark_vl.models import load_model, load_processor, vision_token_ids
-from spark_vl.recycle import Templates
-from spark_vl.rollout.hf import HFRolloutEngine, RolloutEngine
-from spark_vl.rollout.vllm import VLLMRolloutEngine
-from spark_vl.rollout.vllm_server import VLLMServer
+from spark_vl.models import load_model, load_processor
+from spark_vl.prompts import Templates
+from spark_vl.rollout import Engines, RolloutEngine
 from spark_vl.runio import logger
 from spark_vl.train.launch import distributed
 from spark_vl.train.trainer import PolicyTrainer
@@ -90,27 +88,19 @@ class Workspace:
         return self.trainer
 
     @property
-    def rollout_server(self) -> VLLMServer:
-        """The run's vLLM server (started on first use, see `engine_at`)."""
-        if "server" not in self._cache:
-            self._cache["server"] = VLLMServer(self.config.rollout.vllm, start_policy(self.config, self.run_dir),
-                                               self.run_dir / "vllm")
-        return self._cache["server"]
+    def engines(self) -> Engines:
+        """Opens `rollout.engine` on the run's policies; holds the run's vLLM server."""
+        if "engines" not in self._cache:
+            self._cache["engines"] = Engines(self.config, self.processor, self.run_dir)
+        return self._cache["engines"]
 
     def engine_at(self, k: int) -> RolloutEngine:
-        """An engine sampling from policy k: the trainer's model, or the vLLM server holding its weights
-        (started, or restarted after a failed health check, here)."""
-        if self.config.rollout.engine == "vllm":
-            server = self.rollout_server
-            server.ensure_running()
-            server.wake_up()
-            server.load_weights(policy_at(self.config, self.run_dir, k))
-            patch = getattr(self.processor.image_processor, "patch_size", 14)
-            return VLLMRolloutEngine(server, self.config.rollout, self.config.model,
-                                     vision_token_ids(self.processor.tokenizer), patch, show_progress=False,
-                                     tokenizer=self.processor.tokenizer)
-        model = self.trainer_at(k).model if not distributed(self.config.train) else self.rollout_model_at(k)
-        return HFRolloutEngine(model, self.processor, self.config.rollout, self.config.model, show_progress=False)
+        """An engine sampling from policy k: the trainer's model in this process, the policy loaded
+        for generation when training runs in launched workers, or a vLLM server holding it."""
+        model = None
+        if self.config.rollout.engine == "hf":
+            model = self.trainer_at(k).model if not distributed(self.config.train) else self.rollout_model_at(k)
+        return self.engines.open(policy_at(self.config, self.run_dir, k), model)
 
     def rollout_model_at(self, k: int):
         """Policy k for generation only, when training happens in launched workers."""
@@ -121,6 +111,6 @@ class Workspace:
 
     def close(self) -> None:
         """Stop what the workspace started: the grading pool and the vLLM server."""
-        for key in ("pool", "server"):
+        for key in ("pool", "engines"):
             if key in self._cache:
                 self._cache.pop(key).close()

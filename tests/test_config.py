@@ -93,3 +93,24 @@ def test_the_config_reference_is_current():
 
     docs = Path(__file__).parent.parent / "docs" / "config.md"
     assert docs.read_text() == reference_markdown() + "\n", "regenerate: python -m spark_vl.config > docs/config.md"
+
+
+def test_every_config_key_and_section_is_described():
+    """docs/config.md is generated from the schema: a key without a description is a hole in it."""
+    from pydantic import BaseModel
+
+    from spark_vl.config import RunConfig
+
+    missing = []
+
+    def walk(section: type[BaseModel], prefix: str) -> None:
+        if section is not RunConfig and not section.__doc__:
+            missing.append(f"section {prefix.rstrip('.')}")
+        for name, field in section.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                walk(field.annotation, f"{prefix}{name}.")
+            elif not field.description:
+                missing.append(prefix + name)
+
+    walk(RunConfig, "")
+    assert not missing, "add a description (Field(..., description=...)) to: " + ", ".join(missing)

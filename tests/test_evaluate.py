@@ -4,8 +4,8 @@ import pytest
 
 from spark_vl.config import load_config
 from spark_vl.data import TaskSample
-from spark_vl.evaluate import held_out_judge_prompts, solve_prompt, wrong_answers
-from spark_vl.recycle import POSITIVE_LABELS, Templates
+from spark_vl.evaluate import held_out_judge_prompts
+from spark_vl.prompts import POSITIVE_LABELS, Templates, solve_prompt, wrong_answers
 from spark_vl.train.warmup import beats_chance, warmup_example
 from spark_vl.verify import extract_verdict
 
@@ -81,7 +81,7 @@ def test_warmup_stops_only_when_every_question_beats_its_own_chance():
 def test_same_form_accuracy_gives_a_shape_rule_no_credit(tiny_model_dir):
     from spark_vl.evaluate.core import same_form_accuracy, token_form
     from spark_vl.models import load_processor
-    from spark_vl.recycle import pointwise_judge_sample
+    from spark_vl.prompts import pointwise_judge_sample
 
     tokenizer = load_processor(tiny_model_dir, 12544, 12544).tokenizer
     forms = {colour: token_form(tokenizer, colour) for colour in COLOURS}

@@ -47,49 +47,49 @@ def test_flow_two_iterations_logs_metrics_artifacts_and_registers(harness, tmp_p
 
 
 def test_a_task_that_fails_once_is_retried(harness, tmp_path, monkeypatch, tiny_data_dir):
-    from spark_vl import pipeline
+    from spark_vl.pipeline import stages
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
-    real_verify, calls = pipeline.stage_verify, []
+    real_grade, calls = stages.grade_groups, []
 
-    def verify_failing_once(ws, k):
-        calls.append(k)
+    def grade_failing_once(groups, *args):
+        calls.append(groups[0].prompt.id.split("/")[0])  # the iteration's prefix, k1
         if len(calls) == 1:
             raise ConnectionError("grading workers unreachable (injected once)")
-        real_verify(ws, k)
+        real_grade(groups, *args)
 
-    monkeypatch.setattr(pipeline, "stage_verify", verify_failing_once)
+    monkeypatch.setattr(stages, "grade_groups", grade_failing_once)  # inside the verify stage
     cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
                                      f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", "train.iterations=1",
                                      f"train.deepspeed_config={DEEPSPEED}", "tracking.registered_model=retry-test",
                                      "orchestration.retries=1", "orchestration.retry_delay_s=0"])
     run_id = co_evolve(config=cfg, run_name="retry-test")
-    assert calls == [1, 1]
+    assert calls == ["k1", "k1"]
     assert [m.step for m in tracking.client().get_metric_history(run_id, "rollout/reward_mean")] == [1]
 
 
 def test_a_task_failing_on_bad_input_is_not_retried_and_the_mlflow_run_fails(harness, tmp_path, monkeypatch,
                                                                               tiny_data_dir):
-    from spark_vl import pipeline
+    from spark_vl.pipeline import stages
     from spark_vl.runio import DamagedOutput
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
     calls = []
 
-    def verify_reading_a_damaged_file(ws, k):
-        calls.append(k)
+    def grade_reading_a_damaged_file(groups, *args):
+        calls.append(groups[0].prompt.id.split("/")[0])
         raise DamagedOutput(tmp_path / "rollouts.jsonl", "line 3 is not valid JSON")
 
-    monkeypatch.setattr(pipeline, "stage_verify", verify_reading_a_damaged_file)
+    monkeypatch.setattr(stages, "grade_groups", grade_reading_a_damaged_file)  # inside the verify stage
     cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
                                      f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", "train.iterations=1",
                                      f"train.deepspeed_config={DEEPSPEED}", "orchestration.retries=2",
                                      "orchestration.retry_delay_s=0"])
     with pytest.raises(DamagedOutput):
         co_evolve(config=cfg, run_name="bad-input")
-    assert calls == [1]
+    assert calls == ["k1"]
     client = tracking.client()
     (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     assert run.info.status == "FAILED"

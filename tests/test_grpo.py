@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from spark_vl.train.grpo import group_advantages, grpo_loss, label_balanced, loss_normaliser
+from spark_vl.train.grpo import LossOptions, group_advantages, grpo_loss, label_balanced, loss_normaliser
 
 
 def test_group_advantages_normalise_and_flat_groups_carry_nothing():
@@ -43,7 +43,7 @@ def _inputs():
 def test_on_policy_loss_is_minus_token_mean_advantage_and_kl_zero():
     logps, mask = _inputs()
     adv = torch.tensor([1.0, -0.5, 2.0])
-    loss, stats = grpo_loss(logps, logps, logps, adv, mask, 0.2, 1e-3, int(mask.sum()))
+    loss, stats = grpo_loss(logps, logps, logps, adv, mask, int(mask.sum()), LossOptions(kl_coef=1e-3))
     expected = -(adv.unsqueeze(1) * mask).sum() / mask.sum()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert stats["kl_sum"] == pytest.approx(0.0, abs=1e-7)
@@ -54,12 +54,12 @@ def test_clipping_stops_the_gradient_beyond_the_trust_region():
     logps, mask = _inputs()
     old = logps.clone()
     new = (logps + 0.5).requires_grad_()  # ratio e^0.5 = 1.65 > 1.2
-    loss, stats = grpo_loss(new, old, old, torch.tensor([1.0, 1.0, 1.0]), mask, 0.2, 0.0, int(mask.sum()))
+    loss, stats = grpo_loss(new, old, old, torch.tensor([1.0, 1.0, 1.0]), mask, int(mask.sum()), LossOptions())
     loss.backward()
     assert torch.all(new.grad == 0)
     assert stats["clipped_sum"] == 9
     new2 = (logps + 0.5).requires_grad_()  # negative advantage: the unclipped term is the minimum
-    loss, _ = grpo_loss(new2, old, old, torch.tensor([-1.0, -1.0, -1.0]), mask, 0.2, 0.0, int(mask.sum()))
+    loss, _ = grpo_loss(new2, old, old, torch.tensor([-1.0, -1.0, -1.0]), mask, int(mask.sum()), LossOptions())
     loss.backward()
     assert torch.all(new2.grad[mask.bool()] > 0)
 
@@ -67,7 +67,7 @@ def test_clipping_stops_the_gradient_beyond_the_trust_region():
 def test_k3_kl_is_positive_and_pulls_towards_reference():
     logps, mask = _inputs()
     new = (logps + 0.3).requires_grad_()
-    loss, stats = grpo_loss(new, new.detach(), logps, torch.zeros(3), mask, 0.2, 1.0, int(mask.sum()))
+    loss, stats = grpo_loss(new, new.detach(), logps, torch.zeros(3), mask, int(mask.sum()), LossOptions(kl_coef=1.0))
     assert stats["kl_sum"] > 0
     loss.backward()
     assert torch.all(new.grad[mask.bool()] > 0)  # descending lowers logps back towards the reference
@@ -78,9 +78,9 @@ def test_micro_batches_accumulate_to_the_full_batch_loss():
     logps, mask = _inputs()
     adv = torch.tensor([1.0, -0.5, 2.0])
     ref = logps - 0.1
-    full, _ = grpo_loss(logps, logps, ref, adv, mask, 0.2, 0.1, int(mask.sum()))
-    parts = [grpo_loss(logps[i:i + 1], logps[i:i + 1], ref[i:i + 1], adv[i:i + 1], mask[i:i + 1], 0.2, 0.1,
-                       int(mask.sum()))[0] for i in range(3)]
+    full, _ = grpo_loss(logps, logps, ref, adv, mask, int(mask.sum()), LossOptions(kl_coef=0.1))
+    parts = [grpo_loss(logps[i:i + 1], logps[i:i + 1], ref[i:i + 1], adv[i:i + 1], mask[i:i + 1], int(mask.sum()),
+                       LossOptions(kl_coef=0.1))[0] for i in range(3)]
     assert sum(p.item() for p in parts) == pytest.approx(full.item(), rel=1e-6)
 
 
@@ -89,11 +89,11 @@ def test_clip_higher_lets_a_positive_advantage_grow_past_clip_eps():
     old = logps.clone()
     adv = torch.ones(3)
     symmetric = (logps + 0.25).requires_grad_()  # ratio e^0.25 = 1.284: above 1.2, below 1.3
-    loss, stats = grpo_loss(symmetric, old, old, adv, mask, 0.2, 0.0, int(mask.sum()))
+    loss, stats = grpo_loss(symmetric, old, old, adv, mask, int(mask.sum()), LossOptions())
     loss.backward()
     assert stats["clipped_sum"] == 9 and torch.all(symmetric.grad == 0)
     higher = (logps + 0.25).requires_grad_()
-    loss, stats = grpo_loss(higher, old, old, adv, mask, 0.2, 0.0, int(mask.sum()), clip_eps_high=0.3)
+    loss, stats = grpo_loss(higher, old, old, adv, mask, int(mask.sum()), LossOptions(clip_eps_high=0.3))
     loss.backward()
     assert stats["clipped_sum"] == 0
     assert higher.grad[mask.bool()] == pytest.approx(torch.full((9,), -torch.exp(torch.tensor(0.25)).item() / 9))
@@ -102,8 +102,8 @@ def test_clip_higher_lets_a_positive_advantage_grow_past_clip_eps():
 def test_entropy_bonus_is_minus_coef_times_token_mean_entropy():
     logps, mask = _inputs()
     entropy = torch.rand(3, 5)
-    loss, _ = grpo_loss(logps, logps, logps, torch.zeros(3), mask, 0.2, 0.0, int(mask.sum()),
-                        per_token_entropy=entropy, entropy_coef=0.01)
+    loss, _ = grpo_loss(logps, logps, logps, torch.zeros(3), mask, int(mask.sum()), LossOptions(entropy_coef=0.01),
+                        per_token_entropy=entropy)
     assert loss.item() == pytest.approx(-0.01 * (entropy * mask).sum().item() / 9, rel=1e-6)
 
 
@@ -114,14 +114,14 @@ def test_loss_aggregation_modes_by_hand():
     assert loss_normaliser("seq-mean-token-mean", 9, 3, 5) == 3
     assert loss_normaliser("seq-mean-token-sum-norm", 9, 3, 5) == 15
     # On policy each token's loss is -advantage: every sequence's mean is -advantage, weighed alike.
-    seq_mean, _ = grpo_loss(logps, logps, logps, adv, mask, 0.2, 0.0, 3, loss_agg_mode="seq-mean-token-mean")
+    seq_mean, _ = grpo_loss(logps, logps, logps, adv, mask, 3, LossOptions(loss_agg_mode="seq-mean-token-mean"))
     assert seq_mean.item() == pytest.approx(-(1.0 - 0.5 + 2.0) / 3, rel=1e-6)
     # Dr. GRPO: token sums (1*3 - 0.5*5 + 2*1) over 3 sequences x 5 new tokens.
-    dr_grpo, _ = grpo_loss(logps, logps, logps, adv, mask, 0.2, 0.0, 15, loss_agg_mode="seq-mean-token-sum-norm")
+    dr_grpo, _ = grpo_loss(logps, logps, logps, adv, mask, 15, LossOptions(loss_agg_mode="seq-mean-token-sum-norm"))
     assert dr_grpo.item() == pytest.approx(-(3 - 2.5 + 2) / 15, rel=1e-6)
     # Micro-batches still add up to the whole batch in every mode.
-    parts = [grpo_loss(logps[i:i + 1], logps[i:i + 1], logps[i:i + 1], adv[i:i + 1], mask[i:i + 1], 0.2, 0.0, 3,
-                       loss_agg_mode="seq-mean-token-mean")[0].item() for i in range(3)]
+    parts = [grpo_loss(logps[i:i + 1], logps[i:i + 1], logps[i:i + 1], adv[i:i + 1], mask[i:i + 1], 3,
+                       LossOptions(loss_agg_mode="seq-mean-token-mean"))[0].item() for i in range(3)]
     assert sum(parts) == pytest.approx(seq_mean.item(), rel=1e-6)
 
 
@@ -166,42 +166,59 @@ def test_verdict_credit_keeps_the_loss_on_the_verdict_tokens(tiny_model_dir):
     assert mask.tolist() == [[1] * 6] * 2  # the batch's own mask is untouched
 
 
-def test_claims_credit_puts_the_reading_of_the_image_under_its_own_check(tiny_model_dir):
-    """Under `claims` an intact judge reply's verdict carries the verdict's advantage and what it
-    says the image shows carries the advantage of that claim against the ground truth (blue)."""
+def test_claims_credit_checks_the_reading_and_the_verdict_each_on_its_own(tiny_model_dir):
+    """Under `claims` an intact judge reply's verdict carries the advantage of following from its
+    own words, and what it says the image shows (truth: blue) the advantage of being right."""
     from spark_vl.config import load_config
     from spark_vl.models import load_processor
     from spark_vl.records import PromptRecord, RolloutGroup
     from spark_vl.train.trainer import credit_mask, sequences_with_signal, token_advantages, verdict_tokens
 
     tokenizer = load_processor(tiny_model_dir, 12544, 12544).tokenizer
-    replies = ["The image shows blue. The proposed answer is green. \\box{No}",  # right reading, right verdict
-               "The image shows green. The proposed answer is green. \\box{No}",  # wrong reading, right verdict
-               "The image shows green. The proposed answer is green. \\box{Yes}",  # wrong reading, wrong verdict
-               "The image shows blue. The proposed answer is green. \\box{Yes}"]  # right reading, wrong verdict
+    replies = ["The image shows blue. The proposed answer is green. \\box{No}",  # right reading, consistent
+               "The image shows green. The proposed answer is green. \\box{Yes}",  # wrong reading, consistent
+               "The image shows green. The proposed answer is green. \\box{No}",  # wrong reading, inconsistent
+               "The image shows blue. The proposed answer is green. \\box{Yes}"]  # right reading, inconsistent
     ids = [tokenizer.encode(r, add_special_tokens=False) for r in replies]
     prompt = PromptRecord("j", "judge_pointwise", [], "q", "No", "q", "blue", "s", ["green"])
-    group = RolloutGroup(prompt, replies, ids, [[0.0] * len(i) for i in ids], rewards=[1.0, 1.0, 0.0, 0.0],
+    group = RolloutGroup(prompt, replies, ids, [[0.0] * len(i) for i in ids], rewards=[1.0, 0.0, 1.0, 0.0],
                          statuses=["ok"] * 4)
-    sequences, flat = sequences_with_signal([group], load_config(None, ["spark.judge_credit=claims",
-                                                                        "spark.templates=tiny"]), tokenizer)
+    claims = load_config(None, ["spark.judge_credit=claims", "spark.templates=tiny"])
+    sequences, flat = sequences_with_signal([group], claims, tokenizer)
     assert flat == 0 and [s.advantage for s in sequences] == pytest.approx([1, 1, -1, -1], abs=1e-5)
     assert [s.credit for s in sequences] == [verdict_tokens(i, tokenizer) for i in ids]
-    claims = [s.claim for s in sequences]
-    assert [tokenizer.decode(i[c[0]:c[1]]).strip() for i, c in zip(ids, claims)] == ["blue", "green", "green", "blue"]
-    assert [c[2] for c in claims] == pytest.approx([1, -1, -1, 1], abs=1e-5)
+    seen = [s.claim for s in sequences]
+    assert [tokenizer.decode(i[c[0]:c[1]]).strip() for i, c in zip(ids, seen)] == ["blue", "green", "green", "blue"]
+    assert [c[2] for c in seen] == pytest.approx([1, -1, -1, 1], abs=1e-5)
 
     width = max(map(len, ids))
     mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
     kept, advantages = credit_mask(mask, sequences), token_advantages(mask, sequences)
-    for row, (s, c) in enumerate(zip(sequences, claims)):
+    for row, (s, c) in enumerate(zip(sequences, seen)):
         assert kept[row].nonzero().flatten().tolist() == [*range(c[0], c[1]), *range(*s.credit)]
         assert advantages[row, c[0]].item() == pytest.approx(c[2], abs=1e-5)
         assert advantages[row, s.credit[0]].item() == pytest.approx(s.advantage, abs=1e-5)
-    # Verdicts all right and readings that differ: the group still teaches the reading.
-    group.rewards = [1.0] * 4
-    sequences, flat = sequences_with_signal([group], load_config(None, ["spark.judge_credit=claims"]), tokenizer)
+    # Every verdict consistent, readings that differ: the group still teaches the reading.
+    group.responses, group.response_ids = replies[:2] * 2, ids[:2] * 2
+    sequences, flat = sequences_with_signal([group], claims, tokenizer)
     assert flat == 0 and [s.advantage for s in sequences] == [0.0] * 4 and all(s.claim for s in sequences)
+    # A malformed reply scores 0 on both claims: its verdict advantage sits on all its tokens.
+    group.statuses = ["ok", "ok", "ok", "malformed"]
+    sequences, _ = sequences_with_signal([group], claims, tokenizer)
+    assert sequences[3].credit is None and sequences[3].claim is None and sequences[3].advantage < 0
+
+
+def test_judge_claims_pairwise_follow_option_a():
+    from spark_vl.prompts import Templates, judge_claims
+    from spark_vl.records import PromptRecord
+
+    templates = Templates.load("tiny")
+    prompt = PromptRecord("p", "judge_pairwise", [], "q", "B", "q", "3", "s", ["4", "3"])  # (A) 4, (B) 3
+    assert judge_claims("The image shows 3. (A) is 4. \\box{B}", prompt, templates).consistent
+    claims = judge_claims("The image shows 4. (A) is 4. \\box{B}", prompt, templates)
+    assert not claims.seen_right and not claims.consistent
+    assert judge_claims("The image shows 4. (A) is 4. \\box{A}", prompt, templates).consistent
+    assert judge_claims("\\box{B}", prompt, templates) is None
 
 
 def test_mini_batches_split_whole_groups_in_a_seeded_order():

@@ -12,7 +12,7 @@ from spark_vl.cli import app
 from spark_vl.config import load_config
 from spark_vl.evaluate.judge import calibration, verdict_probabilities, with_verdict
 from spark_vl.models import load_model, load_processor, vision_token_ids
-from spark_vl.recycle import Templates, pointwise_judge_sample
+from spark_vl.prompts import Templates, pointwise_judge_sample
 from spark_vl.records import PromptRecord
 from spark_vl.rollout.hf import HFRolloutEngine
 

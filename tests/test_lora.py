@@ -11,7 +11,7 @@ from spark_vl.faults import ENV, InjectedFault
 from spark_vl.layout import policy_dir
 from spark_vl.models import load_model, load_processor
 from spark_vl.pipeline import run
-from spark_vl.train.forward import completion_batch, completion_logps
+from spark_vl.models.forward import completion_batch, completion_logps
 from spark_vl.train.lora import ADAPTER_DIR, merged_state_dict
 from spark_vl.train.trainer import PolicyTrainer
 from tests.test_pipeline import SMALL, _rewarded_groups
@@ -34,7 +34,7 @@ def _state(module):
 
 
 def _logps(model, processor, cfg, groups):
-    from spark_vl.rollout.hf import conversation
+    from spark_vl.models.inputs import conversation
 
     pairs = [(g, i) for g in groups for i in range(len(g.responses))]
     batch = completion_batch(processor, [conversation(g.prompt, cfg.model) for g, _ in pairs],

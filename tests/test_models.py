@@ -5,8 +5,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from spark_vl.config import ModelConfig
 from spark_vl.models import build_tiny_model, load_model, load_processor, vision_token_ids
-from spark_vl.rollout.inputs import encode_prompts, image_message
-from spark_vl.train.forward import completion_batch, completion_logps
+from spark_vl.models.inputs import encode_prompts, image_message
+from spark_vl.models.forward import completion_batch, completion_logps
 
 
 def _generate(model_dir, image, greedy=True):

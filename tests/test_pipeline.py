@@ -13,8 +13,9 @@ from spark_vl.layout import policy_dir
 from spark_vl.pipeline import run, sample_groups, sample_until_informative, task_prompts
 from spark_vl.workspace import Workspace
 from spark_vl.records import PromptRecord, RolloutGroup
-from spark_vl.rollout.hf import HFRolloutEngine, conversation
-from spark_vl.train.forward import completion_batch, completion_logps
+from spark_vl.models.inputs import conversation
+from spark_vl.rollout.hf import HFRolloutEngine
+from spark_vl.models.forward import completion_batch, completion_logps
 from spark_vl.train.trainer import PolicyTrainer, mini_batches, sequences_with_signal
 
 METRICS = ["eval/task_acc", "eval/task_acc_reflect", "eval/judge_pointwise_acc", "eval/judge_pairwise_acc",
@@ -171,7 +172,7 @@ def test_micro_batches_with_accumulation_match_one_big_batch(setup, tiny_model_d
 def test_warmup_checks_its_probe_until_max_steps_when_the_margin_is_out_of_reach(setup, tiny_model_dir,
                                                                                    tiny_data_dir):
     from spark_vl.data import load_dataset
-    from spark_vl.recycle import Templates
+    from spark_vl.prompts import Templates
     from spark_vl.train.warmup import run_warmup
     from spark_vl.verify import GradingPool
 

@@ -6,7 +6,8 @@ import pytest
 
 from spark_vl.config import SparkConfig
 from spark_vl.records import PromptRecord, RolloutGroup
-from spark_vl.recycle import POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample, recycle
+from spark_vl.recycle import recycle
+from spark_vl.prompts import POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample
 
 TEMPLATES = Templates.load()
 
@@ -176,7 +177,7 @@ def test_recycle_cli_prints_samples_from_verified_rollouts(tmp_path):
 
 
 def test_judge_reply_checks():
-    from spark_vl.recycle import reply_is_intact
+    from spark_vl.prompts import reply_is_intact
 
     source = group("g", ["3"], [1]).prompt
     prompt = pointwise_judge_sample(source, "4", False, TEMPLATES.pointwise[0], "j")
@@ -196,7 +197,7 @@ def test_judge_reply_checks():
 def test_pairwise_reply_must_restate_option_a():
     """The pairwise letter follows the reasoning: the reply says what the image shows and what (A)
     is, so choosing A or B is the same comparison the pointwise judge makes."""
-    from spark_vl.recycle import reply_is_intact
+    from spark_vl.prompts import reply_is_intact
 
     source = group("g", ["3"], [1]).prompt
     prompt = pairwise_judge_sample(source, "3", "4", TEMPLATES.pairwise[0], False, "j")  # (A) 4, (B) 3

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from spark_vl import tracking
+from spark_vl import plots, tracking
 from spark_vl.config import load_config
 
 
@@ -84,15 +84,15 @@ def test_registry_aliases_move_only_on_improvement(store, tiny_model_dir):
 def test_coevolution_plot(tmp_path):
     rows = [{"iteration": k, "eval/task_acc": 0.5 + k / 10, "eval/task_acc_reflect": 0.5,
              "eval/judge_pointwise_acc": 0.5, "eval/judge_pairwise_acc": 0.6} for k in range(3)]
-    path = tracking.plot_coevolution(rows + [{"iteration": 3, "train/loss": 1.0}], tmp_path / "p.png")
+    path = plots.plot_coevolution(rows + [{"iteration": 3, "train/loss": 1.0}], tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_reliability_diagram(tmp_path):
     records = [{"kind": "judge_pointwise", "label": "Yes" if i % 3 else "No", "p_positive": i / 10} for i in range(10)]
-    path = tracking.plot_reliability(records + [{"kind": "solve", "label": "red"}], tmp_path / "r.png")
+    path = plots.plot_reliability(records + [{"kind": "solve", "label": "red"}], tmp_path / "r.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert tracking.plot_reliability([{"kind": "judge_pointwise", "label": "Yes", "p_positive": None}],
+    assert plots.plot_reliability([{"kind": "judge_pointwise", "label": "Yes", "p_positive": None}],
                                      tmp_path / "none.png") is None
 
 
@@ -120,7 +120,7 @@ def test_eval_uses_the_config_the_model_was_trained_with(store, tiny_model_dir, 
 
     from spark_vl.cli import app
     from spark_vl.config import MODEL_TEMPLATES, load_model_config, save_model_config
-    from spark_vl.recycle import Templates
+    from spark_vl.prompts import Templates
 
     templates = tmp_path / "my-templates.json"
     configs = Path(__file__).resolve().parent.parent / "configs"
@@ -158,7 +158,7 @@ def test_a_run_starts_from_the_registry_champion(store, tiny_model_dir, tiny_dat
     retrain = load_config(None, ["model.path=models:/start-here@champion",
                                  f"data.train_path={tiny_data_dir / 'train.jsonl'}",
                                  f"data.eval_path={tiny_data_dir / 'eval.jsonl'}"])
-    prepare_run(retrain, store / "retrain")
+    prepare_run(retrain, store / "retrain", fetch_model=tracking.resolve_model)
     start = start_policy(retrain, store / "retrain")
     assert start == store / "retrain" / "model" / "from-registry"
     assert (start / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()

@@ -135,7 +135,8 @@ def test_flow_with_vllm_rollouts_survives_a_server_killed_mid_rollout(tmp_path, 
     """The server is SIGKILLed as iteration 2 sends its first request: the rollout fails, the task
     is retried, the run restarts the server and rolls out each prompt once."""
     from flows.co_evolve import co_evolve
-    from spark_vl import pipeline, tracking
+    from spark_vl import tracking
+    from spark_vl.pipeline import stages
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
@@ -144,11 +145,11 @@ def test_flow_with_vllm_rollouts_survives_a_server_killed_mid_rollout(tmp_path, 
                       "tracking.registered_model=vllm-test", "orchestration.retry_delay_s=0")
     run_dir = tmp_path / "runs" / "vllm-flow"
     rollout_calls, killed, lock = [], [], threading.Lock()
-    real_rollout, real_post = pipeline.stage_rollout, VLLMServer.post
+    real_sample, real_post = stages.sample_groups, VLLMServer.post
 
-    def rollout(ws, k):
-        rollout_calls.append(k)
-        real_rollout(ws, k)
+    def sample(engine, prompts, *args, **kwargs):  # inside the rollout stage of iteration k: prompts k<k>/...
+        rollout_calls.append(int(prompts[0].id.split("/")[0].removeprefix("k")))
+        return real_sample(engine, prompts, *args, **kwargs)
 
     def post(server, path, body=None):
         with lock:  # requests run in a thread pool: exactly one of them kills the server
@@ -158,7 +159,7 @@ def test_flow_with_vllm_rollouts_survives_a_server_killed_mid_rollout(tmp_path, 
                 killed.append(server.process.pid)
         return real_post(server, path, body)
 
-    monkeypatch.setattr(pipeline, "stage_rollout", rollout)
+    monkeypatch.setattr(stages, "sample_groups", sample)
     monkeypatch.setattr(VLLMServer, "post", post)
     with prefect_test_harness(server_startup_timeout=60):
         run_id = co_evolve(config=cfg, run_name="vllm-flow")
@@ -179,7 +180,7 @@ def test_flow_with_vllm_rollouts_survives_a_server_killed_mid_rollout(tmp_path, 
 def test_vllm_scores_a_judge_reply_as_the_transformers_engine_does(server, tiny_model_dir, tiny_data_dir):
     """Verdict probabilities (spark-vl judge, calibration, best of n) from the server's prompt log-probs."""
     from spark_vl.evaluate.judge import verdict_probabilities
-    from spark_vl.recycle import Templates, pointwise_judge_sample
+    from spark_vl.prompts import Templates, pointwise_judge_sample
     from spark_vl.rollout.hf import HFRolloutEngine
 
     server.load_weights(tiny_model_dir)

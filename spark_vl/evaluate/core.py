@@ -10,25 +10,10 @@ from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
 from spark_vl.evaluate.judge import calibration, verdict_probabilities
 from spark_vl.records import PromptRecord, task_item
-from spark_vl.recycle import (POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample,
-                              reply_is_intact)
-from spark_vl.rollout.hf import RolloutEngine
+from spark_vl.prompts import (POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample,
+                              reflection_sample, reply_is_intact, solve_prompt, wrong_answers)
+from spark_vl.rollout import RolloutEngine
 from spark_vl.verify import GradingPool, extract_answer, extract_verdict, judge_reward, well_formed
-
-
-def solve_prompt(sample: TaskSample, instruction: str, prefix: str = "") -> PromptRecord:
-    """A task prompt; the instruction is appended unless the question already asks for a box."""
-    text = sample.question if "\\boxed" in sample.question else f"{sample.question} {instruction}"
-    return PromptRecord(id=f"{prefix}{sample.id}", kind="solve", images=list(sample.images), text=text,
-                        label=sample.answer, question=sample.question, answer=sample.answer, source_id=sample.id)
-
-
-def wrong_answers(samples: list[TaskSample]) -> dict[str, list[str]]:
-    """Per question text, the answers seen in the dataset: wrong candidates for any other sample."""
-    pool: dict[str, set[str]] = defaultdict(set)
-    for sample in samples:
-        pool[sample.question].add(sample.answer)
-    return {q: sorted(a) for q, a in pool.items()}
 
 
 def held_out_judge_prompts(samples: list[TaskSample], config: RunConfig, templates: Templates,

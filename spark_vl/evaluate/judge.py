@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from spark_vl.data.preference import PreferencePair
-from spark_vl.recycle import Templates, pairwise_judge_sample
+from spark_vl.prompts import Templates, pairwise_judge_sample
 from spark_vl.records import PromptRecord
 from spark_vl.verify.extract import box_span
 from spark_vl.verify.grading import judge_reward

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerFast
 
 from spark_vl.config import ModelConfig, TinyModelConfig
 from spark_vl.data.tasks import corpus_lines
-from spark_vl.recycle import Templates
+from spark_vl.prompts import Templates
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",

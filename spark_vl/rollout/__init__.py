@@ -1,1 +1,5 @@
-"""Rollout engines: sample responses to image prompts behind one interface."""
+"""Rollout engines: sample responses to image prompts behind one protocol (`engines.py`)."""
+
+from spark_vl.rollout.engines import ENGINES, Engines, RolloutEngine
+
+__all__ = ["ENGINES", "Engines", "RolloutEngine"]

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from spark_vl.config import ModelConfig, RolloutConfig
-from spark_vl.models import vision_token_ids
+from spark_vl.models import load_model, vision_token_ids
 from spark_vl.records import PromptRecord, RolloutGroup
-from spark_vl.rollout.inputs import encode_prompts, image_message
-from spark_vl.train.forward import completion_batch, completion_logps, policy_logits
-
-
-class RolloutEngine(Protocol):
-    """What the pipeline needs from an engine; a vLLM server engine implements the same."""
-
-    def generate(self, prompts: list[PromptRecord], n: int, greedy: bool = False,
-                 seed: int = 0) -> list[RolloutGroup]: ...
-
-    def score(self, prompts: list[PromptRecord], completions: list[str]) -> list[float]: ...
-
-
-def conversation(prompt: PromptRecord, model_cfg: ModelConfig) -> list[dict]:
-    return image_message(prompt.images, prompt.text, model_cfg.min_pixels, model_cfg.max_pixels)
+from spark_vl.models.inputs import conversation, encode_prompts
+from spark_vl.models.forward import completion_batch, completion_logps, policy_logits
 
 
 class HFRolloutEngine:
@@ -47,6 +34,13 @@ class HFRolloutEngine:
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.convert_tokens_to_ids("<|im_end|>")}
         self.pad_id = tokenizer.pad_token_id
+
+    @classmethod
+    def open(cls, engines, policy: Path, model=None) -> "HFRolloutEngine":
+        """Sampling in this process from `model`, or from the checkpoint at `policy` loaded here."""
+        config = engines.config
+        model = model if model is not None else load_model(policy, config.model.dtype)
+        return cls(model, engines.processor, config.rollout, config.model, show_progress=engines.show_progress)
 
     @torch.no_grad()
     def generate(self, prompts: list[PromptRecord], n: int, greedy: bool = False, seed: int = 0) -> list[RolloutGroup]:

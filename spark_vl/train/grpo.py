@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -54,41 +55,43 @@ def loss_normaliser(mode: LossAggMode, tokens: int, sequences: int, max_new_toke
             "seq-mean-token-sum-norm": sequences * max_new_tokens}[mode]
 
 
-def grpo_loss(
-    per_token_logps: torch.Tensor,
-    old_per_token_logps: torch.Tensor,
-    ref_per_token_logps: torch.Tensor,
-    advantages: torch.Tensor,
-    completion_mask: torch.Tensor,
-    clip_eps: float,
-    kl_coef: float,
-    normaliser: float,
-    clip_eps_high: float | None = None,
-    per_token_entropy: torch.Tensor | None = None,
-    entropy_coef: float = 0.0,
-    loss_agg_mode: LossAggMode = "token-mean",
-) -> tuple[torch.Tensor, dict[str, float]]:
+@dataclass(frozen=True)
+class LossOptions:
+    """The objective's knobs, named as in `train` of the config: the ratio is clipped to
+    [1 - clip_eps, 1 + clip_eps_high] ("clip-higher" when clip_eps_high is larger: rare tokens with
+    positive advantage may grow further; None: clip_eps), a k3 KL penalty to the reference weighs
+    kl_coef, entropy_coef rewards entropy, loss_agg_mode says how token losses make one number."""
+
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    loss_agg_mode: LossAggMode = "token-mean"
+
+
+def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor,
+              advantages: torch.Tensor, completion_mask: torch.Tensor, normaliser: float, options: LossOptions,
+              per_token_entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's share of the batch loss: its per-token losses summed (per sequence first
     averaged, in seq-mean-token-mean) and divided by the whole batch's `normaliser`
     (`loss_normaliser`), so micro-batches accumulate to the loss of the full batch.
 
-    The ratio is clipped to [1 - clip_eps, 1 + clip_eps_high] ("clip-higher" when clip_eps_high
-    is larger: rare tokens with positive advantage may grow further); `entropy_coef` rewards
-    entropy (`per_token_entropy` must then carry gradients). Shapes: (B, T); advantages (B,), one
-    per sequence, or (B, T), one per token.
+    Shapes: (B, T); advantages (B,), one per sequence, or (B, T), one per token. With
+    `options.entropy_coef`, `per_token_entropy` must carry gradients.
     """
-    high = clip_eps if clip_eps_high is None else clip_eps_high
+    clip_eps = options.clip_eps
+    high = clip_eps if options.clip_eps_high is None else options.clip_eps_high
     ratio = torch.exp(per_token_logps - old_per_token_logps)
     clipped_ratio = torch.clamp(ratio, 1 - clip_eps, 1 + high)
     adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     per_token_pg = -torch.min(ratio * adv, clipped_ratio * adv)
     log_ref_ratio = ref_per_token_logps - per_token_logps
     per_token_kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # k3 estimator, >= 0
-    per_token_loss = per_token_pg + kl_coef * per_token_kl
-    if entropy_coef:
-        per_token_loss = per_token_loss - entropy_coef * per_token_entropy
+    per_token_loss = per_token_pg + options.kl_coef * per_token_kl
+    if options.entropy_coef:
+        per_token_loss = per_token_loss - options.entropy_coef * per_token_entropy
     mask = completion_mask.to(per_token_loss.dtype)
-    if loss_agg_mode == "seq-mean-token-mean":
+    if options.loss_agg_mode == "seq-mean-token-mean":
         loss = ((per_token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / normaliser
     else:
         loss = (per_token_loss * mask).sum() / normaliser

@@ -1,8 +1,8 @@
 """Training across processes: the train stage of one iteration, run by every DeepSpeed worker.
 
-With `train.processes_per_node` above 1 (or a `train.hostfile`), the train task starts this
-module under `torchrun` or the `deepspeed` launcher as a subprocess. Each worker builds the
-same trainer from the run directory, takes its share of the sequences, and rank 0 writes the
+With `train.processes_per_node` above 1 (or a `train.hostfile`), the train task starts
+`spark_vl.pipeline.worker` under `torchrun` or the `deepspeed` launcher as a subprocess. Each
+worker builds the same trainer from the run directory, takes its share of the sequences, and rank 0 writes the
 outputs. A failing worker ends the launcher (which stops the others), and the task raises with
 the workers' own error instead of hanging.
 
@@ -11,7 +11,7 @@ cannot ssh to each other, each node starts its own launcher with its node rank
 (`launch_training(..., node_rank=R)`, `spark-vl train-node`): DeepSpeed's `--no_ssh`, the same
 per-node launcher pdsh would run there.
 
-    python -m spark_vl.train.launch RUN_DIR ITERATION
+    python -m spark_vl.pipeline.worker RUN_DIR ITERATION
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from torch.distributed.elastic.multiprocessing.errors import record
-
 from spark_vl.config import TrainConfig
 from spark_vl.runio import free_port, logger
 
+WORKER_MODULE = "spark_vl.pipeline.worker"  # what each launched worker runs: the pipeline's train stage
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                       "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
 
@@ -47,7 +46,7 @@ def distributed(train: TrainConfig) -> bool:
 
 def launch_command(train: TrainConfig, run_dir: Path, k: int, port: int, node_rank: int | None = None) -> list[str]:
     """The launcher for iteration k's workers: of every node (over ssh), or of node `node_rank` only."""
-    module = ["spark_vl.train.launch", str(run_dir), str(k)]
+    module = [WORKER_MODULE, str(run_dir), str(k)]
     if train.hostfile is not None or train.launcher == "deepspeed":
         hosts = ["--hostfile", train.hostfile] if train.hostfile else ["--num_gpus", str(train.processes_per_node)]
         if node_rank is not None:
@@ -87,27 +86,3 @@ def launch_training(train: TrainConfig, run_dir: Path, k: int, node_rank: int | 
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
         raise RuntimeError(f"training workers of iteration {k} failed on {where} (exit code {result.returncode}); "
                            f"the end of {log_path}:\n{tail}")
-
-
-@record
-def main(argv: list[str]) -> None:
-    import torch
-
-    from spark_vl import pipeline, workspace
-    from spark_vl.config import load_config
-
-    run_dir, k = Path(argv[0]), int(argv[1])
-    config = load_config(run_dir / "config.yaml")
-    ws = workspace.Workspace(config, run_dir)
-    try:
-        pipeline.stage_train(ws, k)
-    finally:
-        ws.close()
-        # Left to interpreter exit, the process group's threads can abort a finished worker
-        # ("terminate called without an active exception", seen once in CI on ZeRO-3).
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -14,12 +14,12 @@ import torch
 from spark_vl.config import RunConfig, save_model_config
 from spark_vl.models import load_model, vision_token_ids
 from spark_vl.records import JUDGE_KINDS, RolloutGroup
-from spark_vl.recycle import Templates
-from spark_vl.rollout.hf import conversation
+from spark_vl.prompts import Templates, judge_claims
+from spark_vl.models.inputs import conversation
 from spark_vl.runio import logger
 from spark_vl.train.engine import build_engine
-from spark_vl.train.forward import completion_batch, completion_logps
-from spark_vl.train.grpo import group_advantages, grpo_loss, label_balanced, loss_normaliser
+from spark_vl.models.forward import completion_batch, completion_logps
+from spark_vl.train.grpo import LossOptions, group_advantages, grpo_loss, label_balanced, loss_normaliser
 from spark_vl.train.lora import ADAPTER_DIR, add_adapters, load_adapter_weights, merged_state_dict
 from spark_vl.verify.extract import box_span
 
@@ -50,18 +50,6 @@ def verdict_tokens(ids: list[int], tokenizer) -> tuple[int, int] | None:
     without one box."""
     span = box_span(tokenizer.decode(ids, skip_special_tokens=True))
     return None if span is None else char_span_tokens(ids, tokenizer, span[1], span[2])
-
-
-def seen_claims(group: RolloutGroup, templates: Templates, tokenizer) -> list[tuple[tuple[int, int], float] | None]:
-    """For each reply of a judge group, the tokens of what it says the image shows and whether
-    that is the ground truth (1.0 or 0.0); None for a reply without the reply format."""
-    pattern = templates.reply_pattern(group.prompt.kind == "judge_pairwise")
-    claims: list[tuple[tuple[int, int], float] | None] = []
-    for response, ids in zip(group.responses, group.response_ids):
-        match = pattern.match(tokenizer.decode(ids, skip_special_tokens=True))
-        span = char_span_tokens(ids, tokenizer, match.start(1), match.end(1)) if match else None
-        claims.append(None if span is None else (span, float(match.group(1).strip() == group.prompt.answer.strip())))
-    return claims
 
 
 def credit_mask(mask: torch.Tensor, sequences: list[Sequence]) -> torch.Tensor:
@@ -95,8 +83,8 @@ def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig,
     """Flatten groups into sequences with advantages; groups of equal rewards are dropped and counted.
     With `spark.balance_judge_advantages` each judge label pushes with equal weight (`label_balanced`);
     with `spark.judge_credit: verdict` an intact judge reply's loss is on its verdict tokens only;
-    with `claims` also on what it says the image shows, with the advantage of that claim's own
-    check against the ground truth (`seen_claims`)."""
+    with `claims` each claim of an intact reply carries the advantage of its own check
+    (`claims_advantages`)."""
     sequences, flat_groups = [], 0
     by_std = config.train.norm_adv_by_std
     per_group = [group_advantages(group.rewards, by_std=by_std) for group in groups]
@@ -106,25 +94,41 @@ def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig,
     templates = Templates.load(config.spark.templates) if config.spark.judge_credit == "claims" else None
     for index, (group, advantages) in enumerate(zip(groups, per_group)):
         judge = group.prompt.kind in JUDGE_KINDS
-        claims: list = [None] * len(group.responses)
+        seen: list = [None] * len(group.responses)
         if templates is not None and judge:
-            found = seen_claims(group, templates, tokenizer)
-            claim_advantages = group_advantages([c[1] if c else 0.0 for c in found], by_std=by_std)
-            claims = [(*c[0], a) if c and a else None for c, a in zip(found, claim_advantages)]
-        if not any(advantages) and not any(claims):
+            advantages, seen = claims_advantages(group, templates, tokenizer, by_std)
+        if not any(advantages) and not any(seen):
             flat_groups += 1
             continue
         conv = conversation(group.prompt, config.model)
         temperature = config.rollout.temperature_for(group.prompt.kind)
         on_verdict = config.spark.judge_credit in ("verdict", "claims") and judge
         statuses = group.statuses or ["ok"] * len(group.responses)
-        for ids, logps, adv, status, claim in zip(group.response_ids, group.logprobs, advantages, statuses, claims):
+        for ids, logps, adv, status, claim in zip(group.response_ids, group.logprobs, advantages, statuses, seen):
             if ids:  # a malformed reply is wrong all through: its whole text carries the advantage
-                intact = on_verdict and status != "malformed"
-                credit = verdict_tokens(ids, tokenizer) if intact else None
+                credit = verdict_tokens(ids, tokenizer) if on_verdict and status != "malformed" else None
                 sequences.append(Sequence(conv, ids, logps, adv, temperature, credit, index,
-                                          claim if intact and credit else None))
+                                          claim if credit else None))
     return sequences, flat_groups
+
+
+def claims_advantages(group: RolloutGroup, templates: Templates, tokenizer,
+                      by_std: bool) -> tuple[list[float], list[tuple[int, int, float] | None]]:
+    """Under `spark.judge_credit: claims`, a judge group's advantages claim by claim
+    (`judge_claims`): the verdict's, from whether it follows from the reply's own words, and those
+    of the tokens saying what the image shows, from whether that is the ground truth. A reply
+    that fails the reply check scores 0 on both, its verdict advantage then on all its tokens.
+    Returns (verdict advantages, (first, end, advantage) of each reply's reading or None)."""
+    statuses = group.statuses or ["ok"] * len(group.responses)
+    claims = [judge_claims(tokenizer.decode(ids, skip_special_tokens=True), group.prompt, templates)
+              if status != "malformed" else None for ids, status in zip(group.response_ids, statuses)]
+    verdicts = group_advantages([float(c is not None and c.consistent) for c in claims], by_std=by_std)
+    readings = group_advantages([float(c is not None and c.seen_right) for c in claims], by_std=by_std)
+    seen = []
+    for ids, claim, advantage in zip(group.response_ids, claims, readings):
+        span = char_span_tokens(ids, tokenizer, *claim.seen) if claim else None
+        seen.append((*span, advantage) if span and advantage else None)
+    return verdicts, seen
 
 
 def mini_batches(sequences: list[Sequence], groups_per_step: int | None, seed: int) -> list[list[Sequence]]:
@@ -171,6 +175,8 @@ class PolicyTrainer:
         model.train()
         self.engine = build_engine(model, train.deepspeed_config, train.micro_batch_size, lr or train.lr,
                                    train.max_grad_norm)
+        self.loss_options = LossOptions(train.clip_eps, train.clip_eps_high, train.kl_coef, train.entropy_coef,
+                                        train.loss_agg_mode)
         self.reference = None
         if reference_dir is not None and train.kl_coef > 0 and not self.lora:
             self.reference = load_model(reference_dir, config.model.dtype, self.device).eval()
@@ -253,9 +259,7 @@ class PolicyTrainer:
                     ref, _ = completion_logps(self.reference, batch, temperature, suppress_ids=self.suppress)
             else:
                 ref = logps.detach()
-            loss, chunk_stats = grpo_loss(logps, old, ref, advantages, mask, train.clip_eps, train.kl_coef,
-                                          normaliser, train.clip_eps_high, entropy, train.entropy_coef,
-                                          train.loss_agg_mode)
+            loss, chunk_stats = grpo_loss(logps, old, ref, advantages, mask, normaliser, self.loss_options, entropy)
             if mid_step is not None and i == 0:
                 mid_step()
             self.engine.backward(loss)

@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
-from spark_vl.evaluate import solve_prompt, wrong_answers
+from spark_vl.models.inputs import conversation
+from spark_vl.prompts import (Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample, solve_prompt,
+                              wrong_answers)
 from spark_vl.records import task_item
-from spark_vl.recycle import Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample
-from spark_vl.rollout.hf import HFRolloutEngine, conversation
+from spark_vl.rollout.hf import HFRolloutEngine
 from spark_vl.train.trainer import PolicyTrainer
 from spark_vl.verify import GradingPool
 

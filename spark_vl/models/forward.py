@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from spark_vl.rollout.inputs import encode_prompts
+from spark_vl.models.inputs import encode_prompts
 
 # Batch entries that are not model inputs.
 BATCH_ONLY = ("completion_ids", "completion_mask", "distinct_image_grid_thw", "image_index")

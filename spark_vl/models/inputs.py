@@ -11,6 +11,9 @@ import torch
 from qwen_vl_utils import process_vision_info
 from transformers import BatchFeature
 
+from spark_vl.config import ModelConfig
+from spark_vl.records import PromptRecord
+
 # Processor outputs with one row per conversation, and with one entry per image.
 PER_CONVERSATION = ("input_ids", "attention_mask", "mm_token_type_ids")
 PER_IMAGE = ("pixel_values", "image_grid_thw")
@@ -25,6 +28,11 @@ def image_message(images: list[str] | tuple[str, ...], text: str, min_pixels: in
     ]
     content.append({"type": "text", "text": text})
     return [{"role": "user", "content": content}]
+
+
+def conversation(prompt: PromptRecord, model_cfg: ModelConfig) -> list[dict]:
+    """A prompt record as the chat the model reads, with the run's pixel bounds."""
+    return image_message(prompt.images, prompt.text, model_cfg.min_pixels, model_cfg.max_pixels)
 
 
 def encode_prompts(processor, conversations: list[list[dict]], share_images: bool = False) -> BatchFeature:

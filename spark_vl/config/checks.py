@@ -1,0 +1,72 @@
+"""Checks of a config before a run starts: every file it names is there, and a run triggered
+through a deployment changes no privileged key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spark_vl.config.loading import ConfigError
+from spark_vl.config.schema import PACKAGED_TEMPLATES, RunConfig
+
+
+def check_paths(config: RunConfig) -> None:
+    """Raise ConfigError naming every file or folder the config points at that is not there, so a
+    run stops before it starts instead of failing (and being retried) midway."""
+    problems = []
+
+    def need(key: str, value: str | None, what: str, is_dir: bool = False) -> None:
+        path = Path(value) if value else None
+        if path is not None and not (path.is_dir() if is_dir else path.exists()):
+            problems.append(f"{key}: {value} does not exist ({what})")
+
+    need("data.train_path", config.data.train_path, "a JSONL, JSON or Parquet file or a datasets folder; "
+         "null uses the built-in tasks")
+    need("data.eval_path", config.data.eval_path, "held-out prompts; null uses the built-in held-out split, "
+         "or the training set when data.train_path is set")
+    model_path = config.model.path
+    if model_path and not model_path.startswith("models:/"):
+        if not (Path(model_path) / "config.json").exists():
+            problems.append(f"model.path: {model_path} is not a Hugging Face checkpoint folder (no config.json); "
+                            "give a local checkpoint folder, a models:/NAME@ALIAS registry URI, or null for the "
+                            "tiny model")
+    need("train.deepspeed_config", config.train.deepspeed_config, "a DeepSpeed JSON, e.g. "
+         "configs/deepspeed/zero0.json")
+    need("train.hostfile", config.train.hostfile, "a DeepSpeed hostfile; see infra/deepspeed/hostfile.example")
+    if config.reward.function and ".py:" in config.reward.function:
+        need("reward.function", config.reward.function.rsplit(":", 1)[0], "a Python file, as path/to/file.py:fn")
+    if config.spark.templates not in PACKAGED_TEMPLATES:
+        need("spark.templates", config.spark.templates, "a template JSON file, or `default` / `tiny`")
+    vllm = config.rollout.vllm
+    if config.rollout.engine == "vllm" and vllm.url is None:
+        need("rollout.vllm.python", vllm.python, "the vLLM environment's interpreter: run `make vllm-env`, or set "
+             "rollout.vllm.url to a running server")
+    if problems:
+        raise ConfigError("the config names what is not there:\n  " + "\n  ".join(problems))
+
+
+# Keys that name a program to execute, its arguments or environment, or a host to reach: a run
+# triggered through a deployment (the UI, the API) may not change them; the deployment may.
+PRIVILEGED_KEYS = ("rollout.vllm.python", "rollout.vllm.args", "rollout.vllm.env", "rollout.vllm.url",
+                   "rollout.vllm.host", "train.hostfile", "train.launcher", "train.master_addr", "reward.function")
+
+
+def _value(config: RunConfig, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_triggered(config: RunConfig, deployed: RunConfig, allowed: list[str]) -> None:
+    """Raise ConfigError when a triggered run sets a privileged key to other than its deployment's
+    config does, unless the deployment allows that key (or a section above it)."""
+    refused = [key for key in PRIVILEGED_KEYS
+               if _value(config, key) != _value(deployed, key)
+               and not any(key == a or key.startswith(a + ".") for a in allowed)]
+    if refused:
+        raise ConfigError(
+            "a run triggered through a deployment may not set " + ", ".join(refused) + " (programs, their "
+            "arguments and environment, hosts): the worker would run or reach what the trigger names. Set it in "
+            "the deployment's config, or list the key in the deployment's `allow_keys` parameter in "
+            "prefect.yaml and deploy again")

@@ -1,0 +1,90 @@
+"""Prepare a run directory: the config, the built-in data, the starting policy (the tiny model
+after its warm-up, a registry model, or `model.path` itself). Finished parts are skipped."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from spark_vl.config import RunConfig, save_config
+from spark_vl.data import warn_bad_rows
+from spark_vl.data.tasks import make_dataset
+from spark_vl.faults import fault_point
+from spark_vl.layout import remove_partials, start_policy, write_json
+from spark_vl.models import build_tiny_model, load_processor
+from spark_vl.runio import logger
+from spark_vl.train.trainer import PolicyTrainer
+from spark_vl.train.warmup import run_warmup
+from spark_vl.workspace import Workspace
+
+# Copies a registry model (models:/NAME@ALIAS) into a folder and returns where it put it: the
+# flow passes MLflow's (`tracking.resolve_model`), the library knows no registry.
+FetchModel = Callable[[str, Path], Path]
+
+
+def prepare_run(config: RunConfig, run_dir: Path, fetch_model: FetchModel | None = None) -> dict[str, Path]:
+    """Write the config; build the tiny model, the built-in data and the warm-started starting
+    policy when the config asks for them; copy a registry model in with `fetch_model`. Finished
+    parts are skipped."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_partials(run_dir)
+    save_config(config, run_dir / "config.yaml")
+    ws = Workspace(config, run_dir)
+    if config.data.train_path is None and not (run_dir / "data" / "eval.jsonl").exists():
+        logger.info("rendering built-in tasks %s in %s", config.data.builtin.families, run_dir / "data")
+        make_dataset(run_dir / "data", config.data.builtin)
+    if config.data.train_path and not config.data.eval_path:
+        logger.warning("data.eval_path is not set: held-out metrics are computed on the training set")
+    for split in ("train", "eval"):
+        warn_bad_rows(ws.dataset(split))
+        logger.info("%s prompts: %d usable from %s", split, len(ws.samples(split)), ws.paths[split])
+    start = start_policy(config, run_dir)
+    if not (start / "config.json").exists():
+        if config.model.path is None:
+            init = run_dir / "model" / "init"
+            if not (init / "config.json").exists():
+                logger.info("building tiny %s model in %s", config.model.tiny.family, init)
+                build_tiny_model(config.model, init)
+            warm_start(config, run_dir, init, start)
+        elif config.model.path.startswith("models:/"):
+            if fetch_model is None:
+                raise ValueError(f"model.path {config.model.path} is a registry model: run it through the flow "
+                                 "(spark-vl run), which fetches it from MLflow")
+            staging = start.with_name(".from-registry.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            logger.info("downloading %s into %s", config.model.path, start)
+            shutil.move(fetch_model(config.model.path, staging), start)
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            raise FileNotFoundError(f"model.path {start} is not a Hugging Face checkpoint directory (no config.json)")
+    ws.close()
+    fault_point("prepare", 0, "after")
+    return {"run_dir": run_dir, "policy": start, **ws.paths}
+
+
+def warm_start(config: RunConfig, run_dir: Path, init: Path, start: Path) -> None:
+    m = config.model
+    processor = load_processor(init, m.min_pixels, m.max_pixels)
+    if not config.train.warmup.enabled or config.train.warmup.steps == 0:
+        fault_point("prepare", 0, "before")
+        staging = start.with_name(f".{start.name}.partial")
+        shutil.copytree(init, staging)
+        staging.rename(start)
+        return
+    ws = Workspace(config, run_dir)
+    trainer = PolicyTrainer(config, processor, init, None, lr=config.train.warmup.lr, adapters=False)
+    try:
+        losses, checks = run_warmup(trainer, ws.samples("train"), config, ws.templates, ws.pool)
+    finally:
+        ws.close()
+    if checks:
+        probe = ", ".join(f"{q} {a:.2f}" for q, a in checks[-1]["accuracy"].items())
+        logger.info("warm-up: %d steps; held-back train samples answered right: %s", len(losses), probe)
+        if not checks[-1]["passed"]:
+            logger.warning("warm-up reached train.warmup.max_steps (%d) before every question beat chance by "
+                           "train.warmup.above_chance: raise max_steps or lower above_chance", len(losses))
+    write_json(run_dir / "warmup.json", {"loss_first": losses[0], "loss_last": losses[-1], "steps": len(losses),
+                                         "probe": checks})
+    fault_point("prepare", 0, "before")
+    trainer.save(start)

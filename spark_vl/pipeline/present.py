@@ -1,0 +1,31 @@
+"""What a person reads of an iteration: its metrics as markdown, a sample of its rollouts and
+recycled prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from spark_vl.layout import iter_dir
+from spark_vl.records import load_groups, load_prompts
+
+
+def metrics_markdown(row: dict[str, float]) -> str:
+    """One iteration's metrics as a markdown table."""
+    lines = [f"# Iteration {row['iteration']}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {key} | {value:.4g} |" for key, value in sorted(row.items()) if key != "iteration"]
+    return "\n".join(lines)
+
+
+def sample_rows(run_dir: Path, k: int, limit: int = 64) -> dict[str, list[dict[str, Any]]]:
+    """A readable sample of iteration k's verified rollouts and recycled prompts."""
+    rollouts = []
+    verified = iter_dir(run_dir, k) / "verified.jsonl"
+    for group in (load_groups(verified) if verified.exists() else [])[:limit]:
+        for response, reward in zip(group.responses[:2], group.rewards[:2]):
+            rollouts.append({"kind": group.prompt.kind, "prompt": group.prompt.text, "label": group.prompt.label,
+                             "response": response, "reward": reward})
+    queue = iter_dir(run_dir, k) / "recycled.jsonl"
+    recycled = [{"kind": p.kind, "prompt": p.text, "label": p.label, "source": p.source_id}
+                for p in (load_prompts(queue) if queue.exists() else [])[:limit]]
+    return {"rollouts": rollouts, "recycled": recycled}

@@ -1,0 +1,207 @@
+"""The stages of iteration k, each a plain function of the workspace and k.
+
+Every stage follows one protocol (`stage`): it returns at once when its done-marker exists in
+`iter-K/`; otherwise it reads its inputs from the run directory, computes, and writes its outputs
+atomically between the fault points `<stage>:k:before` and `<stage>:k:after`, the done-marker
+last. A rerun therefore continues where the last one stopped and does nothing twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from spark_vl.config import RunConfig
+from spark_vl.evaluate import evaluate
+from spark_vl.faults import fault_point
+from spark_vl.layout import (deepspeed_dir, deepspeed_tag, iter_dir, metric_rows, policy_dir, prune_deepspeed_state,
+                             prune_policies, read_json, write_json)
+from spark_vl.pipeline.grading import grade_groups
+from spark_vl.pipeline.sampling import sample_groups, sample_until_informative, task_prompts
+from spark_vl.records import KINDS, load_groups, load_prompts, save_groups, save_prompts
+from spark_vl.recycle import recycle
+from spark_vl.runio import write_jsonl_atomic
+from spark_vl.train.launch import distributed, is_worker, launch_training
+from spark_vl.workspace import Workspace
+
+Writes = list[Callable[[], None]]
+
+
+def stage(name: str, done: str):
+    """The stage protocol around a function that computes iteration k's outputs and returns their
+    writes in order (the one of `done`, the done-marker, last), or None when there is nothing to
+    write: skipped when `iter-K/<done>` exists; the writes run between the stage's fault points."""
+
+    def wrap(compute: Callable[[Workspace, int], Writes | None]) -> Callable[[Workspace, int], None]:
+        @functools.wraps(compute)
+        def run_stage(ws: Workspace, k: int) -> None:
+            if (iter_dir(ws.run_dir, k) / done).exists():
+                return
+            writes = compute(ws, k)
+            if writes is None:
+                return
+            fault_point(name, k, "before")
+            for write in writes:
+                write()
+            fault_point(name, k, "after")
+
+        return run_stage
+
+    return wrap
+
+
+def metrics_write(ws: Workspace, k: int, name: str, metrics: dict[str, float]) -> Callable[[], None]:
+    return lambda: write_json(iter_dir(ws.run_dir, k) / f"{name}.json", metrics)
+
+
+@stage("prompts", done="prompts.jsonl")
+def stage_prompts(ws: Workspace, k: int) -> Writes:
+    """Task prompts for iteration k plus the judge/reflection queue recycled in k-1."""
+    prompts = task_prompts(ws, k)
+    queue = iter_dir(ws.run_dir, k - 1) / "recycled.jsonl"
+    if ws.config.spark.enabled and queue.exists():
+        prompts += load_prompts(queue)
+    return [lambda: save_prompts(iter_dir(ws.run_dir, k) / "prompts.jsonl", prompts)]
+
+
+@stage("rollout", done="rollouts.jsonl")
+def stage_rollout(ws: Workspace, k: int) -> Writes:
+    """`group_size` responses to every prompt from policy k-1, with dynamic sampling's extra task
+    batches when `rollout.filter_groups` asks for them."""
+    cfg = ws.config.rollout
+    prompts = load_prompts(iter_dir(ws.run_dir, k) / "prompts.jsonl")
+    engine = ws.engine_at(k - 1)
+    start = time.perf_counter()
+    groups = sample_groups(engine, prompts, cfg, seed=cfg.seed * 1_000_003 + k)
+    draws = 1
+    if cfg.filter_groups.enable:
+        extra, draws = sample_until_informative(ws, k, engine, [g for g in groups if g.prompt.kind == "solve"])
+        groups += extra
+    seconds = time.perf_counter() - start
+    tokens = sum(len(ids) for g in groups for ids in g.response_ids)
+    solve_lengths = [len(ids) for g in groups if g.prompt.kind == "solve" for ids in g.response_ids]
+    metrics = {"rollout/response_len": sum(solve_lengths) / max(1, len(solve_lengths)),
+               "rollout/gen_batches": float(draws),
+               "throughput/rollout_tokens_per_s": tokens / seconds,
+               "time/rollout_s": seconds}
+    return [metrics_write(ws, k, "rollout", metrics),
+            lambda: save_groups(iter_dir(ws.run_dir, k) / "rollouts.jsonl", groups)]
+
+
+@stage("verify", done="verified.jsonl")
+def stage_verify(ws: Workspace, k: int) -> Writes:
+    """Rewards for every response (`grade_groups`), and their means per kind's metric."""
+    start = time.perf_counter()
+    groups = load_groups(iter_dir(ws.run_dir, k) / "rollouts.jsonl")
+    grade_groups(groups, ws.templates, ws.pool, ws.config.spark.judge_reply_check)
+    solve = [g for g in groups if g.prompt.kind == "solve"]
+    statuses = [s for g in groups for s in g.statuses]
+    judge_statuses = [s for g in groups if KINDS[g.prompt.kind].grader == "judge" for s in g.statuses]
+    metrics = {
+        "rollout/all_correct_frac": sum(all(r > 0 for r in g.rewards) for g in solve) / max(1, len(solve)),
+        "rollout/all_wrong_frac": sum(all(r <= 0 for r in g.rewards) for g in solve) / max(1, len(solve)),
+        "verify/timeout_frac": statuses.count("timeout") / max(1, len(statuses)),
+        "verify/judge_malformed_frac": judge_statuses.count("malformed") / max(1, len(judge_statuses)),
+    }
+    for metric in dict.fromkeys(spec.reward_metric for spec in KINDS.values()):
+        rewards = [r for g in groups if KINDS[g.prompt.kind].reward_metric == metric for r in g.rewards]
+        metrics[metric] = sum(rewards) / len(rewards) if rewards else float("nan")
+    metrics["time/verify_s"] = time.perf_counter() - start
+    return [metrics_write(ws, k, "verify", metrics),
+            lambda: save_groups(iter_dir(ws.run_dir, k) / "verified.jsonl", groups)]
+
+
+@stage("recycle", done="recycled.jsonl")
+def stage_recycle(ws: Workspace, k: int) -> Writes:
+    """SPARK's recycling of the verified task groups into the judge and reflection prompts of k+1."""
+    start = time.perf_counter()
+    cfg = ws.config
+    groups = load_groups(iter_dir(ws.run_dir, k) / "verified.jsonl")
+    if cfg.spark.enabled:
+        rng = random.Random(cfg.train.seed * 1_000_003 + k)
+        result = recycle(groups, cfg.spark, cfg.rollout.prompts_per_batch, rng, ws.templates, f"k{k}")
+        prompts, counts = result.prompts, result.counts
+    else:
+        prompts, counts = [], {"n_pointwise": 0, "n_pairwise": 0, "n_reflect": 0}
+    metrics = {**{f"recycle/{key}": float(value) for key, value in counts.items()},
+               "time/recycle_s": time.perf_counter() - start}
+    return [metrics_write(ws, k, "recycle", metrics),
+            lambda: save_prompts(iter_dir(ws.run_dir, k) / "recycled.jsonl", prompts)]
+
+
+def stage_train(ws: Workspace, k: int) -> None:
+    """One GRPO step from policy k-1 to policy k: in this process, or on launched DeepSpeed
+    workers (each runs this function; rank 0 writes the outputs). train.json, written after the
+    policy, marks the stage done (the policy itself may be pruned later). Its fault point
+    `train:k:before` sits inside the save, before the policy is renamed into place."""
+    out, done = policy_dir(ws.run_dir, k), iter_dir(ws.run_dir, k) / "train.json"
+    if done.exists():
+        return
+    start = time.perf_counter()
+    if ws.config.rollout.engine == "vllm" and ws.config.rollout.vllm.sleep_during_train:
+        ws.rollout_server.sleep()
+    if distributed(ws.config.train) and not is_worker():
+        launch_training(ws.config.train, ws.run_dir, k)
+        ws.trainer, ws.trainer_iteration = None, None
+        write_json(done, {**read_json(done), "time/train_s": time.perf_counter() - start})
+        return
+    trainer = ws.trainer_at(k - 1)
+    ws.trainer_iteration = None  # stepped but not saved, it is no policy of the run: a retry reloads k-1
+    stats = trainer.grpo_step(load_groups(iter_dir(ws.run_dir, k) / "verified.jsonl"),
+                              mid_step=lambda: fault_point("train", k, "step"),
+                              seed=ws.config.train.seed * 1_000_003 + k)
+    try:
+        trainer.save(out, deepspeed_dir(ws.run_dir), deepspeed_tag(k),
+                     before_publish=lambda: fault_point("train", k, "before"))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OSError(exc.errno, f"no space left on the device while saving policy {k} to {out}; nothing "
+                          f"half-written was kept: free space under {ws.run_dir} and rerun (iteration {k} is "
+                          "trained again)") from None
+        raise
+    ws.trainer_iteration = k
+    if trainer.rank == 0:
+        write_json(done, {**stats, "time/train_s": time.perf_counter() - start})
+        prune_deepspeed_state(ws.run_dir, keep=k)
+    fault_point("train", k, "after")
+
+
+def evaluation_due(config: RunConfig, k: int) -> bool:
+    return k == 0 or k % config.eval.every == 0 or k == config.train.iterations
+
+
+@stage("evaluate", done="eval.json")
+def stage_evaluate(ws: Workspace, k: int) -> Writes | None:
+    """The held-out metrics of policy k (`evaluate`), when an evaluation is due at k."""
+    if not evaluation_due(ws.config, k):
+        return None
+    start = time.perf_counter()
+    metrics, records = evaluate(ws.engine_at(k), ws.samples("eval"), ws.config, ws.templates, ws.pool,
+                                ws.processor.tokenizer)
+    metrics["time/evaluate_s"] = time.perf_counter() - start
+    return [lambda: write_jsonl_atomic(iter_dir(ws.run_dir, k) / "eval_samples.jsonl", records),
+            metrics_write(ws, k, "eval", metrics)]
+
+
+# The stages of one iteration, in order; `stage_log` then merges their metrics.
+ITERATION_STAGES = (stage_prompts, stage_rollout, stage_verify, stage_recycle, stage_train, stage_evaluate)
+
+
+def stage_log(ws: Workspace, k: int) -> dict[str, float]:
+    """Merge the stage metrics of iteration k into metrics.jsonl (one row per iteration), then
+    prune the policies no later stage needs. Runs every time: the merge is idempotent."""
+    row: dict[str, Any] = {"iteration": k}
+    for name in ("rollout", "verify", "recycle", "train", "eval"):
+        path = iter_dir(ws.run_dir, k) / f"{name}.json"
+        if path.exists():
+            row.update(read_json(path))
+    rows = [r for r in metric_rows(ws.run_dir) if r["iteration"] != k]
+    fault_point("log", k, "before")
+    write_jsonl_atomic(ws.run_dir / "metrics.jsonl", sorted(rows + [row], key=lambda r: r["iteration"]))
+    prune_policies(ws.config, ws.run_dir, k)
+    fault_point("log", k, "after")
+    return row
