@@ -293,3 +293,14 @@ def test_two_runs_finishing_together_leave_the_better_champion(team, tmp_path, t
     champion = client.get_model_version_by_alias("shared", "champion")
     assert float(champion.tags["task_acc"]) == 1.0
     assert client.get_run(champion.run_id).info.run_name == "better"
+
+
+def test_mlflow_refuses_a_short_admin_password_before_it_starts(tmp_path):
+    """MLflow stops on an admin password under 12 characters with its own message, after the
+    database migration: the service's start names the rule first."""
+    dotenv = {**_secrets(), "MLFLOW_ADMIN_PASSWORD": "short-pass1"}
+    command, env = _service("mlflow", dotenv, {})
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD is shorter than 12 characters" in result.stderr
+    assert "short-pass1" not in result.stderr

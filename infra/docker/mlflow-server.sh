@@ -4,7 +4,7 @@
 # volume, or s3://bucket/prefix with AWS_* and MLFLOW_S3_ENDPOINT_URL set). The command of
 # compose's mlflow service and of tests/test_team.py.
 set -eu
-require-secrets.sh POSTGRES_PASSWORD MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY
+require-secrets.sh POSTGRES_PASSWORD MLFLOW_AUTH_ADMIN_PASSWORD:12 MLFLOW_FLASK_SERVER_SECRET_KEY
 store=$(pg-url.sh postgresql+psycopg2 "$MLFLOW_DATABASE")
 users=$(pg-url.sh postgresql+psycopg2 "$MLFLOW_AUTH_DATABASE" | sed 's/%/%%/g')  # the ini interpolates %
 umask 077

@@ -1,13 +1,19 @@
 #!/bin/sh
-# Refuse to start while a secret named here is empty or still holds the placeholder of
-# infra/.env.example ("change-me..."). Never prints a value.
+# Refuse to start while a secret named here is empty, still holds the placeholder of
+# infra/.env.example ("change-me..."), or is shorter than the length its server requires
+# (NAME:MIN, e.g. MLFLOW_AUTH_ADMIN_PASSWORD:12, which MLflow refuses below). Never prints a value.
 status=0
-for name in "$@"; do
+for spec in "$@"; do
+    name=${spec%%:*}
+    min=0
+    [ "$name" != "$spec" ] && min=${spec#*:}
     eval "value=\${$name:-}"
     case "$value" in
         "") what="empty" ;;
         *change-me*) what="still the placeholder" ;;
-        *) continue ;;
+        *)
+            [ "${#value}" -ge "$min" ] && continue
+            what="shorter than $min characters, which its server refuses" ;;
     esac
     echo "refusing to start: $name is $what; set it in infra/.env (for example: openssl rand -hex 24)" >&2
     status=1
