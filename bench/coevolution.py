@@ -1,14 +1,18 @@
-"""SPARK against plain GRPO, side by side: same configs, seeds, data and iterations.
+"""SPARK against plain GRPO, side by side: same configs, seeds, data, starting checkpoint.
 
-    .venv/bin/python bench/coevolution.py [--configs configs/tiny.yaml] [--seeds 0 1 2] [--parallel 2]
+    .venv/bin/python bench/coevolution.py [--configs configs/tiny.yaml] [--seeds 0 1 2] [--threads 1]
+                                          [--parallel 2] [--grpo-time-factor 2]
 
-Each (config, seed, arm) is one `spark-vl run` (the Prefect flow, tracked in MLflow) in
-runs/bench-<config>-<arm>-s<seed>; the arms differ only in `spark.enabled`. A seed sets the tiny
-model's weights, the warm-up, the rollout sampling and the recycling; the data is the same for
-all. Finished runs are reused, so an interrupted benchmark continues where it stopped. The table
-(first and last evaluation, mean and spread over seeds) is printed, written to
-bench/results/coevolution-<config>.md with a PNG of both arms' curves, and logged to MLflow
-(experiment spark-vl-bench).
+Each (config, seed, threads, arm) is one `spark-vl run` (the Prefect flow, tracked in MLflow) in
+runs/bench-<config>-<arm>-s<seed>[-t<threads>] with OMP_NUM_THREADS=<threads> (torch's thread count
+changes the floating-point sums, so each thread count is a trajectory of its own). The arms: `spark`,
+`grpo` (`spark.enabled=false`, equal iterations) and, with `--grpo-time-factor F`, `grpo-time`:
+plain GRPO with F times the iterations, about SPARK's wall-clock (SPARK trains on more sequences per
+iteration; the table gives the measured times). A seed sets the tiny model's weights, the warm-up,
+the sampling and the recycling; the data is the same for all. Finished runs are reused, so an
+interrupted benchmark continues where it stopped. The table (first and last evaluations, mean, spread
+and worst over seeds), the issue's targets checked one by one, and a PNG of the curves go to
+bench/results/coevolution-<config>.md / .png and to MLflow (experiment spark-vl-bench).
 """
 
 from __future__ import annotations
@@ -24,28 +28,34 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
+import yaml
 from report import RESULTS, publish
 
 ROOT = Path(__file__).resolve().parent.parent
-ARMS = {"spark": "true", "grpo": "false"}
+ARMS = {"spark": ["spark.enabled=true"], "grpo": ["spark.enabled=false"], "grpo-time": ["spark.enabled=false"]}
+TITLES = {"spark": "SPARK", "grpo": "GRPO", "grpo-time": "GRPO, SPARK's time"}
 COLUMNS = [("eval/task_acc", "task acc"), ("eval/task_acc_reflect", "task acc + self-reflection"),
+           ("eval/reflect_fixed", "reflection fixed"), ("eval/reflect_broke", "reflection broke"),
            ("eval/well_formed", "well-formed answers"), ("eval/judge_pointwise_acc", "judge pointwise"),
-           ("eval/judge_same_form_acc", "judge on look-alikes"), ("eval/judge_restated", "judge quotes the answer"),
-           ("eval/judge_pairwise_acc", "judge pairwise"), ("eval/judge_own_wrong_acc", "judge on own wrong answers")]
+           ("eval/judge_same_form_acc", "judge on look-alikes"), ("eval/judge_pairwise_acc", "judge pairwise"),
+           ("eval/judge_pairwise_first_rate", "pairwise picks (A)"),
+           ("eval/judge_own_wrong_acc", "judge on own wrong answers")]
+Run = tuple[str, int, int]  # (arm, seed, threads)
 
 
-def run_name(config: Path, arm: str, seed: int) -> str:
-    return f"bench-{config.stem}-{arm}-s{seed}"
+def run_name(config: Path, arm: str, seed: int, threads: int) -> str:
+    return f"bench-{config.stem}-{arm}-s{seed}" + (f"-t{threads}" if threads != 1 else "")
 
 
-def run_one(config: Path, arm: str, seed: int) -> Path:
-    name = run_name(config, arm, seed)
+def run_one(config: Path, arm: str, seed: int, threads: int, iterations: int) -> Path:
+    name = run_name(config, arm, seed, threads)
     log = ROOT / "runs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "spark_vl.cli", "run", str(config), "--run-name", name,
-               "--set", f"spark.enabled={ARMS[arm]}", "--set", f"model.tiny.seed={seed}",
+               *[arg for override in ARMS[arm] for arg in ("--set", override)],
+               "--set", f"train.iterations={iterations}", "--set", f"model.tiny.seed={seed}",
                "--set", f"train.seed={seed}", "--set", f"rollout.seed={seed}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with open(log, "w") as handle:
         result = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
     if result.returncode != 0:
@@ -53,9 +63,12 @@ def run_one(config: Path, arm: str, seed: int) -> Path:
     return ROOT / "runs" / name
 
 
+def metric_rows(run_dir: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def evaluations(run_dir: Path) -> list[dict[str, float]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in rows if "eval/task_acc" in r]
+    return [r for r in metric_rows(run_dir) if "eval/task_acc" in r]
 
 
 def present(values: list[float]) -> list[float]:
@@ -76,81 +89,112 @@ def mean_spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
-def table(config: Path, seeds: list[int], evals: dict[tuple[str, int], list[dict]]) -> tuple[str, dict[str, float]]:
-    last_iteration = evals[("spark", seeds[0])][-1]["iteration"]
+def last3(rows: list[dict], key: str) -> float:
+    """A run's mean of its last three evaluations (one evaluation swings by 0.05-0.2 from the next)."""
+    return mean_of([r.get(key, math.nan) for r in rows[-3:]])
+
+
+def run_seconds(run_dir: Path) -> float:
+    """Seconds of a run's stages, warm-up and preparation left out (the same for both arms)."""
+    return sum(r.get(f"time/{stage}_s", 0.0) for r in metric_rows(run_dir)
+               for stage in ("rollout", "verify", "recycle", "train", "evaluate"))
+
+
+def trained_sequences(run_dir: Path) -> float:
+    """Sequences with a non-zero advantage per iteration, the mean over the run."""
+    return mean_of([r["train/sequences"] for r in metric_rows(run_dir) if "train/sequences" in r])
+
+
+def table(config: Path, runs: list[Run], evals: dict[Run, list[dict]], dirs: dict[Run, Path]) -> tuple[str, dict]:
+    arms = [arm for arm in ARMS if any(r[0] == arm for r in runs)]
+    trajectories = sorted({(seed, threads) for _, seed, threads in runs})
     lines = [f"# SPARK vs plain GRPO: {config.name} ({date.today()})", "",
-             f"Seeds {', '.join(map(str, seeds))}; mean ± standard deviation over seeds; held-out sets of the "
-             f"config; first evaluation (iteration 0, the same starting policy for both arms), last "
-             f"(iteration {last_iteration}) and the mean of each seed's last three (one evaluation swings by "
-             f"0.1-0.2 from the next: the last alone is a noisy point).", "",
+             "Runs (seed, torch threads): " + ", ".join(f"({s}, {t})" for s, t in trajectories) + ". Mean ± "
+             "standard deviation over them, and the worst of them; held-out sets of the config; first evaluation "
+             "(iteration 0, the same starting policy for every arm of a seed), last, and each run's mean of its "
+             "last three evaluations.", "",
              "| arm | when | " + " | ".join(label for _, label in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     summary: dict[str, float] = {}
-    for arm in ARMS:
-        for when, rows in (("first", slice(0, 1)), ("last", slice(-1, None)), ("last 3", slice(-3, None))):
+    for arm in arms:
+        mine = [run for run in runs if run[0] == arm]
+        for when, pick in (("first", lambda rows, key: rows[0].get(key, math.nan)),
+                           ("last", lambda rows, key: rows[-1].get(key, math.nan)), ("last 3", last3)):
             cells = []
             for key, _ in COLUMNS:
-                values = [mean_of([r.get(key, math.nan) for r in evals[(arm, s)][rows]]) for s in seeds]
+                values = [pick(evals[run], key) for run in mine]
                 cells.append(mean_spread(values))
                 if not math.isnan(mean := mean_of(values)):
                     summary[f"{arm}/{when.replace(' ', '')}/{key.removeprefix('eval/')}"] = mean
-            lines.append(f"| {'SPARK' if arm == 'spark' else 'GRPO'} | {when} | " + " | ".join(cells) + " |")
-    lines += ["", *goals(seeds, evals)]
-    shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
-    lines += ["", f"Command: `.venv/bin/python bench/coevolution.py --configs {shown} "
-              f"--seeds {' '.join(map(str, seeds))}`"]
+            lines.append(f"| {TITLES[arm]} | {when} | " + " | ".join(cells) + " |")
+        worst = [min(present([last3(evals[run], key) for run in mine]), default=math.nan) for key, _ in COLUMNS]
+        lines.append(f"| {TITLES[arm]} | worst run, last 3 | " + " | ".join(f"{v:.3f}" for v in worst) + " |")
+    lines += ["", "| arm | iterations | trained sequences per iteration | stage seconds per run |", "|---|---|---|---|"]
+    for arm in arms:
+        mine = [run for run in runs if run[0] == arm]
+        lines.append(f"| {TITLES[arm]} | {evals[mine[0]][-1]['iteration']} | "
+                     f"{mean_of([trained_sequences(dirs[run]) for run in mine]):.0f} | "
+                     f"{mean_of([run_seconds(dirs[run]) for run in mine]):.0f} |")
+    lines += ["", *goals(runs, evals)]
     return "\n".join(lines), summary
 
 
-def goals(seeds: list[int], evals: dict[tuple[str, int], list[dict]]) -> list[str]:
+def goals(runs: list[Run], evals: dict[Run, list[dict]]) -> list[str]:
     """The issue's targets, each checked on these runs: met or not, with the numbers behind it."""
-    def value(arm, seed, index, key):
-        return evals[(arm, seed)][index].get(key, math.nan)
+    pairs = sorted({(seed, threads) for _, seed, threads in runs})
 
-    task_gain = [value("spark", s, -1, "eval/task_acc") - value("spark", s, 0, "eval/task_acc") for s in seeds]
+    def each(arm: str, key: str) -> list[float]:
+        return [last3(evals[(arm, s, t)], key) for s, t in pairs]
+
+    def shown(values: list[float]) -> str:
+        return ", ".join(f"{v:+.3f}" if v < 0 else f"{v:.3f}" for v in values)
+
+    grpo, spark = each("grpo", "eval/task_acc"), each("spark", "eval/task_acc")
+    margin = [s - g for s, g in zip(spark, grpo)]
+    reflect = {arm: [r - t for r, t in zip(each(arm, "eval/task_acc_reflect"), each(arm, "eval/task_acc"))]
+               for arm in ("spark", "grpo")}
+    pairwise, same_form = each("spark", "eval/judge_pairwise_acc"), each("spark", "eval/judge_same_form_acc")
     formed = min(r.get("eval/well_formed", math.nan) for rows in evals.values() for r in rows)
-    same_form = [value("spark", s, -1, "eval/judge_same_form_acc") for s in seeds]
-    grpo_judge = [value("grpo", s, -1, "eval/judge_pointwise_acc") - value("grpo", s, 0, "eval/judge_pointwise_acc")
-                  for s in seeds]
-    reflect = {arm: mean_of([value(arm, s, -1, "eval/task_acc_reflect") - value(arm, s, -1, "eval/task_acc")
-                          for s in seeds]) for arm in ARMS}
     checks = [
+        (all(0.5 <= g <= 0.9 for g in grpo), f"plain GRPO's task accuracy (last 3) between 0.50 and 0.90 in every "
+         f"run: {shown(grpo)}"),
+        (mean_of(margin) >= 0.05 and min(margin) > 0, f"SPARK's task accuracy (last 3) at least GRPO's + 0.05 on the "
+         f"mean ({mean_of(margin):+.3f}) and above it in every run: {', '.join(f'{m:+.3f}' for m in margin)}"),
+        (mean_of(reflect["spark"]) >= 0.03 and mean_of(reflect["spark"]) > mean_of(reflect["grpo"]),
+         f"self-reflection over greedy (last 3), mean of runs, SPARK >= +0.03 and above GRPO: SPARK "
+         f"{mean_of(reflect['spark']):+.3f} (worst {min(reflect['spark']):+.3f}), GRPO {mean_of(reflect['grpo']):+.3f}"),
+        (min(pairwise) >= 0.75, f"SPARK's pairwise judge (both orders, last 3) >= 0.75 in every run: {shown(pairwise)}"),
+        (min(same_form) >= 0.75, f"SPARK's judge on look-alikes (last 3) >= 0.75 in every run: {shown(same_form)}"),
         (formed >= 0.95, f"well-formed answers at every evaluation of every run >= 0.95: lowest {formed:.3f}"),
-        (min(task_gain) >= 0.10, "SPARK task accuracy +0.10 over iteration 0 in each seed: "
-         + ", ".join(f"{g:+.3f}" for g in task_gain)),
-        (min(same_form) >= 0.75, "SPARK judge on look-alikes >= 0.75 in each seed: "
-         + ", ".join(f"{v:.3f}" for v in same_form)),
-        (max(grpo_judge) <= 0.03, "plain GRPO judge pointwise rises <= 0.03: "
-         + ", ".join(f"{g:+.3f}" for g in grpo_judge)),
-        (reflect["spark"] > 0 >= reflect["grpo"], f"self-reflection over greedy, mean of seeds: SPARK "
-         f"{reflect['spark']:+.3f}, plain GRPO {reflect['grpo']:+.3f} (SPARK above 0, GRPO not)"),
     ]
     return ["Targets:", ""] + [f"- {'met' if ok else 'NOT met'}: {text}" for ok, text in checks]
 
 
-def plot(config: Path, seeds: list[int], evals: dict[tuple[str, int], list[dict]], out: Path) -> Path:
+def plot(config: Path, runs: list[Run], evals: dict[Run, list[dict]], out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = [("eval/task_acc", "held-out task accuracy"), ("eval/task_acc_reflect", "task + self-reflection"),
-            ("eval/judge_pointwise_acc", "judge pointwise accuracy"),
-            ("eval/judge_same_form_acc", "judge on look-alike wrong answers")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4))
+            ("eval/judge_pointwise_acc", "judge pointwise"), ("eval/judge_same_form_acc", "judge on look-alikes"),
+            ("eval/judge_pairwise_acc", "judge pairwise (both orders)")]
+    colours = {"spark": "tab:blue", "grpo": "tab:orange", "grpo-time": "tab:grey"}
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4))
     for ax, (key, title) in zip(axes, keys):
-        for arm, colour in (("spark", "tab:blue"), ("grpo", "tab:orange")):
-            for seed in seeds:
-                rows = evals[(arm, seed)]
-                ax.plot([r["iteration"] for r in rows], [r.get(key, math.nan) for r in rows], color=colour,
-                        alpha=0.8, marker="o", markersize=3,
-                        label=("SPARK" if arm == "spark" else "plain GRPO") if seed == seeds[0] else None)
+        labelled = set()
+        for arm, seed, threads in runs:
+            rows = evals[(arm, seed, threads)]
+            ax.plot([r["iteration"] for r in rows], [r.get(key, math.nan) for r in rows], color=colours[arm],
+                    alpha=0.8, marker="o", markersize=3, linestyle="-" if threads == 1 else "--",
+                    label=TITLES[arm] if arm not in labelled else None)
+            labelled.add(arm)
         ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{config.name}: seeds {', '.join(map(str, seeds))}")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{config.name}: {len({(s, t) for _, s, t in runs})} runs per arm (dashed: 2 torch threads)")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
@@ -161,20 +205,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["configs/tiny.yaml"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--parallel", type=int, default=2, help="runs at a time (one core each)")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1], help="torch thread counts, each a trajectory")
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    parser.add_argument("--grpo-time-factor", type=float, default=0.0,
+                        help="also plain GRPO with this many times the iterations (0: not run)")
     args = parser.parse_args()
     from spark_vl import tracking
 
     for config in [(ROOT / c).resolve() for c in args.configs]:
-        jobs = [(arm, seed) for seed in args.seeds for arm in ARMS]
+        iterations = yaml.safe_load(config.read_text())["train"]["iterations"]
+        arms = ["spark", "grpo"] + (["grpo-time"] if args.grpo_time_factor else [])
+        runs = [(arm, seed, threads) for threads in args.threads for seed in args.seeds for arm in arms]
+        length = {"spark": iterations, "grpo": iterations, "grpo-time": round(iterations * args.grpo_time_factor)}
         with ThreadPoolExecutor(args.parallel) as pool:
-            run_dirs = dict(zip(jobs, pool.map(lambda job: run_one(config, *job), jobs)))
-        evals = {job: evaluations(run_dir) for job, run_dir in run_dirs.items()}
-        text, summary = table(config, args.seeds, evals)
+            dirs = dict(zip(runs, pool.map(lambda run: run_one(config, *run, length[run[0]]), runs)))
+        evals = {run: evaluations(run_dir) for run, run_dir in dirs.items()}
+        text, summary = table(config, runs, evals, dirs)
+        shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
+        text += (f"\n\nCommand: `.venv/bin/python bench/coevolution.py --configs {shown} --seeds "
+                 f"{' '.join(map(str, args.seeds))} --threads {' '.join(map(str, args.threads))}"
+                 + (f" --grpo-time-factor {args.grpo_time_factor:g}" if args.grpo_time_factor else "") + "`")
         md = publish(f"coevolution-{config.stem}", text)
-        png = plot(config, args.seeds, evals, RESULTS / f"coevolution-{config.stem}.png")
+        png = plot(config, runs, evals, RESULTS / f"coevolution-{config.stem}.png")
         tracking.log_summary("spark-vl-bench", f"coevolution-{config.stem}", summary, [md, png],
-                             {"seeds": " ".join(map(str, args.seeds))})
+                             {"seeds": " ".join(map(str, args.seeds)), "threads": " ".join(map(str, args.threads))})
 
 
 if __name__ == "__main__":

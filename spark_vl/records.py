@@ -78,6 +78,14 @@ class RolloutGroup:
         return cls(**{**row, "prompt": PromptRecord.from_dict(row["prompt"])})
 
 
+def is_right(reward: float) -> bool:
+    """Whether a response counts as right where SPARK labels it (judge and reflection data,
+    reflection's fixes): only with full reward. A user's reward function may give partial credit
+    (0.5 for the right word outside the box); such a response's boxed answer may well be wrong,
+    and a judge taught to call it right learns a wrong verdict."""
+    return reward >= 1.0
+
+
 def save_prompts(path: Path, prompts: list[PromptRecord]) -> None:
     write_jsonl_atomic(path, (asdict(p) for p in prompts))
 

@@ -51,7 +51,8 @@ def test_wrong_answers_pool_per_question():
 
 @pytest.mark.parametrize("accuracy", [0.5, 0.8])
 def test_warmup_judge_verdicts_are_right_as_often_as_asked(accuracy):
-    """At 0.5 (the default) they carry no information; at 0.8, a weak prior."""
+    """A warm-up judge reply misreads the image 1 - accuracy of the time and judges by its reading:
+    at 0.5 (the default) the verdicts carry no information; at 0.8, a weak prior."""
     cfg = load_config(None, [f"train.warmup.verdict_accuracy={accuracy}"])
     rng = random.Random(0)
     pool = wrong_answers(SAMPLES)
@@ -62,8 +63,11 @@ def test_warmup_judge_verdicts_are_right_as_often_as_asked(accuracy):
         text = conv[0]["content"][-1]["text"]
         if "Reply as" not in text or "(A)" in text:
             continue
+        seen = target.split("The image shows ")[1].split(".")[0]
         proposed = target.split("The proposed answer is ")[1].split(".")[0]
-        counts[(proposed == sample.answer, extract_verdict(target) in ("yes", "a"))] += 1
+        positive = extract_verdict(target) in ("yes", "a")
+        assert positive == (seen == proposed)  # the verdict follows from the reply's own words
+        counts[(proposed == sample.answer, positive)] += 1
     yes_if_right = counts[(True, True)] / (counts[(True, True)] + counts[(True, False)])
     yes_if_wrong = counts[(False, True)] / (counts[(False, True)] + counts[(False, False)])
     assert sum(counts.values()) > 300

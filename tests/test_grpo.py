@@ -206,6 +206,14 @@ def test_claims_credit_checks_the_reading_and_the_verdict_each_on_its_own(tiny_m
     group.statuses = ["ok", "ok", "ok", "malformed"]
     sequences, _ = sequences_with_signal([group], claims, tokenizer)
     assert sequences[3].credit is None and sequences[3].claim is None and sequences[3].advantage < 0
+    # The baseline is the batch's: a group whose replies all box the same inconsistent letter, beside
+    # one that is consistent, is pushed away from that letter (a group baseline would see nothing).
+    stuck = RolloutGroup(prompt, [replies[2]] * 2, [ids[2]] * 2, [[0.0] * len(ids[2])] * 2, rewards=[1.0, 1.0],
+                         statuses=["ok"] * 2)
+    fine = RolloutGroup(prompt, [replies[0]] * 2, [ids[0]] * 2, [[0.0] * len(ids[0])] * 2, rewards=[1.0, 1.0],
+                        statuses=["ok"] * 2)
+    sequences, flat = sequences_with_signal([stuck, fine], claims, tokenizer)
+    assert flat == 0 and [s.advantage for s in sequences] == pytest.approx([-1, -1, 1, 1], abs=1e-5)
 
 
 def test_judge_claims_pairwise_follow_option_a():

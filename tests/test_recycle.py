@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from spark_vl.config import SparkConfig
+from spark_vl.prompts import POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample
 from spark_vl.records import PromptRecord, RolloutGroup
 from spark_vl.recycle import recycle
-from spark_vl.prompts import POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample
 
 TEMPLATES = Templates.load()
 
@@ -48,6 +48,22 @@ def test_all_wrong_without_any_boxed_answer_gives_no_judge_sample():
     result = run([group("g", [None, None], [0, 0])])
     assert [p.kind for p in result.prompts] == ["reflect_cot"]
     assert "rambling" in result.prompts[0].text
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_pairwise_samples_in_both_orders_are_kept_together(balanced):
+    cfg = SparkConfig(balance_judge_labels=balanced, pair_judge_answers=balanced, pointwise_prob=0.0,
+                      pairwise_both_orders=True, judge_cap=0.5)
+    groups = [group(f"g{i}", ["3", "4", "3"], [1, 0, 1], question="How many?") for i in range(10)]
+    pairwise = [p for p in run(groups, cfg).prompts if p.kind == "judge_pairwise"]
+    by_source = {}
+    for sample in pairwise:
+        by_source.setdefault(sample.source_id, []).append(sample)
+    assert pairwise and all(len(pair) == 2 for pair in by_source.values())  # never one order alone
+    for first, second in by_source.values():
+        assert first.proposed == second.proposed[::-1] and {first.label, second.label} == {"A", "B"}
+        assert second.id == first.id + "-swapped"
+        assert first.proposed["AB".index(first.label)] == "3" == second.proposed["AB".index(second.label)]
 
 
 def test_mixed_groups_split_about_30_70_and_pairwise_label_points_at_correct():
@@ -223,3 +239,18 @@ def test_grading_marks_a_malformed_judge_reply_whatever_its_verdict():
         grade_groups([judged], TEMPLATES, pool, "restate")
     assert judged.rewards == [1.0, 0.0, 0.0, 0.0]
     assert judged.statuses == ["ok", "ok", "malformed", "malformed"]
+
+
+def test_partial_credit_is_not_right_for_judge_or_reflection_data():
+    """A user's reward function gave 0.5 to "red-ish but I say \\boxed{blue}" (truth red): recycling
+    labels blue wrong and the group still yields a reflection sample."""
+    partial = group("g", ["red", "blue", "red"], [1.0, 0.5, 1.0], answer="red", question="What colour?")
+    cfg = SparkConfig(balance_judge_labels=False, pointwise_prob=1.0, judge_cap=1.0, reflect_cap=1.0)
+    labels = {}
+    for seed in range(40):
+        for prompt in run([partial], cfg, seed=seed).prompts:
+            if prompt.kind == "judge_pointwise":
+                labels.setdefault(prompt.proposed[0], set()).add(prompt.label in POSITIVE_LABELS)
+            else:
+                assert prompt.kind.startswith("reflect") and prompt.proposed[0] in ("blue", partial.responses[1])
+    assert labels == {"red": {True}, "blue": {False}}

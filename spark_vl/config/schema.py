@@ -189,6 +189,9 @@ class SparkConfig(Section):
         False, description="with balance_judge_labels: each pointwise sample is kept beside its counterpart, "
         "the same proposed answer for another image of the same question with the other label, so the "
         "proposed answer alone predicts no verdict")
+    pairwise_both_orders: bool = Field(
+        False, description="each pairwise judge sample also with its two answers swapped, the two kept or dropped "
+        "together: the letters balance in every batch, and a judge that boxes one letter scores half on each pair")
     balance_judge_advantages: bool = Field(
         False, description="scale judge advantages so each label (Yes/No, A/B) pushes with equal total weight "
         "per batch: the verdict's marginal holds instead of drifting to one answer for all")
@@ -210,9 +213,10 @@ class WarmupConfig(Section):
     steps: int = Field(200, ge=0, description="supervised steps at least")
     batch_size: int = Field(32, ge=1, description="examples per step")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the warm-up")
-    verdict_accuracy: float = Field(0.5, ge=0, le=1, description="share of warm-up judge verdicts that are "
-                                    "right: 0.5 says nothing (judging comes from SPARK alone); above it, a weak "
-                                    "prior like a pretrained model's")
+    verdict_accuracy: float = Field(0.5, ge=0, le=1, description="share of warm-up judge replies that read the "
+                                    "image right; each reply's verdict follows from its own reading and the answer "
+                                    "it restates, so this share of verdicts is right: 0.5 says nothing, 1.0 a judge "
+                                    "as good as its reading of the image")
     above_chance: float | None = Field(
         None, ge=0, le=1, description="after `steps`, keep warming up until greedy accuracy on a probe of "
         "held-back train samples beats chance (1 / the question's number of answers) by this margin for "

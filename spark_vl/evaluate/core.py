@@ -9,7 +9,7 @@ from collections import defaultdict
 from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
 from spark_vl.evaluate.judge import calibration, verdict_probabilities
-from spark_vl.records import PromptRecord, task_item
+from spark_vl.records import PromptRecord, is_right, task_item
 from spark_vl.prompts import (POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample,
                               reflection_sample, reply_is_intact, solve_prompt, wrong_answers)
 from spark_vl.rollout import RolloutEngine
@@ -122,7 +122,7 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     # The judge on the policy's own answers: can it catch its own mistakes?
     rng = random.Random(config.train.seed)
     own = [(t, extract_answer(a), c) for t, a, c in zip(tasks, answers, correct) if extract_answer(a)]
-    own_prompts = [pointwise_judge_sample(t, answer, bool(c), rng.choice(templates.pointwise), f"{t.id}/own")
+    own_prompts = [pointwise_judge_sample(t, answer, is_right(c), rng.choice(templates.pointwise), f"{t.id}/own")
                    for t, answer, c in own]
     wrong_own = [p for p in own_prompts if p.label not in POSITIVE_LABELS]
     metrics["eval/judge_own_wrong_acc"] = _judge_accuracy(engine, wrong_own)[0]
@@ -184,11 +184,11 @@ def reflection_outcomes(greedy: list[float], reflected: list[float], gated: list
     (right -> wrong), and how often the judge's "No" gate opened on right and on wrong answers.
     Its gain is fixed - broken: the gate must open on wrong answers and stay shut on right ones."""
     n = max(1, len(greedy))
-    right = [g for g, before in zip(gated, greedy) if before > 0]
-    wrong = [g for g, before in zip(gated, greedy) if before <= 0]
+    right = [g for g, before in zip(gated, greedy) if is_right(before)]
+    wrong = [g for g, before in zip(gated, greedy) if not is_right(before)]
     return {"eval/task_acc_reflect": sum(reflected) / n,
-            "eval/reflect_fixed": sum(b <= 0 < a for b, a in zip(greedy, reflected)) / n,
-            "eval/reflect_broke": sum(a <= 0 < b for b, a in zip(greedy, reflected)) / n,
+            "eval/reflect_fixed": sum(is_right(a) and not is_right(b) for b, a in zip(greedy, reflected)) / n,
+            "eval/reflect_broke": sum(is_right(b) and not is_right(a) for b, a in zip(greedy, reflected)) / n,
             "eval/reflect_gate_right": sum(right) / len(right) if right else float("nan"),
             "eval/reflect_gate_wrong": sum(wrong) / len(wrong) if wrong else float("nan")}
 

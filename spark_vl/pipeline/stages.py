@@ -22,7 +22,7 @@ from spark_vl.layout import (deepspeed_dir, deepspeed_tag, iter_dir, metric_rows
                              prune_policies, read_json, write_json)
 from spark_vl.pipeline.grading import grade_groups
 from spark_vl.pipeline.sampling import sample_groups, sample_until_informative, task_prompts
-from spark_vl.records import KINDS, load_groups, load_prompts, save_groups, save_prompts
+from spark_vl.records import KINDS, is_right, load_groups, load_prompts, save_groups, save_prompts
 from spark_vl.recycle import recycle
 from spark_vl.runio import write_jsonl_atomic
 from spark_vl.train.launch import distributed, is_worker, launch_training
@@ -102,8 +102,8 @@ def stage_verify(ws: Workspace, k: int) -> Writes:
     statuses = [s for g in groups for s in g.statuses]
     judge_statuses = [s for g in groups if KINDS[g.prompt.kind].grader == "judge" for s in g.statuses]
     metrics = {
-        "rollout/all_correct_frac": sum(all(r > 0 for r in g.rewards) for g in solve) / max(1, len(solve)),
-        "rollout/all_wrong_frac": sum(all(r <= 0 for r in g.rewards) for g in solve) / max(1, len(solve)),
+        "rollout/all_correct_frac": sum(all(map(is_right, g.rewards)) for g in solve) / max(1, len(solve)),
+        "rollout/all_wrong_frac": sum(not any(map(is_right, g.rewards)) for g in solve) / max(1, len(solve)),
         "verify/timeout_frac": statuses.count("timeout") / max(1, len(statuses)),
         "verify/judge_malformed_frac": judge_statuses.count("malformed") / max(1, len(judge_statuses)),
     }

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from spark_vl.config import SparkConfig
 from spark_vl.prompts import (POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample,
                               reflection_sample)
-from spark_vl.records import PromptRecord, RolloutGroup
+from spark_vl.records import PromptRecord, RolloutGroup, is_right
 from spark_vl.verify import normalise
 
 
@@ -30,15 +30,16 @@ class RecycleResult:
 
 def _answers(group: RolloutGroup) -> tuple[list[str], list[str], list[int]]:
     """(correct answers, wrong extracted answers, indices of wrong responses) of a verified group."""
-    correct = [a for a, r in zip(group.extracted, group.rewards) if r > 0 and a is not None]
-    wrong = [a for a, r in zip(group.extracted, group.rewards) if r <= 0 and a is not None and a.strip()]
-    wrong_idx = [i for i, r in enumerate(group.rewards) if r <= 0]
+    correct = [a for a, r in zip(group.extracted, group.rewards) if is_right(r) and a is not None]
+    wrong = [a for a, r in zip(group.extracted, group.rewards) if not is_right(r) and a is not None and a.strip()]
+    wrong_idx = [i for i, r in enumerate(group.rewards) if not is_right(r)]
     return correct, wrong, wrong_idx
 
 
 def judge_samples_for_group(group: RolloutGroup, cfg: SparkConfig, templates: Templates, rng: random.Random,
                             prefix: str) -> list[PromptRecord]:
-    """The reference rules for one group: at most one judge sample."""
+    """The reference rules for one group: at most one judge sample (a pairwise one in both orders
+    with `spark.pairwise_both_orders`)."""
     correct, wrong, _ = _answers(group)
     source = group.prompt
     sid = f"{prefix}/{source.id}/judge"
@@ -52,8 +53,23 @@ def judge_samples_for_group(group: RolloutGroup, cfg: SparkConfig, templates: Te
         is_correct = rng.random() < 0.5
         answer = rng.choice(correct if is_correct else wrong)
         return [pointwise_judge_sample(source, answer, is_correct, rng.choice(templates.pointwise), sid)]
-    return [pairwise_judge_sample(source, rng.choice(correct), rng.choice(wrong), rng.choice(templates.pairwise),
-                                  rng.random() < 0.5, sid)]
+    right, wrong_answer, template = rng.choice(correct), rng.choice(wrong), rng.choice(templates.pairwise)
+    first = rng.random() < 0.5
+    orders = (first, not first) if cfg.pairwise_both_orders else (first,)
+    return [pairwise_judge_sample(source, right, wrong_answer, template, order, sid + SWAPPED * i)
+            for i, order in enumerate(orders)]
+
+
+SWAPPED = "-swapped"  # id suffix of a pairwise sample's mirror (`spark.pairwise_both_orders`)
+
+
+def _single_units(samples: list[PromptRecord]) -> list[list[PromptRecord]]:
+    """Units of non-pointwise samples, kept or dropped together: a pairwise sample with its mirror."""
+    units: dict[str, list[PromptRecord]] = {}
+    for s in samples:
+        if s.kind != "judge_pointwise":
+            units.setdefault(s.id.removesuffix(SWAPPED), []).append(s)
+    return list(units.values())
 
 
 _PLAIN_ANSWER = re.compile(r"^[A-Za-z0-9 ]+$")
@@ -102,7 +118,7 @@ def _balance_pointwise(samples: list[PromptRecord], groups: list[RolloutGroup], 
 
 def _question_pairs(samples: list[PromptRecord], rng: random.Random) -> list[list[PromptRecord]]:
     """Units of samples kept or dropped together: pointwise ones in correct/wrong pairs of one question."""
-    units: list[list[PromptRecord]] = [[s] for s in samples if s.kind != "judge_pointwise"]
+    units = _single_units(samples)
     pointwise = [s for s in samples if s.kind == "judge_pointwise"]
     for question in sorted({s.question for s in pointwise}):
         positive = [s for s in pointwise if s.question == question and s.label in POSITIVE_LABELS]
@@ -121,7 +137,7 @@ def _answer_pairs(samples: list[PromptRecord], groups: list[RolloutGroup], templ
     exact). Beside the recycled samples, every distinct answer the batch gave becomes a candidate
     too, so pairing does not thin the judge prompts; one without a counterpart is dropped. Why: a
     verdict that reads the proposed answer and not the image scores exactly half on such pairs."""
-    units: list[list[PromptRecord]] = [[s] for s in samples if s.kind != "judge_pointwise"]
+    units = _single_units(samples)
     source_of = {g.prompt.source_id: g.prompt for g in reversed(groups)}  # the first group of a source wins
     candidates = [(source_of[s.source_id], s.proposed[0], s.label in POSITIVE_LABELS, s)
                   for s in samples if s.kind == "judge_pointwise"]
@@ -171,9 +187,9 @@ def recycle(groups: list[RolloutGroup], cfg: SparkConfig, batch_size: int, rng: 
     elif cfg.balance_judge_labels:
         judge = _take(_question_pairs(_balance_pointwise(judge, solve, templates, rng, prefix), rng), judge_cap, rng)
     else:
-        judge = rng.sample(judge, min(judge_cap, len(judge)))
+        judge = _take(_single_units(judge) + [[s] for s in judge if s.kind == "judge_pointwise"], judge_cap, rng)
 
-    eligible = [g for g in solve if any(r <= 0 for r in g.rewards)]
+    eligible = [g for g in solve if not all(map(is_right, g.rewards))]
     eligible = rng.sample(eligible, min(int(cfg.reflect_cap * batch_size), len(eligible)))
     n_cot = round(cfg.reflect_cot_share * len(eligible))
     reflect = []

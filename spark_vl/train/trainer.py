@@ -91,20 +91,23 @@ def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig,
     if config.spark.balance_judge_advantages:
         per_group = label_balanced(per_group, [(g.prompt.kind, g.prompt.label) if g.prompt.kind in JUDGE_KINDS
                                                else None for g in groups])
-    templates = Templates.load(config.spark.templates) if config.spark.judge_credit == "claims" else None
+    seen: list[list] = [[None] * len(g.responses) for g in groups]
+    if config.spark.judge_credit == "claims":
+        judges = [i for i, g in enumerate(groups) if g.prompt.kind in JUDGE_KINDS]
+        verdicts, readings = claims_advantages([groups[i] for i in judges], Templates.load(config.spark.templates),
+                                               tokenizer, by_std)
+        for i, verdict, reading in zip(judges, verdicts, readings):
+            per_group[i], seen[i] = verdict, reading
     for index, (group, advantages) in enumerate(zip(groups, per_group)):
-        judge = group.prompt.kind in JUDGE_KINDS
-        seen: list = [None] * len(group.responses)
-        if templates is not None and judge:
-            advantages, seen = claims_advantages(group, templates, tokenizer, by_std)
-        if not any(advantages) and not any(seen):
+        if not any(advantages) and not any(seen[index]):
             flat_groups += 1
             continue
         conv = conversation(group.prompt, config.model)
         temperature = config.rollout.temperature_for(group.prompt.kind)
-        on_verdict = config.spark.judge_credit in ("verdict", "claims") and judge
+        on_verdict = config.spark.judge_credit in ("verdict", "claims") and group.prompt.kind in JUDGE_KINDS
         statuses = group.statuses or ["ok"] * len(group.responses)
-        for ids, logps, adv, status, claim in zip(group.response_ids, group.logprobs, advantages, statuses, seen):
+        for ids, logps, adv, status, claim in zip(group.response_ids, group.logprobs, advantages, statuses,
+                                                  seen[index]):
             if ids:  # a malformed reply is wrong all through: its whole text carries the advantage
                 credit = verdict_tokens(ids, tokenizer) if on_verdict and status != "malformed" else None
                 sequences.append(Sequence(conv, ids, logps, adv, temperature, credit, index,
@@ -112,22 +115,36 @@ def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig,
     return sequences, flat_groups
 
 
-def claims_advantages(group: RolloutGroup, templates: Templates, tokenizer,
-                      by_std: bool) -> tuple[list[float], list[tuple[int, int, float] | None]]:
-    """Under `spark.judge_credit: claims`, a judge group's advantages claim by claim
+def claims_advantages(groups: list[RolloutGroup], templates: Templates, tokenizer, by_std: bool
+                      ) -> tuple[list[list[float]], list[list[tuple[int, int, float] | None]]]:
+    """Under `spark.judge_credit: claims`, the judge groups' advantages claim by claim
     (`judge_claims`): the verdict's, from whether it follows from the reply's own words, and those
-    of the tokens saying what the image shows, from whether that is the ground truth. A reply
-    that fails the reply check scores 0 on both, its verdict advantage then on all its tokens.
-    Returns (verdict advantages, (first, end, advantage) of each reply's reading or None)."""
-    statuses = group.statuses or ["ok"] * len(group.responses)
-    claims = [judge_claims(tokenizer.decode(ids, skip_special_tokens=True), group.prompt, templates)
-              if status != "malformed" else None for ids, status in zip(group.response_ids, statuses)]
-    verdicts = group_advantages([float(c is not None and c.consistent) for c in claims], by_std=by_std)
-    readings = group_advantages([float(c is not None and c.seen_right) for c in claims], by_std=by_std)
+    of the tokens saying what the image shows, from whether that is the ground truth. A reply that
+    fails the reply check scores 0 on both, its verdict advantage then on all its tokens.
+
+    Each claim is a rule's check, not an outcome of the prompt's difficulty, so its baseline is
+    the batch's mean over all judge replies, not the group's: a group whose replies all box the
+    same inconsistent letter is pushed away from it, where a group baseline would see no signal
+    and leave a constant verdict where it is. Returns, per group, the verdict advantages and the
+    (first, end, advantage) of each reply's reading (None: no reading, or no advantage)."""
+    claims = [[judge_claims(tokenizer.decode(ids, skip_special_tokens=True), group.prompt, templates)
+               if status != "malformed" else None
+               for ids, status in zip(group.response_ids, group.statuses or ["ok"] * len(group.responses))]
+              for group in groups]
+
+    def batch_advantages(check) -> list[list[float]]:
+        scores = [[float(c is not None and check(c)) for c in group] for group in claims]
+        flat = group_advantages([s for group in scores for s in group], by_std=by_std)
+        sizes = [len(group) for group in scores]
+        return [flat[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(len(sizes))]
+
+    verdicts = batch_advantages(lambda c: c.consistent)
+    readings = batch_advantages(lambda c: c.seen_right)
     seen = []
-    for ids, claim, advantage in zip(group.response_ids, claims, readings):
-        span = char_span_tokens(ids, tokenizer, *claim.seen) if claim else None
-        seen.append((*span, advantage) if span and advantage else None)
+    for group, group_claims, advantages in zip(groups, claims, readings):
+        spans = [char_span_tokens(ids, tokenizer, *c.seen) if c else None
+                 for ids, c in zip(group.response_ids, group_claims)]
+        seen.append([(*span, a) if span and a else None for span, a in zip(spans, advantages)])
     return verdicts, seen
 
 

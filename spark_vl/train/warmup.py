@@ -2,10 +2,12 @@
 
 A random tiny model can neither answer in a box nor judge. A short supervised run teaches the
 formats: task prompts answered as `\\boxed{answer}`, judge prompts answered in the restate-then-
-verdict format, reflection prompts answered in a box. Judge verdicts are right only with
-probability `train.warmup.verdict_accuracy` (0.5: random), a weak prior at most, so judging skill
-the model shows later comes from SPARK, not from this step. Stopping early leaves the task
-accuracy modest, where reinforcement learning has room to act; but a fixed step count leaves some
+verdict format, reflection prompts answered in a box. A judge reply says what the image shows,
+restates the proposed answer and gives the verdict that follows from those two (the comparison a
+pretrained VLM can make); its reading of the image is right with probability
+`train.warmup.verdict_accuracy` (1.0 in configs/tiny.yaml: the judge starts as good as its reading
+of the image after this short step, and SPARK trains that reading on). Stopping early leaves the
+task accuracy modest, where reinforcement learning has room to act; but a fixed step count leaves some
 seeds unable to see anything in a task family (one answered 2 to every count), which RL then
 cannot sharpen. `train.warmup.above_chance` stops instead once every question beats chance.
 """
@@ -33,17 +35,18 @@ from spark_vl.verify import GradingPool
 MIX = {"solve": 0.3, "judge_pointwise": 0.5, "judge_pairwise": 0.1, "reflect": 0.1}
 
 
-def _verdict(label: str, template: dict, config: RunConfig, rng: random.Random) -> str:
-    """The true label with probability `train.warmup.verdict_accuracy`, else the other one: at 0.5
-    the verdicts say nothing (the judge starts at chance), above it they give a weak prior."""
-    if rng.random() < config.train.warmup.verdict_accuracy:
-        return label
-    return next(other for other in template["labels"] if other != label)
+def _reading(sample: TaskSample, misread: str, config: RunConfig, rng: random.Random) -> str:
+    """What a warm-up judge reply says the image shows: the truth with probability
+    `train.warmup.verdict_accuracy`, else `misread`, the one answer that makes the verdict that
+    follows from it wrong (a weak judge misreads, it does not contradict itself)."""
+    return sample.answer if rng.random() < config.train.warmup.verdict_accuracy else misread
 
 
 def warmup_example(sample: TaskSample, pool: dict[str, list[str]], config: RunConfig, templates: Templates,
                    rng: random.Random) -> tuple[list[dict], str]:
-    """(conversation, target text) of one warm-up example."""
+    """(conversation, target text) of one warm-up example. A judge reply's verdict always follows
+    from its own words (the positive one exactly when what it says the image shows is the answer it
+    restates); its reading of the image is right `train.warmup.verdict_accuracy` of the time."""
     source = solve_prompt(sample, config.data.instruction)
     kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
     wrongs = [a for a in pool[sample.question] if a != sample.answer] or ["none"]
@@ -54,14 +57,19 @@ def warmup_example(sample: TaskSample, pool: dict[str, list[str]], config: RunCo
         correct = rng.random() < 0.5
         proposed = sample.answer if correct else rng.choice(wrongs)
         prompt = pointwise_judge_sample(source, proposed, correct, template, "warmup")
+        seen = _reading(sample, rng.choice(wrongs) if correct else proposed, config, rng)
+        positive, negative = template["labels"]
         return conversation(prompt, config.model), templates.judge_reply.format(
-            seen=sample.answer, answer=proposed, verdict=_verdict(prompt.label, template, config, rng))
+            seen=seen, answer=proposed, verdict=positive if seen == proposed else negative)
     if kind == "judge_pairwise":
         template = rng.choice(templates.pairwise)
         prompt = pairwise_judge_sample(source, sample.answer, rng.choice(wrongs), template, rng.random() < 0.5,
                                        "warmup")
+        wrong = next(a for a in prompt.proposed if a != sample.answer)
+        seen = _reading(sample, wrong, config, rng)
+        first, second = template["labels"]
         return conversation(prompt, config.model), templates.pairwise_reply.format(
-            seen=sample.answer, answer=prompt.proposed[0], verdict=_verdict(prompt.label, template, config, rng))
+            seen=seen, answer=prompt.proposed[0], verdict=first if seen == prompt.proposed[0] else second)
     prompt = reflection_sample(source, rng.choice(wrongs), "answer", rng.choice(templates.reflect_answer), "warmup")
     return conversation(prompt, config.model), f"\\boxed{{{sample.answer}}}"
 
