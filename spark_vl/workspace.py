@@ -67,7 +67,7 @@ class Workspace:
             rollout = self.config.rollout
             try:
                 self._cache["pool"] = GradingPool(rollout.verify_workers, rollout.verify_timeout_s,
-                                                  self.config.reward.function)
+                                                  self.config.reward.function, self.config.reward.answer_format)
             except ValueError as exc:  # a reward function that does not load: not worth a retry
                 raise ConfigError(str(exc)) from None
         return self._cache["pool"]

@@ -19,11 +19,16 @@ def verify(
     workers: Annotated[int, typer.Option(help="grading processes")] = 2,
     reward_function: Annotated[Optional[str], typer.Option(
         help="your task reward, path/to/file.py:fn or module:fn (as reward.function); rows may add 'prompt'")] = None,
+    answer_format: Annotated[str, typer.Option(
+        help="strict (one distinct boxed answer) or last_box (as reward.answer_format; docs/grading.md)")] = "strict",
 ) -> None:
     """Grade responses like a training run does; a summary goes to stderr."""
     from spark_vl.runio import write_jsonl_atomic
     from spark_vl.verify import GradeItem, GradingPool
 
+    if answer_format not in ("strict", "last_box"):
+        typer.echo(f"error: --answer-format {answer_format!r}: use strict or last_box", err=True)
+        raise typer.Exit(2)
     rows, items, bad = [], [], {}
     for i, line in enumerate(path.read_text().splitlines()):
         if not line.strip():
@@ -40,7 +45,7 @@ def verify(
             bad[len(rows)] = f"line {i}: {exc}"
         rows.append(row)
     try:
-        pool = GradingPool(workers, timeout, reward_function)
+        pool = GradingPool(workers, timeout, reward_function, answer_format)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -81,7 +86,8 @@ def recycle_cmd(
     templates = Templates.load(cfg.spark.templates)
     unverified = [g for g in groups if not g.rewards]
     if unverified:
-        with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s, cfg.reward.function) as pool:
+        with GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s, cfg.reward.function,
+                         cfg.reward.answer_format) as pool:
             grade_groups(unverified, templates, pool, cfg.spark.judge_reply_check)
     solve = [g for g in groups if g.prompt.kind == "solve"]
     result = recycle(groups, cfg.spark, batch_size or len(solve), random.Random(seed), templates, "recycled")

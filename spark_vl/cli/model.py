@@ -138,7 +138,8 @@ def eval_cmd(
             data_path = make_dataset(Path(tmp) / "data", cfg.data.builtin)["eval"]
         samples = load_dataset(data_path, cfg.data.max_image_pixels).samples
         with (open_engine(model_dir, cfg, Path(tmp)) as (engine, processor),
-              GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s, cfg.reward.function) as pool):
+              GradingPool(cfg.rollout.verify_workers, cfg.rollout.verify_timeout_s, cfg.reward.function,
+                          cfg.reward.answer_format) as pool):
             metrics, _ = evaluate(engine, samples, cfg, Templates.load(cfg.spark.templates), pool, processor.tokenizer)
     _print_metrics(metrics, as_json)
 

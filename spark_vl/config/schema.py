@@ -168,6 +168,11 @@ class RewardConfig(Section):
     """Your own task reward beside the built-in graders (EasyR1's `reward_function`, verl's
     `custom_reward_function`)."""
 
+    answer_format: Literal["strict", "last_box"] = Field(
+        "strict", description="what a response's answer is (docs/grading.md): strict, its one distinct boxed answer "
+        "(boxes that agree count, differing boxes are a hedge, a box in a box is stuffing: no answer; text around the "
+        "box does not matter); last_box, the last box with at most 300 characters after it, as the field's math "
+        "graders read it")
     function: str | None = Field(
         None, description="`path/to/file.py:fn` or `module:fn`, called as fn(response, answer, prompt) -> "
         "float in [0, 1] for task and reflection responses, in the grading workers under "

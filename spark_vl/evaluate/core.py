@@ -14,6 +14,7 @@ from spark_vl.prompts import (POSITIVE_LABELS, Templates, pairwise_judge_sample,
                               reflection_sample, reply_is_intact, solve_prompt, wrong_answers)
 from spark_vl.rollout import RolloutEngine
 from spark_vl.verify import GradingPool, extract_answer, extract_verdict, judge_reward, well_formed
+from spark_vl.verify.extract import box_span
 
 
 def held_out_judge_prompts(samples: list[TaskSample], config: RunConfig, templates: Templates,
@@ -96,7 +97,7 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     grades = pool.grade([task_item(r, t) for r, t in zip(answers, tasks)])
     correct = [g.reward for g in grades]
     metrics = {"eval/task_acc": sum(correct) / len(tasks),
-               "eval/well_formed": sum(map(well_formed, answers)) / len(answers)}
+               "eval/well_formed": sum(well_formed(a, pool.answer_format) for a in answers) / len(answers)}
 
     records = [{"kind": "solve", "prompt": t.text, "label": t.label, "response": r, "reward": c}
                for t, r, c in zip(tasks, answers, correct)]
@@ -117,11 +118,12 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     records += _judge_records(pairwise, responses, rewards)
     replies += [(r, True) for r in responses]
     metrics["eval/judge_well_formed"] = sum(
-        bool(well_formed(r) and templates.reply_pattern(pairwise).match(r)) for r, pairwise in replies) / len(replies)
+        bool(box_span(r) and templates.reply_pattern(pairwise).match(r)) for r, pairwise in replies) / len(replies)
 
     # The judge on the policy's own answers: can it catch its own mistakes?
     rng = random.Random(config.train.seed)
-    own = [(t, extract_answer(a), c) for t, a, c in zip(tasks, answers, correct) if extract_answer(a)]
+    own = [(t, extract_answer(a, pool.answer_format), c) for t, a, c in zip(tasks, answers, correct)
+           if extract_answer(a, pool.answer_format)]
     own_prompts = [pointwise_judge_sample(t, answer, is_right(c), rng.choice(templates.pointwise), f"{t.id}/own")
                    for t, answer, c in own]
     wrong_own = [p for p in own_prompts if p.label not in POSITIVE_LABELS]
@@ -152,7 +154,7 @@ def best_of_n_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], config:
     judged, owners = [], []
     for ti, (task, group) in enumerate(zip(tasks, groups)):
         for ri, response in enumerate(group.responses):
-            answer = extract_answer(response)
+            answer = extract_answer(response, pool.answer_format)
             if answer is not None:
                 judged.append(pointwise_judge_sample(task, answer, True, template, f"{task.id}/best{ri}"))
                 owners.append((ti, ri))
@@ -166,7 +168,7 @@ def best_of_n_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], config:
     picked = [grades[ti * n + pick].reward for ti, pick in enumerate(picks)]
     majority = []
     for ti, group in enumerate(groups):
-        answers = [extract_answer(r) for r in group.responses]
+        answers = [extract_answer(r, pool.answer_format) for r in group.responses]
         counted = [a for a in answers if a is not None]
         top = max(counted, key=counted.count) if counted else None  # the first of the most frequent
         majority.append(grades[ti * n + answers.index(top)].reward if top is not None else 0.0)
@@ -206,7 +208,7 @@ def self_reflect(engine: RolloutEngine, tasks: list[PromptRecord], answers: list
     for round_ in range(config.eval.reflect_rounds):
         judged = []
         for i in open_ids:
-            answer = extract_answer(current[i])
+            answer = extract_answer(current[i], pool.answer_format)
             judged.append(pointwise_judge_sample(tasks[i], answer or "none", True, judge_template,
                                                  f"{tasks[i].id}/self-judge{round_}"))
         verdicts = [extract_verdict(g.responses[0]) for g in engine.generate(judged, 1, greedy=True)] if judged else []
@@ -216,7 +218,8 @@ def self_reflect(engine: RolloutEngine, tasks: list[PromptRecord], answers: list
                 gated[i] = True
         if not open_ids:
             break
-        retries = [reflection_sample(tasks[i], extract_answer(current[i]) or "none", "answer", reflect_template,
+        retries = [reflection_sample(tasks[i], extract_answer(current[i], pool.answer_format) or "none", "answer",
+                                     reflect_template,
                                      f"{tasks[i].id}/reflect{round_}") for i in open_ids]
         for i, group in zip(open_ids, engine.generate(retries, 1, greedy=True)):
             current[i] = group.responses[0]

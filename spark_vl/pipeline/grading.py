@@ -30,5 +30,5 @@ def grade_groups(groups, templates: Templates, pool: GradingPool, judge_reply_ch
             if not reply_is_intact(group.responses[ri], group.prompt, templates, judge_reply_check):
                 reward, status = 0.0, "malformed" if status == "ok" else status
         else:
-            group.extracted[ri] = extract_answer(group.responses[ri])
+            group.extracted[ri] = extract_answer(group.responses[ri], pool.answer_format)
         group.rewards[ri], group.statuses[ri] = reward, status

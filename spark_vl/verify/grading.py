@@ -19,12 +19,11 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Literal
 
-from spark_vl.verify.extract import extract_answer, extract_verdict, normalise
+from spark_vl.verify.compare import equivalent, latex_for_math_verify
+from spark_vl.verify.extract import AnswerFormat, extract_answer, extract_verdict, normalise
 
 Kind = Literal["task", "judge"]
 _STARTUP_TIMEOUT_S = 300
-_MATHY = re.compile(r"[0-9\\^_/+\-*=()\[\]]")
-_NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -77,30 +76,24 @@ class Grade:
 
 
 def needs_math_verify(predicted: str | None, answer: str) -> bool:
-    """Whether only math-verify can tell: two different strings that both look like mathematics
-    and are not both plain numbers. Everything else is decided without sympy."""
-    if predicted is None or normalise(predicted) == normalise(answer):
-        return False
-    if _NUMBER.fullmatch(normalise(predicted)) and _NUMBER.fullmatch(normalise(answer)):
-        return False
-    return bool(_MATHY.search(answer) and _MATHY.search(predicted))  # "red" would be the product r*e*d
+    """Whether only math-verify can tell whether `predicted` is `answer` (`compare.equivalent`
+    leaves it undecided): two expressions, intervals or sets. Everything else is decided here."""
+    return predicted is not None and equivalent(predicted, answer) is None
 
 
-def task_reward(response: str, answer: str) -> float:
-    """1 when the last \\boxed{} equals the ground truth (normalised string or number, else
-    math-verify)."""
-    predicted = extract_answer(response)
+def task_reward(response: str, answer: str, answer_format: AnswerFormat = "strict") -> float:
+    """1 when the response's answer (`extract.final_answer` under `answer_format`) is the ground
+    truth (`compare.equivalent`, then math-verify where only it can tell), else 0."""
+    predicted = extract_answer(response, answer_format)
     if predicted is None:
         return 0.0
-    if normalise(predicted) == normalise(answer):
-        return 1.0
-    if not needs_math_verify(predicted, answer):
-        plain = _NUMBER.fullmatch(normalise(predicted)) and _NUMBER.fullmatch(normalise(answer))
-        return float(bool(plain) and float(normalise(predicted)) == float(normalise(answer)))
+    decided = equivalent(predicted, answer)
+    if decided is not None:
+        return float(decided)
     from math_verify import parse, verify
 
-    gold = parse(f"${answer}$")
-    target = parse(f"\\boxed{{{predicted}}}")
+    gold = parse(f"${latex_for_math_verify(answer)}$")
+    target = parse(f"\\boxed{{{latex_for_math_verify(predicted)}}}")
     return float(bool(gold) and bool(target) and verify(gold, target))
 
 
@@ -110,18 +103,20 @@ def judge_reward(response: str, label: str) -> float:
     return float(verdict is not None and verdict == normalise(label).strip("()"))
 
 
-def grade_one(item: GradeItem, function: RewardFunction | None = None) -> Grade:
+def grade_one(item: GradeItem, function: RewardFunction | None = None,
+              answer_format: AnswerFormat = "strict") -> Grade:
     try:
         if item.kind == "judge":
             return Grade(judge_reward(item.response, item.answer), "ok", extract_verdict(item.response))
+        extracted = extract_answer(item.response, answer_format)
         if function is not None:
-            return Grade(custom_reward(function, item), "ok", extract_answer(item.response))
-        return Grade(task_reward(item.response, item.answer), "ok", extract_answer(item.response))
+            return Grade(custom_reward(function, item), "ok", extracted)
+        return Grade(task_reward(item.response, item.answer, answer_format), "ok", extracted)
     except Exception as exc:  # a malformed response or a failing reward function scores 0; the run goes on
         return Grade(0.0, "error", None, f"{type(exc).__name__}: {exc}")
 
 
-def _worker(conn, reward_function: str | None) -> None:
+def _worker(conn, reward_function: str | None, answer_format: AnswerFormat) -> None:
     import math_verify  # noqa: F401  (imported before "ready": start-up is not graded time)
 
     function = load_reward_function(reward_function) if reward_function else None
@@ -130,7 +125,7 @@ def _worker(conn, reward_function: str | None) -> None:
         item = conn.recv()
         if item is None:
             return
-        conn.send(grade_one(item, function))
+        conn.send(grade_one(item, function, answer_format))
 
 
 class GradingPool:
@@ -141,8 +136,10 @@ class GradingPool:
     `reward_function` (`reward.function`) every task item goes to a worker: user code runs under
     the deadline too. It is loaded here first, so a bad spec fails at once with what to fix."""
 
-    def __init__(self, workers: int = 2, timeout_s: float = 5.0, reward_function: str | None = None):
+    def __init__(self, workers: int = 2, timeout_s: float = 5.0, reward_function: str | None = None,
+                 answer_format: AnswerFormat = "strict"):
         self.timeout_s = timeout_s
+        self.answer_format = answer_format
         self.size = max(1, workers)
         self.reward_function = reward_function
         if reward_function:
@@ -152,7 +149,8 @@ class GradingPool:
 
     def _launch(self):
         parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker, args=(child, self.reward_function), daemon=True)
+        process = self._ctx.Process(target=_worker, args=(child, self.reward_function, self.answer_format),
+                                    daemon=True)
         process.start()
         child.close()
         return process, parent
@@ -197,9 +195,9 @@ class GradingPool:
                 if slot not in busy and pending:
                     index = pending.pop()
                     item = items[index]
-                    if item.kind == "judge" or (not self.reward_function and
-                                                not needs_math_verify(extract_answer(item.response), item.answer)):
-                        results[index] = grade_one(item)  # no sympy involved: grade here, no round trip
+                    if item.kind == "judge" or (not self.reward_function and not needs_math_verify(
+                            extract_answer(item.response, self.answer_format), item.answer)):
+                        results[index] = grade_one(item, None, self.answer_format)  # no sympy: here, no round trip
                         continue
                     self.start()
                     self._send(slot, item)
