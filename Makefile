@@ -17,7 +17,7 @@ export VLLM_CACHE_ROOT := $(CURDIR)/.cache/vllm
 export VLLM_NO_USAGE_STATS := 1
 export VLLM_DO_NOT_TRACK := 1
 
-.PHONY: setup vllm-env gpu-wheels run test
+.PHONY: setup vllm-env gpu-wheels run test infra-check
 setup: $(VENV)/.installed
 vllm-env: $(VLLM_VENV)/.installed
 
@@ -57,3 +57,9 @@ run: setup
 test: setup vllm-env
 	mkdir -p $(PREFECT_HOME)
 	SPARK_VL_REQUIRE_VLLM=1 SPARK_VL_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
+
+# Build the servers image with buildah and serve from it against a real PostgreSQL (infra/check/run.py;
+# needs buildah, podman, debootstrap and postgresql-15 from Debian). Not part of `make test`: run it
+# before changing infra/.
+infra-check: setup
+	$(BIN)/python infra/check/run.py
