@@ -143,13 +143,28 @@ def _check_deployment_allows(cfg: RunConfig, allow_keys: list[str] | None) -> No
     check_triggered(cfg, baseline, allow_keys or [])
 
 
-@flow(name="co-evolve", log_prints=True)
+def _one_name() -> str:
+    """The flow run's name: the `run_name` parameter when given, so one run has one name in Prefect,
+    its run folder and MLflow; else the name Prefect gave it."""
+    return flow_run.parameters.get("run_name") or flow_run.get_name()
+
+
+@flow(name="co-evolve", log_prints=True, flow_run_name=_one_name)
 def co_evolve(config: RunConfig | None = None, config_path: str | None = None,
               overrides: list[str] | None = None, run_name: str | None = None,
               allow_keys: list[str] | None = None) -> str:
-    """Run SPARK: pass a full `config` (a form in the Prefect UI), or a YAML `config_path` with
-    `section.key=value` overrides. `run_name` names the run folder; the same name resumes.
-    `allow_keys` (set in a deployment only) lets its triggers change program and host keys."""
+    """Run SPARK as a chain of stage tasks over one run folder.
+
+    Args:
+        config: a whole run config (every section as a form); leave empty to use config_path.
+        config_path: a YAML run config in the worker's checkout, e.g. configs/tiny.yaml.
+        overrides: section.key=value changes to it, e.g. train.iterations=20.
+        run_name: the run's one name: its folder under orchestration.runs_dir, its MLflow run and
+            this flow run's name (Prefect's own run name is replaced by it); the same name resumes.
+            Empty: the name Prefect gives the flow run.
+        allow_keys: set by the deployment in prefect.yaml only, never by a trigger (a run that sets
+            it fails): the privileged keys the deployment's triggers may change.
+    """
     cfg = config or load_config(config_path or "configs/tiny.yaml", overrides or [])
     _check_deployment_allows(cfg, allow_keys)
     name = run_name or flow_run.get_name() or "spark"

@@ -1,8 +1,10 @@
 """The Prefect flow for 2 iterations on the tiny model, with MLflow on a temporary SQLite store."""
 
 from pathlib import Path
+from uuid import UUID
 
 import pytest
+from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.co_evolve import co_evolve
@@ -30,6 +32,8 @@ def test_flow_two_iterations_logs_metrics_artifacts_and_registers(harness, tmp_p
     client = tracking.client()
     run = client.get_run(run_id)
     assert run.info.run_name == "flow-test"
+    with get_client(sync_client=True) as prefect:  # one run, one name: in Prefect too
+        assert prefect.read_flow_run(UUID(run.data.tags["prefect.flow_run_id"])).name == "flow-test"
     assert "prefect.flow_run_id" in run.data.tags and "git_commit" in run.data.tags
     history = client.get_metric_history(run_id, "eval/task_acc")
     assert [m.step for m in history] == [0, 1, 2]
@@ -93,3 +97,14 @@ def test_a_task_failing_on_bad_input_is_not_retried_and_the_mlflow_run_fails(har
     client = tracking.client()
     (run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     assert run.info.status == "FAILED"
+
+
+def test_the_run_form_describes_each_parameter_and_whose_allow_keys_is():
+    """The Prefect UI's run form shows these descriptions beside the fields (#34)."""
+    from prefect.utilities.callables import parameter_schema
+
+    fields = parameter_schema(co_evolve).model_dump()["properties"]
+    assert all(fields[name].get("description") for name in ("config", "config_path", "overrides", "run_name",
+                                                            "allow_keys"))
+    assert "never by a trigger" in " ".join(fields["allow_keys"]["description"].split())
+    assert "one name" in fields["run_name"]["description"]
