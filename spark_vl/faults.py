@@ -6,7 +6,8 @@
 MLflow batch; for `register`: after the registry call, before the marker; `promote:K:before`
 sits between reading the champion's accuracy and moving the alias; `train:K:step` is inside
 every training worker's first update, after its forward and before its backward, where
-several workers are mid-way through a collective step). ACTION is
+several workers are mid-way through a collective step; `warmup:N:after` follows the warm-up's
+checkpoint after step N). ACTION is
 
 - `kill`:   SIGKILL, of the whole process group when this process leads it (a run started
             in its own session takes its grading workers and launched trainers with it);
@@ -28,7 +29,7 @@ import signal
 from dataclasses import dataclass
 
 ENV = "SPARK_VL_FAULT"
-STAGES = ("prepare", "prompts", "rollout", "verify", "recycle", "train", "evaluate", "log", "register",
+STAGES = ("prepare", "warmup", "prompts", "rollout", "verify", "recycle", "train", "evaluate", "log", "register",
           "promote")
 POINTS = ("before", "after", "step")
 ACTIONS = ("kill", "enospc", "error", "pause")

@@ -6,6 +6,7 @@ output exists is skipped, so a rerun continues where the last one stopped):
     config.yaml                  the resolved config
     data/                        built-in task data (when the config names no dataset)
     model/init/                  the tiny model as built (tiny runs only)
+    model/warmup/                the warm-up's newest checkpoint while it runs (latest.json names it)
     model/policy-0000/           the starting policy: the tiny model after its warm-up
                                  (runs from a checkpoint start from `model.path` itself)
     model/policy-KKKK/           the policy after iteration K (Hugging Face directory); older
@@ -42,6 +43,11 @@ def policy_dir(run_dir: Path, k: int) -> Path:
 
 def deepspeed_dir(run_dir: Path) -> Path:
     return run_dir / "deepspeed"
+
+
+def warmup_dir(run_dir: Path) -> Path:
+    """Checkpoints of the tiny model's warm-up (`train.warmup.checkpoint_every`), until it is done."""
+    return run_dir / "model" / "warmup"
 
 
 def deepspeed_tag(k: int) -> str:

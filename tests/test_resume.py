@@ -240,3 +240,29 @@ def test_bad_paths_stop_the_run_before_it_starts(tmp_path):
     assert "model.path: /no/such/model is not a Hugging Face checkpoint folder" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_warmup_killed_midway_resumes_from_its_checkpoint_to_the_same_starting_policy(tmp_path, tiny_data_dir,
+                                                                                         monkeypatch):
+    """A crash after the warm-up's checkpoint at step 4 of 6: the rerun trains steps 5 and 6 only
+    and saves the starting policy of an uninterrupted warm-up, bit for bit."""
+    from spark_vl.pipeline import prepare_run
+    from spark_vl.train.trainer import PolicyTrainer
+
+    cfg = _config(tiny_data_dir, ["train.warmup.steps=6", "train.warmup.checkpoint_every=2"])
+    prepare_run(cfg, tmp_path / "whole")
+    monkeypatch.setenv(ENV, "warmup:4:after:error")
+    with pytest.raises(InjectedFault):
+        prepare_run(cfg, tmp_path / "killed")
+    assert json.loads((tmp_path / "killed" / "model" / "warmup" / "latest.json").read_text()) == {"tag": "step-00004"}
+    monkeypatch.delenv(ENV)
+    steps, real_step = [], PolicyTrainer.sft_step
+    monkeypatch.setattr(PolicyTrainer, "sft_step", lambda self, *args: steps.append(1) or real_step(self, *args))
+    prepare_run(cfg, tmp_path / "killed")
+    assert len(steps) == 2
+    weights = load_file(policy_dir(tmp_path / "killed", 0) / "model.safetensors")
+    for name, tensor in load_file(policy_dir(tmp_path / "whole", 0) / "model.safetensors").items():
+        assert weights[name].equal(tensor), name
+    assert [json.loads((tmp_path / run / "warmup.json").read_text()) for run in ("killed", "whole")] == [
+        json.loads((tmp_path / "whole" / "warmup.json").read_text())] * 2
+    assert not (tmp_path / "killed" / "model" / "warmup").exists()  # the checkpoint goes once the policy is saved

@@ -227,6 +227,8 @@ class WarmupConfig(Section):
         "held-back train samples beats chance (1 / the question's number of answers) by this margin for "
         "every question, checked every `check_every` steps up to `max_steps`; null: stop after `steps`")
     check_every: int = Field(25, ge=1, description="with `above_chance`: steps between two checks of the probe")
+    checkpoint_every: int = Field(50, ge=0, description="save the warm-up (weights, optimizer, sampling state) every "
+                                  "N steps; a killed warm-up resumes from the newest to the same weights (0: never)")
     max_steps: int = Field(1000, ge=0, description="with `above_chance`: stop here even below the margin")
     probe_size: int = Field(128, ge=1, description="with `above_chance`: train samples (the last ones) held "
                             "back from the warm-up to check it on")

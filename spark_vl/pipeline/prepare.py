@@ -11,7 +11,7 @@ from spark_vl.config import RunConfig, save_config
 from spark_vl.data import warn_bad_rows
 from spark_vl.data.tasks import make_dataset
 from spark_vl.faults import fault_point
-from spark_vl.layout import remove_partials, start_policy, write_json
+from spark_vl.layout import remove_partials, start_policy, warmup_dir, write_json
 from spark_vl.models import build_tiny_model, load_processor
 from spark_vl.runio import logger
 from spark_vl.train.trainer import PolicyTrainer
@@ -75,7 +75,8 @@ def warm_start(config: RunConfig, run_dir: Path, init: Path, start: Path) -> Non
     ws = Workspace(config, run_dir)
     trainer = PolicyTrainer(config, processor, init, None, lr=config.train.warmup.lr, adapters=False)
     try:
-        losses, checks = run_warmup(trainer, ws.samples("train"), config, ws.templates, ws.pool)
+        losses, checks = run_warmup(trainer, ws.samples("train"), config, ws.templates, ws.pool,
+                                    checkpoints=warmup_dir(run_dir))
     finally:
         ws.close()
     if checks:
@@ -88,3 +89,4 @@ def warm_start(config: RunConfig, run_dir: Path, init: Path, start: Path) -> Non
                                          "probe": checks})
     fault_point("prepare", 0, "before")
     trainer.save(start)
+    shutil.rmtree(warmup_dir(run_dir), ignore_errors=True)  # the starting policy is saved: no longer needed

@@ -14,18 +14,23 @@ cannot sharpen. `train.warmup.above_chance` stops instead once every question be
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 from collections import defaultdict
+from pathlib import Path
 
 from tqdm import tqdm
 
 from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
+from spark_vl.faults import fault_point
 from spark_vl.models.inputs import conversation
 from spark_vl.prompts import (Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample, solve_prompt,
                               wrong_answers)
 from spark_vl.records import task_item
 from spark_vl.rollout.hf import HFRolloutEngine
+from spark_vl.runio import logger, write_text_atomic
 from spark_vl.train.trainer import PolicyTrainer
 from spark_vl.verify import GradingPool
 
@@ -90,12 +95,40 @@ def beats_chance(accuracy: dict[str, float], answers: dict[str, list[str]], marg
     return all(a >= 1 / len(answers[q]) + margin for q, a in accuracy.items())
 
 
+def save_warmup_state(trainer: PolicyTrainer, folder: Path, rng: random.Random, losses: list[float],
+                      checks: list[dict]) -> None:
+    """Checkpoint the warm-up after `len(losses)` steps: the DeepSpeed state (weights, optimizer)
+    under its own tag, then `latest.json` naming it (written atomically: a tag without it was never
+    finished), then older tags deleted."""
+    tag = f"step-{len(losses):05d}"
+    state = {"rng": [rng.getstate()[0], list(rng.getstate()[1]), rng.getstate()[2]], "losses": losses, "checks": checks}
+    trainer.engine.save_checkpoint(str(folder), tag=tag, client_state={"warmup": state})
+    write_text_atomic(folder / "latest.json", json.dumps({"tag": tag}))
+    for old in folder.glob("step-*"):
+        if old.name != tag:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def resume_warmup_state(trainer: PolicyTrainer, folder: Path) -> dict | None:
+    """Load the newest finished warm-up checkpoint into the trainer: its state (`rng`, `losses`,
+    `checks`), or None when there is none."""
+    marker = folder / "latest.json"
+    if not marker.exists():
+        return None
+    _, client_state = trainer.engine.load_checkpoint(str(folder), tag=json.loads(marker.read_text())["tag"])
+    state = client_state["warmup"]
+    logger.info("warm-up resumes after step %d (%s)", len(state["losses"]), folder)
+    return state
+
+
 def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunConfig, templates: Templates,
-               pool: GradingPool) -> tuple[list[float], list[dict]]:
+               pool: GradingPool, checkpoints: Path | None = None) -> tuple[list[float], list[dict]]:
     """`train.warmup.steps` supervised steps, then with `above_chance` more until every question
     of the probe beats chance by that margin (each seed's warm-up then leaves the policy able to
     see something in every task family, for RL to sharpen). Returns the loss per step and the
-    probe checks: each {"step", "accuracy": {question: accuracy}, "passed": beats chance}."""
+    probe checks: each {"step", "accuracy": {question: accuracy}, "passed": beats chance}. With
+    `checkpoints`, every `train.warmup.checkpoint_every` steps are saved there, and a warm-up
+    killed midway resumes from the newest to the run an uninterrupted one makes."""
     cfg = config.train.warmup
     rng = random.Random(config.train.seed)
     answers = wrong_answers(samples)
@@ -110,7 +143,11 @@ def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunCon
     last = cfg.steps if cfg.above_chance is None else cfg.max_steps
     losses: list[float] = []
     checks: list[dict] = []
-    with tqdm(total=last, desc="warm-up", unit="step") as bar:
+    if checkpoints is not None and (state := resume_warmup_state(trainer, checkpoints)):
+        version, internal, gauss = state["rng"]
+        rng.setstate((version, tuple(internal), gauss))
+        losses, checks = state["losses"], state["checks"]
+    with tqdm(total=last, initial=len(losses), desc="warm-up", unit="step") as bar:
         while len(losses) < last:
             batch = [warmup_example(rng.choice(train), answers, config, templates, rng) for _ in range(cfg.batch_size)]
             targets = [tokenizer.encode(text, add_special_tokens=False) + end for _, text in batch]
@@ -123,4 +160,7 @@ def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunCon
                 bar.set_postfix({q[:12]: f"{a:.2f}" for q, a in accuracy.items()})
                 if checks[-1]["passed"]:
                     break
+            if checkpoints is not None and cfg.checkpoint_every and len(losses) % cfg.checkpoint_every == 0:
+                save_warmup_state(trainer, checkpoints, rng, losses, checks)
+                fault_point("warmup", len(losses), "after")
     return losses, checks
