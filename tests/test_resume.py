@@ -3,7 +3,9 @@ happens at a fault point (`spark_vl.faults`), never at a moment picked by a cloc
 
 import errno
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from spark_vl.config import load_config, save_config
-from spark_vl.faults import ENV, InjectedFault, fault_point, parse_faults
+from spark_vl.faults import ENV, PAUSE_DIR, InjectedFault, fault_point, parse_faults
 from spark_vl.layout import check_resumable, policy_dir
 from spark_vl.pipeline import run
 from spark_vl.runio import DamagedOutput
@@ -266,3 +268,31 @@ def test_a_warmup_killed_midway_resumes_from_its_checkpoint_to_the_same_starting
     assert [json.loads((tmp_path / run / "warmup.json").read_text()) for run in ("killed", "whole")] == [
         json.loads((tmp_path / "whole" / "warmup.json").read_text())] * 2
     assert not (tmp_path / "killed" / "model" / "warmup").exists()  # the checkpoint goes once the policy is saved
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_ends_the_run_cleanly_and_leaves_no_process_behind(tmp_path, tiny_data_dir, signum):
+    """`kill PID` (SIGTERM) or Ctrl-C while `spark-vl run` waits at a fault point mid-iteration: exit
+    128 + the signal with one line and no traceback, the MLflow run FAILED, and nothing of the
+    run's process group left, Prefect's temporary server included."""
+    cfg = _config(tiny_data_dir, ["train.iterations=2", f"orchestration.runs_dir={tmp_path / 'runs'}"])
+    save_config(cfg, tmp_path / "cfg.yaml")
+    os.mkfifo(tmp_path / "rollout-1-before.reached")
+    os.mkfifo(tmp_path / "rollout-1-before.release")
+    env = {**environment_without_launcher(), "PREFECT_HOME": str(tmp_path / "prefect"), "OMP_NUM_THREADS": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", ENV: "rollout:1:before:pause",
+           PAUSE_DIR: str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-m", "spark_vl.cli", "run", str(tmp_path / "cfg.yaml"), "--run-name",
+                                "stopped"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    with open(tmp_path / "rollout-1-before.reached"):  # returns once the run waits there
+        pass
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 128 + signum, stderr[-3000:]
+    assert f"stopped by {signal.Signals(signum).name}" in stderr and "Traceback" not in stdout + stderr
+    left = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert left == [], f"processes of the run left running: {left}"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert mlflow_run.info.status == "FAILED"

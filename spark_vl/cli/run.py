@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,6 +47,16 @@ def run(
         raise typer.Exit(2) from None
     from flows.co_evolve import co_evolve
 
+    received: list[int] = []
+
+    def interrupt(signum, frame) -> None:
+        """SIGTERM (systemd, Kubernetes, a Prefect worker) ends the run as Ctrl-C does: the flow's
+        cleanup runs (MLflow run FAILED, vLLM server and grading workers stopped) and so do the exit
+        handlers that stop Prefect's temporary server."""
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         co_evolve(config=cfg, run_name=name)
     except (DamagedOutput, DatasetError, OSError) as exc:  # errors that say what to fix: no traceback
@@ -53,6 +64,14 @@ def run(
             raise
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        signum = received[0] if received else signal.SIGINT
+        typer.echo(f"stopped by {signal.Signals(signum).name}; the same command resumes run {name} where it "
+                   "stopped", err=True)
+        raise typer.Exit(128 + signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     typer.echo(f"run directory: {run_dir}  (metrics: {run_dir / 'metrics.jsonl'}, plot: {run_dir / 'coevolution.png'})")
     print_evals([r for r in metric_rows(run_dir) if "eval/task_acc" in r])
 
