@@ -141,7 +141,9 @@ def _parse_row(row: Any) -> tuple[list[str], str, Any, int | None]:
             if isinstance(content, str):
                 texts.append(content)
                 continue
-            for part in content or []:
+            if not isinstance(content, list):
+                raise _BadRowError("unparseable", "a message's 'content' must be text or a list of parts")
+            for part in content:
                 if not isinstance(part, dict):
                     continue
                 if part.get("type") == "image" or "image" in part:
@@ -156,12 +158,20 @@ def _parse_row(row: Any) -> tuple[list[str], str, Any, int | None]:
             images = [images]
         question = row.get("question") or row.get("problem") or ""
         max_pixels = row.get("max_pixels")
+    if not isinstance(question, str):
+        raise _BadRowError("unparseable", f"the question must be text, not {type(question).__name__}")
+    if not isinstance(images, list):
+        raise _BadRowError("unparseable", "'images' must be a list of file paths")
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise _BadRowError("unparseable", f"'max_pixels' must be a positive whole number, not {max_pixels!r}")
     if not question:
         raise _BadRowError("unparseable", "no question text ('question', 'problem' or text in 'message')")
     if not images:
         raise _BadRowError("unparseable", "no image ('image', 'images' or an image part in 'message')")
     if answer is None or str(answer).strip() == "":
         raise _BadRowError("missing_answer", "the 'answer' field is missing or empty")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise _BadRowError("unparseable", f"the answer must be text or a number, not {type(answer).__name__}")
     if not all(isinstance(ref, str) and ref for ref in images):
         raise _BadRowError("unparseable", "image entries must be file paths (embedded images are not supported)")
     return images, question, answer, max_pixels
@@ -176,6 +186,8 @@ class ImageChecker:
         self._seen: dict[Path, _BadRowError | None] = {}
 
     def resolve(self, ref: str) -> Path:
+        if "\x00" in ref:
+            raise _BadRowError("missing_file", f"image path {ref!r} holds a NUL character; no file is named so")
         path = (self.root / _strip_file_scheme(ref)).resolve()
         if not path.is_relative_to(self.root):
             raise _BadRowError("path_escape", f"image path '{ref}' leads outside the dataset folder {self.root}; "
