@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from spark_vl.config import RunConfig
+from spark_vl.config import ConfigError, RunConfig, load_config
 from spark_vl.runio import DamagedOutput, logger, read_jsonl, write_text_atomic
 
 
@@ -116,11 +116,47 @@ def check_policy(path: Path) -> None:
             raise DamagedOutput(weights, f"cannot be read ({exc})") from None
 
 
+# Keys a rerun may change without making another run of the same folder: how long it goes on,
+# where it runs and what it keeps. Any other difference would mix two runs in one folder.
+RESUMABLE_CHANGES = ("train.iterations", "train.keep_policies", "train.keep_every", "train.processes_per_node",
+                     "train.hostfile", "train.launcher", "train.master_addr", "train.master_port", "rollout.vllm",
+                     "rollout.verify_workers", "rollout.verify_timeout_s", "tracking.register_every", "orchestration")
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_run(config: RunConfig, run_dir: Path) -> None:
+    """Raise ConfigError when `run_dir` holds a run made with another config: a key that changes
+    what is computed differs from its config.yaml (`RESUMABLE_CHANGES` may differ)."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    before = _flat(load_config(saved).model_dump(mode="json"))
+    now = _flat(config.model_dump(mode="json"))
+    changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key)
+                     and not any(key == a or key.startswith(a + ".") for a in RESUMABLE_CHANGES))
+    if changed:
+        shown = ", ".join(f"{key} ({before.get(key)!r} -> {now.get(key)!r})" for key in changed[:5])
+        raise ConfigError(f"{saved} was made with another config: {shown}{' ...' if len(changed) > 5 else ''}. "
+                          f"Rerun with the same config to resume it, or give the new run another name "
+                          f"(--run-name)")
+
+
 def check_resumable(config: RunConfig, run_dir: Path) -> None:
-    """Read back what a rerun of this run directory will rely on: metrics.jsonl, the JSON(L)
-    outputs of the two newest iterations, the starting and the newest policy."""
+    """Read back what a rerun of this run directory will rely on: its config (the same run's,
+    `check_same_run`), metrics.jsonl, the JSON(L) outputs of the two newest iterations, the starting
+    and the newest policy."""
     if not run_dir.exists():
         return
+    check_same_run(config, run_dir)
     metric_rows(run_dir)
     for folder in sorted(run_dir.glob("iter-*"))[-2:]:
         for path in sorted(folder.glob("*.jsonl")):
@@ -131,6 +167,12 @@ def check_resumable(config: RunConfig, run_dir: Path) -> None:
     for path in {start_policy(config, run_dir), *policies[-1:]}:
         if (path / "config.json").exists():
             check_policy(path)
+    trained = sorted(run_dir.glob("iter-*/train.json"))
+    if trained:  # the newest trained policy is never pruned: the next iteration starts from it
+        k = int(trained[-1].parent.name.removeprefix("iter-"))
+        if not (policy_dir(run_dir, k) / "config.json").exists():
+            raise DamagedOutput(trained[-1], f"it says iteration {k} trained, but its policy {policy_dir(run_dir, k)} "
+                                "is missing")
 
 
 def prune_deepspeed_state(run_dir: Path, keep: int) -> None:

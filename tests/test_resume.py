@@ -296,3 +296,26 @@ def test_a_signal_ends_the_run_cleanly_and_leaves_no_process_behind(tmp_path, ti
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     assert mlflow_run.info.status == "FAILED"
+
+
+def test_a_foreign_config_or_a_missing_policy_stops_the_rerun_with_one_line(tmp_path, tiny_data_dir):
+    """What a rerun of a run folder cannot trust ends it before it starts: exit 2, the file, the fix."""
+    cfg = _config(tiny_data_dir, ["train.iterations=1", "eval.every=1", f"orchestration.runs_dir={tmp_path / 'runs'}"])
+    run(cfg, tmp_path / "runs" / "r")
+    save_config(cfg, tmp_path / "same.yaml")
+    save_config(cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.1, "iterations": 5})}),
+                tmp_path / "other.yaml")
+
+    def rerun(config: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "spark_vl.cli", "run", str(tmp_path / config), "--run-name", "r"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**environment_without_launcher(), "PREFECT_HOME": str(tmp_path / "prefect")})
+
+    foreign = rerun("other.yaml")
+    assert foreign.returncode == 2 and "Traceback" not in foreign.stderr
+    assert "was made with another config: train.lr (0.0005 -> 0.1)." in foreign.stderr  # iterations may change
+    assert "--run-name" in foreign.stderr
+    shutil.rmtree(policy_dir(tmp_path / "runs" / "r", 1))
+    missing = rerun("same.yaml")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "iter-0001/train.json is damaged: it says iteration 1 trained, but its policy" in missing.stderr

@@ -11,7 +11,7 @@ from spark_vl.config import RunConfig, save_config
 from spark_vl.data import warn_bad_rows
 from spark_vl.data.tasks import make_dataset
 from spark_vl.faults import fault_point
-from spark_vl.layout import remove_partials, start_policy, warmup_dir, write_json
+from spark_vl.layout import check_same_run, remove_partials, start_policy, warmup_dir, write_json
 from spark_vl.models import build_tiny_model, load_processor
 from spark_vl.runio import logger
 from spark_vl.train.trainer import PolicyTrainer
@@ -28,6 +28,7 @@ def prepare_run(config: RunConfig, run_dir: Path, fetch_model: FetchModel | None
     policy when the config asks for them; copy a registry model in with `fetch_model`. Finished
     parts are skipped."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    check_same_run(config, run_dir)
     remove_partials(run_dir)
     save_config(config, run_dir / "config.yaml")
     ws = Workspace(config, run_dir)
