@@ -254,3 +254,15 @@ def test_partial_credit_is_not_right_for_judge_or_reflection_data():
             else:
                 assert prompt.kind.startswith("reflect") and prompt.proposed[0] in ("blue", partial.responses[1])
     assert labels == {"red": {True}, "blue": {False}}
+
+
+def test_pairwise_share_reserves_part_of_the_judge_cap():
+    groups = [group(f"g{i}", ["3", "4", "3"], [1, 0, 1], question="How many?") for i in range(8)]
+    groups += [group(f"h{i}", ["4", "3", "4"], [1, 0, 1], answer="4", question="How many?") for i in range(8)]
+    base = dict(balance_judge_labels=True, pair_judge_answers=True, pairwise_both_orders=True, judge_cap=1.0)
+    counts = []
+    for share in (0.0, 0.5):
+        kinds = Counter(p.kind for p in run(groups, SparkConfig(**base, pairwise_share=share), seed=1).prompts)
+        counts.append(kinds["judge_pairwise"])
+        assert kinds["judge_pointwise"] + kinds["judge_pairwise"] <= 16
+    assert counts[1] == 8 and counts[0] < 8  # half the cap of 16, in mirrored pairs

@@ -194,6 +194,10 @@ class SparkConfig(Section):
         False, description="with balance_judge_labels: each pointwise sample is kept beside its counterpart, "
         "the same proposed answer for another image of the same question with the other label, so the "
         "proposed answer alone predicts no verdict")
+    pairwise_share: float = Field(
+        0.0, ge=0, le=1, description="share of the judge samples kept (judge_cap) that pairwise samples may fill "
+        "first, when the batch has them; the rest are drawn at random from all (0: all at random, where the paired "
+        "pointwise samples of pair_judge_answers leave pairwise ones about one in eight)")
     pairwise_both_orders: bool = Field(
         False, description="each pairwise judge sample also with its two answers swapped, the two kept or dropped "
         "together: the letters balance in every batch, and a judge that boxes one letter scores half on each pair")

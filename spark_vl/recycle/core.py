@@ -163,14 +163,18 @@ def _answer_pairs(samples: list[PromptRecord], groups: list[RolloutGroup], templ
     return units
 
 
-def _take(units: list[list[PromptRecord]], cap: int, rng: random.Random) -> list[PromptRecord]:
-    """Up to `cap` samples, whole units at random."""
+def _take(units: list[list[PromptRecord]], cap: int, rng: random.Random, pairwise_cap: int = 0) -> list[PromptRecord]:
+    """Up to `cap` samples, whole units at random; pairwise units first, up to `pairwise_cap`."""
     units = list(units)
     rng.shuffle(units)
     taken: list[PromptRecord] = []
-    for unit in units:
-        if len(taken) + len(unit) <= cap:
-            taken += unit
+    chosen: set[int] = set()
+    for limit, eligible in ((min(cap, pairwise_cap), lambda unit: unit[0].kind == "judge_pairwise"),
+                            (cap, lambda unit: True)):
+        for i, unit in enumerate(units):
+            if i not in chosen and eligible(unit) and len(taken) + len(unit) <= limit:
+                taken += unit
+                chosen.add(i)
     return taken
 
 
@@ -182,12 +186,15 @@ def recycle(groups: list[RolloutGroup], cfg: SparkConfig, batch_size: int, rng: 
     for group in solve:
         judge += judge_samples_for_group(group, cfg, templates, rng, prefix)
     judge_cap = int(cfg.judge_cap * batch_size)
+    pairwise_cap = round(cfg.pairwise_share * judge_cap)
     if cfg.balance_judge_labels and cfg.pair_judge_answers:
-        judge = _take(_answer_pairs(judge, solve, templates, rng, prefix), judge_cap, rng)
+        judge = _take(_answer_pairs(judge, solve, templates, rng, prefix), judge_cap, rng, pairwise_cap)
     elif cfg.balance_judge_labels:
-        judge = _take(_question_pairs(_balance_pointwise(judge, solve, templates, rng, prefix), rng), judge_cap, rng)
+        judge = _take(_question_pairs(_balance_pointwise(judge, solve, templates, rng, prefix), rng), judge_cap, rng,
+                      pairwise_cap)
     else:
-        judge = _take(_single_units(judge) + [[s] for s in judge if s.kind == "judge_pointwise"], judge_cap, rng)
+        judge = _take(_single_units(judge) + [[s] for s in judge if s.kind == "judge_pointwise"], judge_cap, rng,
+                      pairwise_cap)
 
     eligible = [g for g in solve if not all(map(is_right, g.rewards))]
     eligible = rng.sample(eligible, min(int(cfg.reflect_cap * batch_size), len(eligible)))
