@@ -19,13 +19,14 @@ _CHOICE = re.compile(r"^\(?([A-J])\)?$")
 _CHOICE_WITH_TEXT = re.compile(r"^(?:option|choice|answer)?\s*\(?([A-J])\)?(?:[.:)]\s*|\s+).+$", re.IGNORECASE)
 _OPTION_WORD = re.compile(r"^(?:option|choice|answer)\s*\(?([A-J])\)?$", re.IGNORECASE)
 _LETTERS = re.compile(r"\(([A-J])\)|\b([A-J])\b")
+_WORD = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{2,}")  # a word, not a LaTeX command or a variable
 _VARIABLE = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?$")
 _NUMBER = re.compile(r"^([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d+))?$")
 _FRACTION = re.compile(r"^([+-]?)\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}$|^([+-]?)\\[dt]?frac(\d)(\d)$")
 _SLASH = re.compile(r"^([+-]?[\d.]+)\s*/\s*([\d.]+)$")
 _THOUSANDS = re.compile(r"(?<=\d)(?:,|\\,|\{,\}|\\ |\u2009|\u202f)(?=\d{3}(?:\D|$))")
 _QUANTITY = re.compile(r"^(?P<currency>\\?\$)?\s*(?P<number>[+-]?[\d.,]+(?:[eE][+-]?\d+)?(?:/[\d.]+)?"
-                       r"|[+-]?\\[dt]?frac\{[^{}]+\}\{[^{}]+\})\s*(?P<unit>.*)$")
+                       r"|[+-]?\\[dt]?frac\{[^{}]+\}\{[^{}]+\})(?P<unit>.*)$")
 
 # Spellings of one unit; a unit not named here is compared as written (lower case, singular).
 UNITS = {
@@ -73,6 +74,8 @@ def equivalent(predicted: str, gold: str) -> bool | None:
     mine, theirs = quantity(pred), quantity(want)
     if mine is not None and theirs is not None:
         return same_quantity(mine, theirs)
+    if set(_WORD.findall(pred)) - set(_WORD.findall(want)):
+        return False  # "3apples", "5purple": words math-verify would drop, not maths
     return None if _MATHY.search(pred) and _MATHY.search(want) else False
 
 
@@ -163,14 +166,15 @@ def quantity(text: str) -> tuple[Fraction, str] | None:
     value = number(match.group("number"))
     if value is None:
         return None
+    spaced = match.group("unit")[:1].isspace()
     unit = match.group("unit").strip().lower().strip(".")
     if match.group("currency"):
         if unit:
             return None
         unit = "$"
     known = _UNIT_OF.get(unit, _UNIT_OF.get(unit.rstrip("s")))
-    if known is None and unit and not re.fullmatch(r"[a-z][a-z ]*", unit):
-        return None  # "5 + x", "2^{10}", "3 4", "2 and 3": an expression or a list, not a number with a unit
+    if known is None and unit and not (spaced and re.fullmatch(r"[a-z][a-z ]*", unit)):
+        return None  # "5 + x", "2^{10}", "3 4", "2 and 3", "5purple": an expression, a list or junk, no unit
     return value, known or (unit.rstrip("s") if len(unit) > 3 else unit)
 
 

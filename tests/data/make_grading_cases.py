@@ -56,6 +56,8 @@ for gold, written, verdict, why in [
     ("30^\\circ", "60^\\circ", False, "another angle"), ("3", "3 apples", True, "a counted noun on a bare gold"),
     ("3 apples", "3 pears", False, "a different thing counted"), ("4 m^2", "4 m²", True, "a squared unit in Unicode"),
     ("7", "7 kg", True, "a unit on a bare gold"), ("7 kg", "7 g", False, "kg is not g"),
+    ("7", "7kg", True, "a known unit written on the number"), ("5", "5purple", False, "junk on the number is no unit"),
+    ("5", "5ge", False, "junk on the number is no unit"), ("3", "3apples", False, "an unknown word on the number"),
 ]:
     add("units", f"\\boxed{{{written}}}", gold, verdict, why)
 
