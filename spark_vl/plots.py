@@ -44,11 +44,7 @@ def plot_coevolution(rows: list[dict[str, float]], out: Path) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_reliability(records: list[dict], out: Path) -> Path | None:
@@ -76,6 +72,13 @@ def plot_reliability(records: list[dict], out: Path) -> Path | None:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> Path:
+    """Write the figure as a PNG at `out` and release it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
