@@ -72,12 +72,14 @@ def _in_flight(fault: str | None) -> set[str]:
 
 
 def _assert_untouched(before: dict[Path, int], run_dir: Path, in_flight: set[str]) -> None:
-    """Files of finished stages are neither rewritten nor removed; pruned policies and what a kill
-    left half-written aside."""
+    """Files of finished stages are neither rewritten nor removed; pruned policies, DeepSpeed and
+    warm-up checkpoints (kept only while they are the newest) and what a kill left half-written
+    aside."""
     for path, stamp in before.items():
         name = str(path.relative_to(run_dir))
         partial = any(part.endswith((".tmp", ".partial")) for part in path.relative_to(run_dir).parts)
-        if partial or name in SUMMARIES or name in in_flight or name.startswith(("deepspeed/", "model/policy-")):
+        if partial or name in SUMMARIES or name in in_flight or name.startswith(("deepspeed/", "model/policy-",
+                                                                                  "model/warmup/")):
             continue
         assert path.exists() and path.stat().st_mtime_ns == stamp, name
 
