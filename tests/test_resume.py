@@ -277,7 +277,8 @@ def test_a_signal_ends_the_run_cleanly_and_leaves_no_process_behind(tmp_path, ti
     """`kill PID` (SIGTERM) or Ctrl-C while `spark-vl run` waits at a fault point mid-iteration: exit
     128 + the signal with one line and no traceback, the MLflow run FAILED, and nothing of the
     run's process group left, Prefect's temporary server included."""
-    cfg = _config(tiny_data_dir, ["train.iterations=2", f"orchestration.runs_dir={tmp_path / 'runs'}"])
+    cfg = _config(tiny_data_dir, ["train.iterations=2", "train.warmup.steps=3",
+                                  f"orchestration.runs_dir={tmp_path / 'runs'}"])
     save_config(cfg, tmp_path / "cfg.yaml")
     os.mkfifo(tmp_path / "rollout-1-before.reached")
     os.mkfifo(tmp_path / "rollout-1-before.release")
@@ -303,7 +304,10 @@ def test_a_signal_ends_the_run_cleanly_and_leaves_no_process_behind(tmp_path, ti
 def test_a_foreign_config_or_a_missing_policy_stops_the_rerun_with_one_line(tmp_path, tiny_data_dir):
     """What a rerun of a run folder cannot trust ends it before it starts: exit 2, the file, the fix."""
     cfg = _config(tiny_data_dir, ["train.iterations=1", "eval.every=1", f"orchestration.runs_dir={tmp_path / 'runs'}"])
-    run(cfg, tmp_path / "runs" / "r")
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "iter-0001").mkdir(parents=True)  # what a run leaves: its config and a trained iteration
+    save_config(cfg, run_dir / "config.yaml")
+    (run_dir / "iter-0001" / "train.json").write_text("{}")
     save_config(cfg, tmp_path / "same.yaml")
     save_config(cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.1, "iterations": 5})}),
                 tmp_path / "other.yaml")
@@ -317,7 +321,6 @@ def test_a_foreign_config_or_a_missing_policy_stops_the_rerun_with_one_line(tmp_
     assert foreign.returncode == 2 and "Traceback" not in foreign.stderr
     assert "was made with another config: train.lr (0.0005 -> 0.1)." in foreign.stderr  # iterations may change
     assert "--run-name" in foreign.stderr
-    shutil.rmtree(policy_dir(tmp_path / "runs" / "r", 1))
-    missing = rerun("same.yaml")
+    missing = rerun("same.yaml")  # iteration 1 trained, its policy gone
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "iter-0001/train.json is damaged: it says iteration 1 trained, but its policy" in missing.stderr
