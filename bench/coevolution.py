@@ -7,8 +7,8 @@ Each (config, seed, threads, arm) is one `spark-vl run` (the Prefect flow, track
 runs/bench-<config>-<arm>-s<seed>[-t<threads>] with OMP_NUM_THREADS=<threads> (torch's thread count
 changes the floating-point sums, so each thread count is a trajectory of its own). The arms: `spark`,
 `grpo` (`spark.enabled=false`, equal iterations) and, with `--grpo-time-factor F`, `grpo-time`:
-plain GRPO with F times the iterations, about SPARK's wall-clock (at the first thread count only) (SPARK trains on more sequences per
-iteration; the table gives the measured times). A seed sets the tiny model's weights, the warm-up,
+plain GRPO with F times the iterations, about SPARK's wall-clock (SPARK trains on more sequences per
+iteration; the table gives the measured times), at the first thread count only. A seed sets the tiny model's weights, the warm-up,
 the sampling and the recycling; the data is the same for all. Finished runs are reused, so an
 interrupted benchmark continues where it stopped. The table (first and last evaluations, mean, spread
 and worst over seeds), the issue's targets checked one by one, and a PNG of the curves go to
@@ -162,8 +162,10 @@ def goals(runs: list[Run], evals: dict[Run, list[dict]]) -> list[str]:
          f"mean ({mean_of(margin):+.3f}) and above it in every run: {', '.join(f'{m:+.3f}' for m in margin)}"),
         (mean_of(reflect["spark"]) >= 0.03 and mean_of(reflect["spark"]) > mean_of(reflect["grpo"]),
          f"self-reflection over greedy (last 3), mean of runs, SPARK >= +0.03 and above GRPO: SPARK "
-         f"{mean_of(reflect['spark']):+.3f} (worst {min(reflect['spark']):+.3f}), GRPO {mean_of(reflect['grpo']):+.3f}"),
-        (min(pairwise) >= 0.75, f"SPARK's pairwise judge (both orders, last 3) >= 0.75 in every run: {shown(pairwise)}"),
+         f"{mean_of(reflect['spark']):+.3f} (worst {min(reflect['spark']):+.3f}), "
+         f"GRPO {mean_of(reflect['grpo']):+.3f}"),
+        (min(pairwise) >= 0.75,
+         f"SPARK's pairwise judge (both orders, last 3) >= 0.75 in every run: {shown(pairwise)}"),
         (min(same_form) >= 0.75, f"SPARK's judge on look-alikes (last 3) >= 0.75 in every run: {shown(same_form)}"),
         (formed >= 0.95, f"well-formed answers at every evaluation of every run >= 0.95: lowest {formed:.3f}"),
     ]

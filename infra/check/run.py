@@ -113,8 +113,8 @@ def build_images() -> float:
              "-t", PYTHON_IMAGE, str(INFRA / "check")], "building the stand-in Python base")
     mounts, _ = pip_mounts()
     start = time.perf_counter()
-    run(["buildah", "bud", "--isolation", "chroot", "--layers=false", *mounts, "-f", str(INFRA / "docker" / "Dockerfile"),
-         "--target", "servers", "--build-arg", f"PYTHON_IMAGE={PYTHON_IMAGE}", "-t", SERVERS_IMAGE, str(ROOT)],
+    run(["buildah", "bud", "--isolation", "chroot", "--layers=false", *mounts,
+         "-f", str(INFRA / "docker" / "Dockerfile"), "--target", "servers", "--build-arg", f"PYTHON_IMAGE={PYTHON_IMAGE}", "-t", SERVERS_IMAGE, str(ROOT)],
         "building the servers image (infra/docker/Dockerfile --target servers)")
     return time.perf_counter() - start
 
@@ -309,8 +309,8 @@ def main() -> int:
         wait_for(f"http://127.0.0.1:{mlflow_port}/health", started[1][0], "mlflow")
         user, _, password = dotenv["PREFECT_AUTH_STRING"].partition(":")
         check_prefect(f"http://127.0.0.1:{prefect_port}", (user, password), results)
-        check_mlflow(f"http://127.0.0.1:{mlflow_port}", (dotenv["MLFLOW_ADMIN_USERNAME"], dotenv["MLFLOW_ADMIN_PASSWORD"]),
-                     results)
+        admin = (dotenv["MLFLOW_ADMIN_USERNAME"], dotenv["MLFLOW_ADMIN_PASSWORD"])
+        check_mlflow(f"http://127.0.0.1:{mlflow_port}", admin, results)
         whoami = run(["buildah", "run", "--isolation", "chroot", started[0][1], "--", "id", "-un"], "reading the user")
         expect(whoami.strip() == "spark", f"the servers run as the image's non-root user ({whoami.strip()})", results)
     except CheckFailed as error:
