@@ -59,7 +59,8 @@ test: setup vllm-env
 	SPARK_VL_REQUIRE_VLLM=1 SPARK_VL_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
 
 # Build the servers image with buildah and serve from it against a real PostgreSQL (infra/check/run.py;
-# needs buildah, podman, debootstrap and postgresql-15 from Debian). Not part of `make test`: run it
-# before changing infra/.
+# needs buildah, podman, debootstrap, chromium and postgresql-15 from Debian). Not part of `make test`:
+# run it before changing infra/.
 infra-check: setup
+	$(BIN)/python -m pip install -q -e '.[infra]'
 	$(BIN)/python infra/check/run.py

@@ -12,12 +12,16 @@
    --isolation chroot`, the host's network, the image's non-root user), with compose's
    environment and infra/.env.example's settings (placeholders replaced by random secrets).
 5. Asserted: both APIs refuse a request without credentials and answer it with them; both UIs
-   answer; a flow and deployment are registered and a flow run created through the authenticated
-   Prefect API; an MLflow run logged and a model version registered through the authenticated
-   MLflow server; then every process stopped and nothing of theirs left running.
+   answer; a flow and deployment (with the co-evolve flow's parameter form) are registered and a
+   flow run created through the authenticated Prefect API; an MLflow run logged and a model version
+   registered through the authenticated MLflow server; then every process stopped and nothing of
+   theirs left running.
+6. The Prefect UI as a user meets it (ui_check.py, headless Chromium driven by Playwright): the
+   login page, the deployment's Run form with the flow's parameters and their descriptions, and a
+   run submitted from the form under a typed name.
 
 Each step is logged to runs/infra-check/check.log; the outcome goes to
-bench/results/infra_check.md. Exit 0 when every assertion holds; otherwise 1 with the step that
+bench/results/infra_check.md, the form's screenshot to runs/infra-check/prefect-run-form.png. Exit 0 when every assertion holds; otherwise 1 with the step that
 failed and what to look at.
 """
 
@@ -40,6 +44,9 @@ from datetime import date
 from pathlib import Path
 
 import yaml
+from ui_check import check_run_form
+
+from flows.co_evolve import co_evolve
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -221,7 +228,8 @@ def expect(condition: bool, what: str, results: list[tuple[str, bool]]) -> None:
     log(f"{'ok  ' if condition else 'FAIL'} {what}")
 
 
-def check_prefect(url: str, auth: tuple[str, str], results: list) -> None:
+def check_prefect(url: str, auth: tuple[str, str], results: list) -> str | None:
+    """The API's auth and a deployment of the co-evolve flow registered through it; its id."""
     api = f"{url}/api"
     expect(request(f"{api}/admin/version")[0] == 401, "Prefect API refuses a request without credentials", results)
     status, version = request(f"{api}/admin/version", auth)
@@ -230,14 +238,16 @@ def check_prefect(url: str, auth: tuple[str, str], results: list) -> None:
     expect(status == 200 and "<html" in page.lower(), f"Prefect UI answers at / (HTTP {status})", results)
     status, flow = request(f"{api}/flows/", auth, {"name": "co-evolve"})
     flow_id = json.loads(flow).get("id") if status in (200, 201) else None
-    status, deployment = request(f"{api}/deployments/", auth, {"name": "infra-check", "flow_id": flow_id,
-                                                               "parameters": {"run_name": "infra-check"}})
+    status, deployment = request(f"{api}/deployments/", auth, {
+        "name": "infra-check", "flow_id": flow_id, "parameters": {"config_path": "configs/tiny.yaml"},
+        "parameter_openapi_schema": co_evolve.parameters.model_dump(mode="json"), "enforce_parameter_schema": True})
     deployment_id = json.loads(deployment).get("id") if status in (200, 201) else None
     expect(bool(flow_id and deployment_id), f"a flow and a deployment registered through the API (HTTP {status})",
            results)
     status, flow_run = request(f"{api}/deployments/{deployment_id}/create_flow_run", auth, {})
     expect(status in (200, 201) and json.loads(flow_run).get("state_type") == "SCHEDULED",
            f"a flow run created from the deployment (HTTP {status})", results)
+    return deployment_id
 
 
 def check_mlflow(url: str, auth: tuple[str, str], results: list) -> None:
@@ -284,9 +294,10 @@ def leftovers() -> list[str]:
 def main() -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    for tool in ("buildah", "podman", "debootstrap"):
+    for tool in ("buildah", "podman", "debootstrap", "chromium"):
         if shutil.which(tool) is None:
-            print(f"infra-check: {tool} is not installed: apt-get install buildah podman debootstrap", file=sys.stderr)
+            print(f"infra-check: {tool} is not installed: apt-get install buildah podman debootstrap chromium",
+                  file=sys.stderr)
             return 1
     results: list[tuple[str, bool]] = []
     started: list[tuple[subprocess.Popen, str]] = []
@@ -308,7 +319,10 @@ def main() -> int:
         wait_for(f"http://127.0.0.1:{prefect_port}/api/health", started[0][0], "prefect-server")
         wait_for(f"http://127.0.0.1:{mlflow_port}/health", started[1][0], "mlflow")
         user, _, password = dotenv["PREFECT_AUTH_STRING"].partition(":")
-        check_prefect(f"http://127.0.0.1:{prefect_port}", (user, password), results)
+        deployment_id = check_prefect(f"http://127.0.0.1:{prefect_port}", (user, password), results)
+        for what, passed in check_run_form(f"http://127.0.0.1:{prefect_port}", dotenv["PREFECT_AUTH_STRING"],
+                                           deployment_id, WORK / "prefect-run-form.png"):
+            expect(passed, what, results)
         admin = (dotenv["MLFLOW_ADMIN_USERNAME"], dotenv["MLFLOW_ADMIN_PASSWORD"])
         check_mlflow(f"http://127.0.0.1:{mlflow_port}", admin, results)
         whoami = run(["buildah", "run", "--isolation", "chroot", started[0][1], "--", "id", "-un"], "reading the user")
