@@ -1,14 +1,15 @@
 """SPARK against plain GRPO, side by side: same configs, seeds, data, starting checkpoint.
 
     .venv/bin/python bench/coevolution.py [--configs configs/tiny.yaml] [--seeds 0 1 2] [--threads 1]
-                                          [--parallel 2] [--grpo-time-factor 2]
+                                          [--threads-seeds 0] [--parallel 2] [--grpo-time-factor 2]
 
 Each (config, seed, threads, arm) is one `spark-vl run` (the Prefect flow, tracked in MLflow) in
 runs/bench-<config>-<arm>-s<seed>[-t<threads>] with OMP_NUM_THREADS=<threads> (torch's thread count
 changes the floating-point sums, so each thread count is a trajectory of its own). The arms: `spark`,
 `grpo` (`spark.enabled=false`, equal iterations) and, with `--grpo-time-factor F`, `grpo-time`:
 plain GRPO with F times the iterations, about SPARK's wall-clock (SPARK trains on more sequences per
-iteration; the table gives the measured times), at the first thread count only. A seed sets the tiny model's weights, the warm-up,
+iteration; the table gives the measured times), at the first thread count only. `--threads-seeds`
+limits the other thread counts to some seeds (each run costs minutes). A seed sets the tiny model's weights, the warm-up,
 the sampling and the recycling; the data is the same for all. Finished runs are reused, so an
 interrupted benchmark continues where it stopped. The table (first and last evaluations, mean, spread
 and worst over seeds), the issue's targets checked one by one, and a PNG of the curves go to
@@ -208,6 +209,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["configs/tiny.yaml"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--threads", nargs="+", type=int, default=[1], help="torch thread counts, each a trajectory")
+    parser.add_argument("--threads-seeds", nargs="+", type=int,
+                        help="seeds run at the thread counts after the first (default: all of --seeds)")
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     parser.add_argument("--grpo-time-factor", type=float, default=0.0,
                         help="also plain GRPO with this many times the iterations (0: not run)")
@@ -217,8 +220,9 @@ def main() -> None:
     for config in [(ROOT / c).resolve() for c in args.configs]:
         iterations = yaml.safe_load(config.read_text())["train"]["iterations"]
         arms = ["spark", "grpo"] + (["grpo-time"] if args.grpo_time_factor else [])
+        more_seeds = args.threads_seeds or args.seeds
         runs = [(arm, seed, threads) for threads in args.threads for seed in args.seeds for arm in arms
-                if arm != "grpo-time" or threads == args.threads[0]]  # the time comparison at one thread count
+                if threads == args.threads[0] or (arm != "grpo-time" and seed in more_seeds)]
         length = {"spark": iterations, "grpo": iterations, "grpo-time": round(iterations * args.grpo_time_factor)}
         with ThreadPoolExecutor(args.parallel) as pool:
             dirs = dict(zip(runs, pool.map(lambda run: run_one(config, *run, length[run[0]]), runs)))
@@ -227,6 +231,7 @@ def main() -> None:
         shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
         text += (f"\n\nCommand: `.venv/bin/python bench/coevolution.py --configs {shown} --seeds "
                  f"{' '.join(map(str, args.seeds))} --threads {' '.join(map(str, args.threads))}"
+                 + (f" --threads-seeds {' '.join(map(str, args.threads_seeds))}" if args.threads_seeds else "")
                  + (f" --grpo-time-factor {args.grpo_time_factor:g}" if args.grpo_time_factor else "") + "`")
         md = publish(f"coevolution-{config.stem}", text)
         png = plot(config, runs, evals, RESULTS / f"coevolution-{config.stem}.png")
