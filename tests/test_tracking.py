@@ -162,3 +162,101 @@ def test_a_run_starts_from_the_registry_champion(store, tiny_model_dir, tiny_dat
     start = start_policy(retrain, store / "retrain")
     assert start == store / "retrain" / "model" / "from-registry"
     assert (start / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+
+
+def test_a_registered_version_is_an_mlflow_model_that_answers_and_judges(store, tiny_model_dir, tiny_data_dir):
+    """`mlflow.pyfunc.load_model` on the champion: a signature, an input example, pinned
+    requirements, and rows answered (question) and judged (pointwise, pairwise); a bad row is
+    refused with its number."""
+    import base64
+
+    import mlflow
+    import pandas as pd
+
+    cfg = load_config(None, ["tracking.experiment=t6"])
+    run_id = tracking.open_run(cfg, store / "run", "r6")
+    register(run_id, tiny_model_dir, "served", 0.2)
+    info = mlflow.models.get_model_info("models:/served@champion")
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["image", "question", "answer", "answer_a",
+                                                                     "answer_b"]
+    local = Path(mlflow.artifacts.download_artifacts("models:/served@champion", dst_path=str(store / "dl")))
+    assert any(line.startswith("torch==") for line in (local / "requirements.txt").read_text().splitlines())
+    assert (local / "serving_input_example.json").is_file()
+    rows = [json.loads(line) for line in (tiny_data_dir / "eval.jsonl").read_text().splitlines()[:2]]
+    image = str(tiny_data_dir / rows[0]["image"])
+    encoded = base64.b64encode(Path(image).read_bytes()).decode()
+    model = mlflow.pyfunc.load_model("models:/served@champion")
+    out = model.predict(pd.DataFrame([
+        {"image": image, "question": rows[0]["question"]},
+        {"image": encoded, "question": rows[0]["question"], "answer": rows[0]["answer"]},
+        {"image": image, "question": rows[0]["question"], "answer_a": "1", "answer_b": "2"}]))
+    assert list(out.columns) == ["reply", "answer", "verdict", "p_positive"] and len(out) == 3
+    assert all(isinstance(reply, str) and reply for reply in out["reply"])
+    assert out["verdict"][0] is None and out["p_positive"][0] is None  # a question is answered, not judged
+    assert all(p is None or 0 <= p <= 1 for p in out["p_positive"][1:])
+    with pytest.raises(mlflow.exceptions.MlflowException, match="row 1: image is neither"):
+        model.predict(pd.DataFrame([{"image": image, "question": "q"}, {"image": "nope.png", "question": "q"}]))
+
+
+def test_mlflow_models_serve_answers_and_judges_the_champion_over_rest(store, tiny_model_dir):
+    """`mlflow models serve -m models:/NAME@champion --env-manager local`: an answer request and a
+    judge request (the image's bytes in base64, as a REST client sends it) over /invocations; a
+    bad row is a 400 naming it. The server is used once it logs that it listens."""
+    import base64
+    import io
+    import os
+    import queue
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from PIL import Image
+
+    run_id = tracking.open_run(load_config(None, ["tracking.experiment=t7"]), store / "run", "r7")
+    register(run_id, tiny_model_dir, "rest", 0.2)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bin_dir = str(Path(sys.executable).parent)  # the scoring server runs `uvicorn` from the venv
+    server = subprocess.Popen([f"{bin_dir}/mlflow", "models", "serve", "-m", "models:/rest@champion",
+                               "--env-manager", "local", "-p", str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                              env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in server.stdout] + [lines.put(None)],
+                     daemon=True).start()
+    try:
+        seen = []
+        while (line := lines.get(timeout=240)) is not None and "Uvicorn running on" not in line:  # listening
+            seen.append(line)
+        assert line is not None, "".join(seen[-20:])
+        buffer = io.BytesIO()
+        Image.new("RGB", (56, 56), (0, 0, 255)).save(buffer, format="PNG")
+        image = base64.b64encode(buffer.getvalue()).decode()
+
+        def invoke(rows):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", method="POST",
+                                             data=json.dumps({"dataframe_records": rows}).encode(),
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+
+        question = "What colour is the shape?"
+        status, body = invoke([{"image": image, "question": question},
+                               {"image": image, "question": question, "answer": "blue"}])
+        assert status == 200 and len(body["predictions"]) == 2
+        answered, judged = body["predictions"]
+        assert answered["reply"] and answered["verdict"] is None
+        assert judged["reply"] and (judged["p_positive"] is None or 0 <= judged["p_positive"] <= 1)
+        status, body = invoke([{"image": "no-such-file.png", "question": question}])
+        assert status == 400 and "row 0: image is neither" in body["message"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

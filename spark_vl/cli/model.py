@@ -13,33 +13,29 @@ import typer
 from spark_vl.cli.app import ConfigArg, SetOpt, app, load_config_or_exit, model_or_given_config, print_evals
 
 
-def _judge_prompts(path: Path, templates) -> list:
+def _judge_prompts(path: Path, cfg) -> list:
     """Judge prompts from JSONL rows {image, question, answer} (pointwise) or {image, question,
     answer_a, answer_b} (pairwise); images relative to the file. Stops at the first bad row,
     naming it and what it needs."""
-    from spark_vl.evaluate.judge import question_source
-    from spark_vl.prompts import pairwise_judge_sample, pointwise_judge_sample
+    from spark_vl.evaluate.requests import ROW_HELP, request_kind, request_prompt
+    from spark_vl.prompts import Templates
 
+    templates = Templates.load(cfg.spark.templates)
     prompts = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
+            if request_kind(row) == "solve":
+                raise ValueError(f"nothing to judge ({ROW_HELP})")
             image = path.parent / row["image"]
             if not image.is_file():
                 raise ValueError(f"image {image} does not exist")
-            source = question_source(f"row{number}", str(image), row["question"])
-            if "answer_a" in row:
-                prompt = pairwise_judge_sample(source, str(row["answer_a"]), str(row["answer_b"]),
-                                               templates.pairwise[0], True, source.id)
-            else:
-                prompt = pointwise_judge_sample(source, str(row["answer"]), True, templates.pointwise[0], source.id)
-        except (ValueError, KeyError, TypeError) as exc:
-            typer.echo(f"error: {path} line {number}: {exc!r} (a row needs image, question, and answer or "
-                       "answer_a and answer_b)", err=True)
+            prompts.append(request_prompt(row, f"row{number}", str(image), cfg, templates))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            typer.echo(f"error: {path} line {number}: {exc} ({ROW_HELP})", err=True)
             raise typer.Exit(2) from None
-        prompts.append(prompt)
     return prompts
 
 
@@ -57,23 +53,20 @@ def judge(
     (Yes, or A) from its own log-probabilities, and its reply."""
     import tempfile
 
-    from spark_vl.evaluate.judge import verdict_probabilities
-    from spark_vl.prompts import Templates
+    from spark_vl.evaluate.requests import respond
     from spark_vl.runio import write_jsonl_atomic
     from spark_vl.tracking import resolve_model
-    from spark_vl.verify import extract_verdict
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = resolve_model(model, Path(tmp) / "model")
         cfg = model_or_given_config(model_dir, config, set_)
-        prompts = _judge_prompts(path, Templates.load(cfg.spark.templates))
+        prompts = _judge_prompts(path, cfg)
         with open_engine(model_dir, cfg, Path(tmp)) as (engine, _):
-            replies = [g.responses[0] for g in engine.generate(prompts, 1, greedy=True)]
-            probabilities = verdict_probabilities(engine, prompts, replies)
+            answers = respond(engine, prompts, cfg)
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    write_jsonl_atomic(out, [{**row, "verdict": extract_verdict(reply), "p_positive": p, "reply": reply}
-                             for row, reply, p in zip(rows, replies, probabilities)])
-    unreadable = sum(p is None for p in probabilities)
+    write_jsonl_atomic(out, [{**row, "verdict": a["verdict"], "p_positive": a["p_positive"], "reply": a["reply"]}
+                             for row, a in zip(rows, answers)])
+    unreadable = sum(a["p_positive"] is None for a in answers)
     typer.echo(f"{len(rows)} rows judged, {unreadable} replies without a verdict -> {out}", err=True)
 
 

@@ -1,6 +1,7 @@
 """MLflow: one run per flow run, per-iteration metrics, artifacts, the co-evolution plot, registry.
 
-The only module of the library that knows MLflow. Every call takes the MLflow run id
+The only package of the library that knows MLflow (policy_model.py: a registered policy as an
+MLflow Model). Every call takes the MLflow run id
 explicitly (Prefect may run a task in a thread where `mlflow.active_run()` is None).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,10 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from spark_vl.config import RunConfig
+from spark_vl.config import RunConfig, load_model_config
 from spark_vl.faults import fault_point
 from spark_vl.runio import logger
+from spark_vl.tracking.policy_model import policy_folder, save_policy_model
 
 DEFAULT_DB = Path("runs") / "mlflow.db"
 
@@ -174,9 +177,18 @@ def log_table(run_id: str, rows: list[dict[str, Any]], name: str) -> None:
     client().log_table(run_id, data=data, artifact_file=name)
 
 
+def version_tags(policy_dir: Path) -> dict[str, str]:
+    """What the registry shows of a policy at a glance: where it started and how it was trained."""
+    trained = load_model_config(policy_dir)
+    if trained is None:
+        return {}
+    return {"base_model": trained.model.path or "tiny (built offline)", "spark.enabled": str(trained.spark.enabled),
+            "spark.judge_credit": str(trained.spark.judge_credit), "train.iterations": str(trained.train.iterations)}
+
+
 def register_version(run_id: str, policy_dir: Path, name: str, task_acc: float) -> int:
-    """Log the policy folder as a run artifact (to the server's artifact store when there is one)
-    and register it as a new version of `name`, alias `candidate`."""
+    """Log the policy as an MLflow Model (policy_model.py) in the run's artifacts (the server's
+    artifact store when there is one) and register it as a new version of `name`, alias `candidate`."""
     mlflow_client = client()
     folder = f"policy/{policy_dir.name}"
     try:
@@ -193,10 +205,12 @@ def register_version(run_id: str, policy_dir: Path, name: str, task_acc: float) 
     if earlier:
         version = earlier[0]
     else:
-        mlflow_client.log_artifacts(run_id, str(policy_dir), folder)
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow_client.log_artifacts(run_id, str(save_policy_model(policy_dir, Path(tmp) / "model")), folder)
         source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/{folder}"
         version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags={
-            "task_acc": repr(task_acc), "spark_vl.policy": policy_dir.name})  # exact: compared below
+            **version_tags(policy_dir), "task_acc": repr(task_acc),  # exact: compared below
+            "spark_vl.policy": policy_dir.name})
     mlflow_client.set_registered_model_alias(name, "candidate", version.version)
     return int(version.version)
 
@@ -232,11 +246,12 @@ def registry_summary(name: str) -> str:
 
 
 def resolve_model(uri: str, dest: Path | None = None) -> Path:
-    """A local checkpoint directory for a path or a `models:/NAME@alias` URI."""
+    """A local checkpoint directory for a path or a `models:/NAME@alias` URI (the policy folder
+    inside the registered MLflow Model)."""
     if not uri.startswith("models:/"):
         return Path(uri)
     client()
-    return Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dest) if dest else None))
+    return policy_folder(Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dest) if dest else None)))
 
 
 def log_summary(experiment: str, run_name: str, metrics: dict[str, float], artifacts: list[Path],
