@@ -95,13 +95,13 @@ def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> int:
     marker = layout.iter_dir(Path(run_dir), k) / "registered.json"
     if marker.exists():  # registered by an earlier flow run of this run directory
         return layout.read_json(marker)["version"]
-    task_acc = layout.latest_task_accuracy(Path(run_dir), k)
+    task_acc, eval_set = layout.latest_task_accuracy(Path(run_dir), k), pipeline.held_out_set(cfg, Path(run_dir))
     fault_point("register", k, "before")
     model = cfg.tracking.registered_model
-    version = tracking.register_version(mlflow_run_id, layout.policy_dir(Path(run_dir), k), model, task_acc)
+    version = tracking.register_version(mlflow_run_id, layout.policy_dir(Path(run_dir), k), model, task_acc, eval_set)
     fault_point("register", k, "after")
     with _champion_lock(model):  # two runs finishing together compare-and-move one at a time
-        tracking.promote_if_better(model, version, task_acc, k)
+        tracking.promote_if_better(model, version, task_acc, k, eval_set)
     tracking.log_artifact(mlflow_run_id, Path(run_dir) / "config.yaml")
     samples = layout.iter_dir(Path(run_dir), k) / "eval_samples.jsonl"
     if samples.exists() and (plot := plots.plot_reliability(read_jsonl(samples), Path(run_dir) / "reliability.png")):

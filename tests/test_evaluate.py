@@ -132,3 +132,24 @@ def test_reflection_outcomes_count_fixes_breaks_and_gates():
                         "eval/reflect_gate_right": 0.5, "eval/reflect_gate_wrong": pytest.approx(2 / 3)}
     assert outcomes["eval/task_acc_reflect"] - sum(greedy) / 5 == pytest.approx(
         outcomes["eval/reflect_fixed"] - outcomes["eval/reflect_broke"])
+
+
+def test_the_held_out_digest_names_what_accuracy_is_measured_on(tmp_path):
+    """Equal for the same questions, answers and image bytes; different when any of them, the
+    number of held-out tasks or the instruction changes."""
+    from spark_vl.config import load_config
+    from spark_vl.data import TaskSample
+    from spark_vl.evaluate import held_out_digest
+
+    for name, colour in (("a.png", b"red"), ("b.png", b"blue")):
+        (tmp_path / name).write_bytes(colour)
+    samples = [TaskSample(f"s{i}", i, (str(tmp_path / "a.png"),), "What colour?", "red") for i in range(3)]
+    config = load_config(None, ["eval.n_task=2"])
+    digest = held_out_digest(samples, config)
+    assert digest == held_out_digest([*samples[:2], samples[0]], config)  # beyond n_task: not measured
+    other_image = [samples[0], TaskSample("s1", 1, (str(tmp_path / "b.png"),), "What colour?", "red")]
+    assert digest != held_out_digest(other_image, config)
+    assert digest != held_out_digest([samples[0], TaskSample("s1", 1, samples[1].images, "What colour?", "blue")],
+                                     config)
+    assert digest != held_out_digest(samples, load_config(None, ["eval.n_task=3"]))
+    assert digest != held_out_digest(samples, load_config(None, ["eval.n_task=2", "data.instruction=Box it."]))

@@ -8,10 +8,10 @@ from spark_vl import plots, tracking
 from spark_vl.config import load_config
 
 
-def register(run_id: str, policy_dir: Path, name: str, task_acc: float) -> int:
+def register(run_id: str, policy_dir: Path, name: str, task_acc: float, eval_set: str = "") -> int:
     """Register a policy and promote it if better, as the flow's register task does in one run."""
-    version = tracking.register_version(run_id, policy_dir, name, task_acc)
-    tracking.promote_if_better(name, version, task_acc)
+    version = tracking.register_version(run_id, policy_dir, name, task_acc, eval_set)
+    tracking.promote_if_better(name, version, task_acc, eval_set=eval_set)
     return version
 
 
@@ -79,6 +79,21 @@ def test_registry_aliases_move_only_on_improvement(store, tiny_model_dir):
     assert mlflow_client.get_model_version_by_alias("m", "champion").version == 3
     local = tracking.resolve_model("models:/m@champion", store / "download")
     assert json.loads((local / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+
+
+def test_the_champion_moves_only_on_the_same_held_out_set(store, tiny_model_dir, caplog):
+    """A run measured on its own held-out set (an easier one, or one a trigger chose) cannot take
+    the champion however high its accuracy; on the champion's set it can."""
+    run_id = tracking.open_run(load_config(None, ["tracking.experiment=t8"]), store / "run", "r8")
+    mlflow_client = tracking.client()
+    first, second, third = _policies(tiny_model_dir, store / "model", 3)
+    assert register(run_id, first, "fair", 0.3, eval_set="deployment-set") == 1
+    assert register(run_id, second, "fair", 1.0, eval_set="an-easy-set") == 2
+    assert mlflow_client.get_model_version_by_alias("fair", "champion").version == 1
+    assert "measured on another held-out set than the champion" in caplog.text
+    assert mlflow_client.get_model_version("fair", "2").tags["eval_set"] == "an-easy-set"
+    assert register(run_id, third, "fair", 0.4, eval_set="deployment-set") == 3
+    assert mlflow_client.get_model_version_by_alias("fair", "champion").version == 3
 
 
 def test_coevolution_plot(tmp_path):

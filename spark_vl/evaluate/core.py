@@ -3,8 +3,10 @@ answers) and test-time self-reflection (answer, self-judge, reflect; no external
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import defaultdict
+from pathlib import Path
 
 from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
@@ -15,6 +17,18 @@ from spark_vl.prompts import (POSITIVE_LABELS, Templates, pairwise_judge_sample,
 from spark_vl.rollout import RolloutEngine
 from spark_vl.verify import GradingPool, extract_answer, extract_verdict, judge_reward, well_formed
 from spark_vl.verify.extract import box_span
+
+
+def held_out_digest(samples: list[TaskSample], config: RunConfig) -> str:
+    """What held-out task accuracy is measured on, as a digest: the instruction and the first
+    `eval.n_task` samples' questions, answers and image bytes. Two accuracies compare only when
+    their digests are equal (the registry's champion moves on this comparison)."""
+    digest = hashlib.sha256(config.data.instruction.encode())
+    for sample in samples[: config.eval.n_task]:
+        digest.update(f"\0{sample.question}\0{sample.answer}".encode())
+        for image in sample.images:
+            digest.update(hashlib.sha256(Path(image).read_bytes()).digest())
+    return digest.hexdigest()[:16]
 
 
 def held_out_judge_prompts(samples: list[TaskSample], config: RunConfig, templates: Templates,

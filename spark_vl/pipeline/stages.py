@@ -13,10 +13,11 @@ import functools
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from spark_vl.config import RunConfig
-from spark_vl.evaluate import evaluate
+from spark_vl.evaluate import evaluate, held_out_digest
 from spark_vl.faults import fault_point
 from spark_vl.layout import (deepspeed_dir, deepspeed_tag, iter_dir, metric_rows, policy_dir, prune_deepspeed_state,
                              prune_policies, read_json, write_json)
@@ -185,6 +186,11 @@ def stage_evaluate(ws: Workspace, k: int) -> Writes | None:
     metrics["time/evaluate_s"] = time.perf_counter() - start
     return [lambda: write_jsonl_atomic(iter_dir(ws.run_dir, k) / "eval_samples.jsonl", records),
             metrics_write(ws, k, "eval", metrics)]
+
+
+def held_out_set(config: RunConfig, run_dir: Path) -> str:
+    """The digest of the held-out set this run's task accuracy is measured on (`held_out_digest`)."""
+    return held_out_digest(Workspace(config, run_dir).samples("eval"), config)
 
 
 # The stages of one iteration, in order; `stage_log` then merges their metrics.

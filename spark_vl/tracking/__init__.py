@@ -186,9 +186,10 @@ def version_tags(policy_dir: Path) -> dict[str, str]:
             "spark.judge_credit": str(trained.spark.judge_credit), "train.iterations": str(trained.train.iterations)}
 
 
-def register_version(run_id: str, policy_dir: Path, name: str, task_acc: float) -> int:
+def register_version(run_id: str, policy_dir: Path, name: str, task_acc: float, eval_set: str = "") -> int:
     """Log the policy as an MLflow Model (policy_model.py) in the run's artifacts (the server's
-    artifact store when there is one) and register it as a new version of `name`, alias `candidate`."""
+    artifact store when there is one) and register it as a new version of `name`, alias `candidate`;
+    `eval_set`: the digest of the held-out set `task_acc` was measured on."""
     mlflow_client = client()
     folder = f"policy/{policy_dir.name}"
     try:
@@ -210,22 +211,30 @@ def register_version(run_id: str, policy_dir: Path, name: str, task_acc: float) 
         source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/{folder}"
         version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags={
             **version_tags(policy_dir), "task_acc": repr(task_acc),  # exact: compared below
-            "spark_vl.policy": policy_dir.name})
+            "eval_set": eval_set, "spark_vl.policy": policy_dir.name})
     mlflow_client.set_registered_model_alias(name, "candidate", version.version)
     return int(version.version)
 
 
-def promote_if_better(name: str, version: int, task_acc: float, k: int = 0) -> bool:
-    """Move `champion` to `version` when its held-out task accuracy beats the champion's: a
-    compare-and-move that two runs must not interleave (fault point `promote:K:before` sits
-    between the two)."""
+def promote_if_better(name: str, version: int, task_acc: float, k: int = 0, eval_set: str = "") -> bool:
+    """Move `champion` to `version` when its held-out task accuracy beats the champion's, measured
+    on the same held-out set (`eval_set`, a digest: a run with its own, easier set cannot take the
+    champion). A compare-and-move that two runs must not interleave (fault point
+    `promote:K:before` sits between the two)."""
     mlflow_client = client()
     try:
         champion = mlflow_client.get_model_version_by_alias(name, "champion")
-        best = float(champion.tags.get("task_acc", "-inf"))
     except mlflow.exceptions.MlflowException:
-        best = -math.inf
+        champion = None
+    best = float(champion.tags.get("task_acc", "-inf")) if champion else -math.inf
+    theirs = champion.tags.get("eval_set", "") if champion else ""
     fault_point("promote", k, "before")
+    if theirs and eval_set and theirs != eval_set:
+        logger.warning("%s version %s (task accuracy %.3f) was measured on another held-out set than the champion, "
+                       "version %s (digest %s, the champion's %s): not compared. To compare them, evaluate both on "
+                       "one set (spark-vl eval -m models:/%s/N --data ...) and move the alias by hand.",
+                       name, version, task_acc, champion.version, eval_set, theirs, name)
+        return False
     if task_acc <= best:
         return False
     mlflow_client.set_registered_model_alias(name, "champion", str(version))
