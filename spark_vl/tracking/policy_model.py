@@ -27,7 +27,7 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, Schema
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from spark_vl.config import load_config, load_model_config
 from spark_vl.evaluate.requests import OUTPUT_COLUMNS, request_prompt, respond
@@ -58,9 +58,11 @@ def requirements() -> list[str]:
 
 
 def example_image() -> str:
-    """A small PNG in base64: the input example's image."""
+    """The input example's image, a PNG in base64: a red disc on white, like the built-in tasks."""
+    picture = Image.new("RGB", (112, 112), (255, 255, 255))
+    ImageDraw.Draw(picture).ellipse((36, 36, 76, 76), fill=(220, 40, 40))
     buffer = io.BytesIO()
-    Image.new("RGB", (56, 56), (200, 30, 30)).save(buffer, format="PNG")
+    picture.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
 
 
