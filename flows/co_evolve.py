@@ -175,6 +175,7 @@ def co_evolve(config: RunConfig | None = None, config_path: str | None = None,
     check_paths(cfg)  # a missing file fails the flow now, not a task after minutes of work
     prepare.with_options(**retry)(cfg, run_dir)
     mlflow_run_id = tracking.open_run(cfg, Path(run_dir), name, {"prefect.flow_run_id": str(flow_run.get_id())})
+    tracking.log_datasets(mlflow_run_id, pipeline.dataset_tables(cfg, Path(run_dir)))
     status = "FAILED"
     try:
         evaluate.with_options(**retry)(cfg, run_dir, 0)

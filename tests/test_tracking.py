@@ -96,6 +96,33 @@ def test_the_champion_moves_only_on_the_same_held_out_set(store, tiny_model_dir,
     assert mlflow_client.get_model_version_by_alias("fair", "champion").version == 3
 
 
+def test_a_run_records_its_train_and_eval_data_as_mlflow_datasets(store, tiny_data_dir):
+    """Both splits as dataset inputs with their source and a digest that changes with an image's
+    bytes; logging again (a resumed run) adds nothing."""
+    from spark_vl.pipeline import dataset_tables
+
+    cfg = load_config(None, ["tracking.experiment=t9", f"data.train_path={tiny_data_dir / 'train.jsonl'}",
+                             f"data.eval_path={tiny_data_dir / 'eval.jsonl'}"])
+    run_id = tracking.open_run(cfg, store / "run", "r9")
+    tables = dataset_tables(cfg, store / "run")
+    tracking.log_datasets(run_id, tables)
+    tracking.log_datasets(run_id, tables)
+    inputs = tracking.client().get_run(run_id).inputs.dataset_inputs
+    contexts = {i.tags[0].value: i.dataset for i in inputs}
+    assert len(inputs) == 2 and set(contexts) == {"train", "eval"}
+    assert contexts["eval"].source_type == "local" and "eval.jsonl" in contexts["eval"].source
+    changed = tiny_data_dir.parent / "changed"
+    shutil.copytree(tiny_data_dir, changed)
+    first_image = changed / json.loads((changed / "eval.jsonl").read_text().splitlines()[0])["image"]
+    first_image.write_bytes(first_image.read_bytes() + b"\0")
+    other = dataset_tables(load_config(None, [f"data.train_path={changed / 'train.jsonl'}",
+                                              f"data.eval_path={changed / 'eval.jsonl'}"]), store / "other")
+    run_2 = tracking.open_run(cfg, store / "run-2", "r9b")
+    tracking.log_datasets(run_2, other)
+    digests = {i.tags[0].value: i.dataset.digest for i in tracking.client().get_run(run_2).inputs.dataset_inputs}
+    assert digests["eval"] != contexts["eval"].digest and digests["train"] == contexts["train"].digest
+
+
 def test_coevolution_plot(tmp_path):
     rows = [{"iteration": k, "eval/task_acc": 0.5 + k / 10, "eval/task_acc_reflect": 0.5,
              "eval/judge_pointwise_acc": 0.5, "eval/judge_pairwise_acc": 0.6} for k in range(3)]

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+import pandas as pd
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from spark_vl.config import RunConfig, load_model_config
@@ -113,6 +115,18 @@ def open_run(config: RunConfig, run_dir: Path, run_name: str, tags: dict[str, st
     for start in range(0, len(params), 100):
         mlflow_client.log_batch(run.info.run_id, params=params[start:start + 100])
     return run.info.run_id
+
+
+def log_datasets(run_id: str, tables: dict[str, tuple[Path, list[dict[str, str]]]]) -> None:
+    """The run's datasets as MLflow dataset inputs (name, source file, digest, context train or
+    eval), so the run and the versions it registers show what the policy learned from."""
+    inputs = []
+    for split, (path, rows) in tables.items():
+        dataset = mlflow.data.from_pandas(pd.DataFrame(rows), source=LocalArtifactDatasetSource(str(path)),
+                                          name=f"{path.stem}-{split}")
+        # What mlflow.log_input sends, for a run given by id (the fluent call needs an active run).
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
+    client().log_inputs(run_id, datasets=inputs)
 
 
 def end_run(run_id: str, status: str) -> None:
