@@ -84,10 +84,10 @@ def run_with_reward_signal(config, run_dir: Path) -> list[dict]:
             for stage in (pipeline.stage_prompts, pipeline.stage_rollout, pipeline.stage_verify):
                 stage(ws, k)
             verified = layout.iter_dir(run_dir, k) / "verified.jsonl"
-            groups = load_groups(verified)
+            groups = load_groups(verified, run_dir)
             for group in groups:
                 group.rewards = [float(i % 2) for i in range(len(group.rewards))]
-            save_groups(verified, groups)
+            save_groups(verified, groups, run_dir)
             for stage in (pipeline.stage_recycle, pipeline.stage_train, pipeline.stage_evaluate):
                 stage(ws, k)
             rows.append(pipeline.stage_log(ws, k))

@@ -59,7 +59,7 @@ def iteration_prompts(base: Path, k: int):
 
     ws = workspace.Workspace(load_config(base / "config.yaml"), base)
     pipeline.stage_prompts(ws, k)
-    return load_prompts(layout.iter_dir(base, k) / "prompts.jsonl")
+    return load_prompts(layout.iter_dir(base, k) / "prompts.jsonl", base)
 
 
 def child_spark(base: Path, work: Path) -> dict:

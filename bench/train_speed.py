@@ -43,7 +43,7 @@ def main() -> None:
                                    "spark_vl/train/forward.py": "forward_before"})
     ws = workspace.Workspace(load_config(args.run_dir / "config.yaml"), args.run_dir)
     trainer = ws.trainer_at(0)
-    batches = [load_groups(layout.iter_dir(args.run_dir, k) / "verified.jsonl")
+    batches = [load_groups(layout.iter_dir(args.run_dir, k) / "verified.jsonl", args.run_dir)
                for k in range(1, args.iterations + 1)]
 
     sequences, _ = trainer_module.sequences_with_signal(batches[0], ws.config)

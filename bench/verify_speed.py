@@ -29,7 +29,7 @@ def main() -> None:
     from spark_vl.verify import grading
 
     before = import_as_of(BEFORE, {"spark_vl/verify/grading.py": "grading_before"})
-    groups = [g for path in sorted(args.run_dir.glob("iter-*/verified.jsonl")) for g in load_groups(path)]
+    groups = [g for path in sorted(args.run_dir.glob("iter-*/verified.jsonl")) for g in load_groups(path, args.run_dir)]
     solve = [(r, g.prompt.label) for g in groups if g.prompt.kind in ("solve", "reflect_cot", "reflect_answer")
              for r in g.responses]
     seconds: dict[str, list[float]] = {"before": [], "after": []}

@@ -86,20 +86,43 @@ def is_right(reward: float) -> bool:
     return reward >= 1.0
 
 
-def save_prompts(path: Path, prompts: list[PromptRecord]) -> None:
-    write_jsonl_atomic(path, (asdict(p) for p in prompts))
+def _images_relative(row: dict[str, Any], root: Path | None) -> dict[str, Any]:
+    """A prompt row with its images under `root` written relative to it (a moved run directory
+    still finds them); images elsewhere (a user's dataset) stay as they are."""
+    if root is None:
+        return row
+    base = root.resolve()
+    images = []
+    for image in row["images"]:
+        path = Path(image).resolve()  # in memory a path is the process's: absolute, or from its cwd
+        images.append(str(path.relative_to(base)) if path.is_relative_to(base) else image)
+    return {**row, "images": images}
 
 
-def load_prompts(path: Path) -> list[PromptRecord]:
-    return [PromptRecord.from_dict(row) for row in read_jsonl(path)]
+def _images_resolved(row: dict[str, Any], root: Path | None) -> dict[str, Any]:
+    """The inverse of `_images_relative`: relative images resolved against `root`."""
+    if root is None:
+        return row
+    base = root.resolve()
+    return {**row, "images": [image if Path(image).is_absolute() else str(base / image) for image in row["images"]]}
 
 
-def save_groups(path: Path, groups: list[RolloutGroup]) -> None:
-    write_jsonl_atomic(path, (asdict(g) for g in groups))
+def save_prompts(path: Path, prompts: list[PromptRecord], root: Path | None = None) -> None:
+    """`root`: the run directory, which image paths inside it are written relative to."""
+    write_jsonl_atomic(path, (_images_relative(asdict(p), root) for p in prompts))
 
 
-def load_groups(path: Path) -> list[RolloutGroup]:
-    return [RolloutGroup.from_dict(row) for row in read_jsonl(path)]
+def load_prompts(path: Path, root: Path | None = None) -> list[PromptRecord]:
+    return [PromptRecord.from_dict(_images_resolved(row, root)) for row in read_jsonl(path)]
+
+
+def save_groups(path: Path, groups: list[RolloutGroup], root: Path | None = None) -> None:
+    write_jsonl_atomic(path, ({**asdict(g), "prompt": _images_relative(asdict(g.prompt), root)} for g in groups))
+
+
+def load_groups(path: Path, root: Path | None = None) -> list[RolloutGroup]:
+    return [RolloutGroup.from_dict({**row, "prompt": _images_resolved(row["prompt"], root)})
+            for row in read_jsonl(path)]
 
 
 def task_item(response: str, prompt: PromptRecord) -> GradeItem:

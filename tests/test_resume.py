@@ -324,3 +324,25 @@ def test_a_foreign_config_or_a_missing_policy_stops_the_rerun_with_one_line(tmp_
     missing = rerun("same.yaml")  # iteration 1 trained, its policy gone
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "iter-0001/train.json is damaged: it says iteration 1 trained, but its policy" in missing.stderr
+
+
+def test_a_run_moved_to_another_folder_resumes_there(tmp_path, monkeypatch):
+    """Image paths inside the run folder are written relative to it: a run on the built-in data,
+    stopped mid-iteration and moved, finishes in its new place, and no file of it names the old one."""
+    from spark_vl.records import load_groups, load_prompts
+
+    cfg = load_config(None, RESUME)  # built-in data: rendered inside the run folder
+    first, moved = tmp_path / "first" / "run", tmp_path / "moved" / "run"
+    monkeypatch.setenv(ENV, "rollout:2:before:error")
+    with pytest.raises(InjectedFault, match="rollout:2:before"):
+        run(cfg, first)
+    monkeypatch.delenv(ENV)
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    assert [r["iteration"] for r in run(cfg, moved)] == [0, 1, 2, 3]
+    old = str(tmp_path / "first")
+    assert [p for p in moved.rglob("*") if p.is_file() and old.encode() in p.read_bytes()] == []
+    images = [image for prompt in load_prompts(moved / "iter-0002" / "prompts.jsonl", moved) for image in prompt.images]
+    images += [image for group in load_groups(moved / "iter-0003" / "verified.jsonl", moved)
+               for image in group.prompt.images]
+    assert images and all(Path(image).is_file() and str(moved) in image for image in images)

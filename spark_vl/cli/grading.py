@@ -82,7 +82,8 @@ def recycle_cmd(
     from spark_vl.verify import GradingPool
 
     cfg = load_config_or_exit(config, set_)
-    groups = load_groups(path)
+    in_run = path.resolve().parent.name.startswith("iter-")  # a run's images are relative to its folder
+    groups = load_groups(path, path.resolve().parent.parent if in_run else None)
     templates = Templates.load(cfg.spark.templates)
     unverified = [g for g in groups if not g.rewards]
     if unverified:

@@ -65,8 +65,8 @@ def stage_prompts(ws: Workspace, k: int) -> Writes:
     prompts = task_prompts(ws, k)
     queue = iter_dir(ws.run_dir, k - 1) / "recycled.jsonl"
     if ws.config.spark.enabled and queue.exists():
-        prompts += load_prompts(queue)
-    return [lambda: save_prompts(iter_dir(ws.run_dir, k) / "prompts.jsonl", prompts)]
+        prompts += load_prompts(queue, ws.run_dir)
+    return [lambda: save_prompts(iter_dir(ws.run_dir, k) / "prompts.jsonl", prompts, ws.run_dir)]
 
 
 @stage("rollout", done="rollouts.jsonl")
@@ -74,7 +74,7 @@ def stage_rollout(ws: Workspace, k: int) -> Writes:
     """`group_size` responses to every prompt from policy k-1, with dynamic sampling's extra task
     batches when `rollout.filter_groups` asks for them."""
     cfg = ws.config.rollout
-    prompts = load_prompts(iter_dir(ws.run_dir, k) / "prompts.jsonl")
+    prompts = load_prompts(iter_dir(ws.run_dir, k) / "prompts.jsonl", ws.run_dir)
     engine = ws.engine_at(k - 1)
     start = time.perf_counter()
     groups = sample_groups(engine, prompts, cfg, seed=cfg.seed * 1_000_003 + k)
@@ -90,14 +90,14 @@ def stage_rollout(ws: Workspace, k: int) -> Writes:
                "throughput/rollout_tokens_per_s": tokens / seconds,
                "time/rollout_s": seconds}
     return [metrics_write(ws, k, "rollout", metrics),
-            lambda: save_groups(iter_dir(ws.run_dir, k) / "rollouts.jsonl", groups)]
+            lambda: save_groups(iter_dir(ws.run_dir, k) / "rollouts.jsonl", groups, ws.run_dir)]
 
 
 @stage("verify", done="verified.jsonl")
 def stage_verify(ws: Workspace, k: int) -> Writes:
     """Rewards for every response (`grade_groups`), and their means per kind's metric."""
     start = time.perf_counter()
-    groups = load_groups(iter_dir(ws.run_dir, k) / "rollouts.jsonl")
+    groups = load_groups(iter_dir(ws.run_dir, k) / "rollouts.jsonl", ws.run_dir)
     grade_groups(groups, ws.templates, ws.pool, ws.config.spark.judge_reply_check)
     solve = [g for g in groups if g.prompt.kind == "solve"]
     statuses = [s for g in groups for s in g.statuses]
@@ -113,7 +113,7 @@ def stage_verify(ws: Workspace, k: int) -> Writes:
         metrics[metric] = sum(rewards) / len(rewards) if rewards else float("nan")
     metrics["time/verify_s"] = time.perf_counter() - start
     return [metrics_write(ws, k, "verify", metrics),
-            lambda: save_groups(iter_dir(ws.run_dir, k) / "verified.jsonl", groups)]
+            lambda: save_groups(iter_dir(ws.run_dir, k) / "verified.jsonl", groups, ws.run_dir)]
 
 
 @stage("recycle", done="recycled.jsonl")
@@ -121,7 +121,7 @@ def stage_recycle(ws: Workspace, k: int) -> Writes:
     """SPARK's recycling of the verified task groups into the judge and reflection prompts of k+1."""
     start = time.perf_counter()
     cfg = ws.config
-    groups = load_groups(iter_dir(ws.run_dir, k) / "verified.jsonl")
+    groups = load_groups(iter_dir(ws.run_dir, k) / "verified.jsonl", ws.run_dir)
     if cfg.spark.enabled:
         rng = random.Random(cfg.train.seed * 1_000_003 + k)
         result = recycle(groups, cfg.spark, cfg.rollout.prompts_per_batch, rng, ws.templates, f"k{k}")
@@ -131,7 +131,7 @@ def stage_recycle(ws: Workspace, k: int) -> Writes:
     metrics = {**{f"recycle/{key}": float(value) for key, value in counts.items()},
                "time/recycle_s": time.perf_counter() - start}
     return [metrics_write(ws, k, "recycle", metrics),
-            lambda: save_prompts(iter_dir(ws.run_dir, k) / "recycled.jsonl", prompts)]
+            lambda: save_prompts(iter_dir(ws.run_dir, k) / "recycled.jsonl", prompts, ws.run_dir)]
 
 
 def stage_train(ws: Workspace, k: int) -> None:
@@ -152,7 +152,7 @@ def stage_train(ws: Workspace, k: int) -> None:
         return
     trainer = ws.trainer_at(k - 1)
     ws.trainer_iteration = None  # stepped but not saved, it is no policy of the run: a retry reloads k-1
-    stats = trainer.grpo_step(load_groups(iter_dir(ws.run_dir, k) / "verified.jsonl"),
+    stats = trainer.grpo_step(load_groups(iter_dir(ws.run_dir, k) / "verified.jsonl", ws.run_dir),
                               mid_step=lambda: fault_point("train", k, "step"),
                               seed=ws.config.train.seed * 1_000_003 + k)
     try:
