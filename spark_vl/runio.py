@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -53,6 +54,11 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DamagedOutput(path, f"line {number} is not valid JSON ({exc.msg})") from None
+
+
+def file_digest(path: str | Path) -> str:
+    """A file's content as a short hex digest (sha256): what names an image in a dataset digest."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -20,7 +20,8 @@ from playwright.sync_api import sync_playwright
 RUN_NAME = "ui-check-run"
 TIMEOUT_MS = 60_000
 # What the form must show of the flow's parameters: each field's name and a phrase of its description.
-FIELDS = {"run_name (Optional)": "the run's one name", "allow_keys (Optional)": "set by the deployment in prefect.yaml only",
+FIELDS = {"run_name (Optional)": "the run's one name",
+          "allow_keys (Optional)": "set by the deployment in prefect.yaml only",
           "config_path (Optional)": "a YAML run config"}
 
 
@@ -44,7 +45,8 @@ def check_run_form(url: str, auth_string: str, deployment_id: str, screenshot: P
             page.goto(f"{url}/deployments/deployment/{deployment_id}/run")
             login = page.get_by_placeholder("admin:pass")
             login.wait_for()
-            results.append(("Prefect UI: the Run page asks for the auth string first (login page)", "/login" in page.url))
+            results.append(("Prefect UI: the Run page asks for the auth string first (login page)",
+                            "/login" in page.url))
             login.fill(auth_string)
             page.get_by_role("button", name="Login").click()
             page.wait_for_url(f"**/deployments/deployment/{deployment_id}/run")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import defaultdict
-from pathlib import Path
 
 from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
@@ -15,6 +14,7 @@ from spark_vl.records import PromptRecord, is_right, task_item
 from spark_vl.prompts import (POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample,
                               reflection_sample, reply_is_intact, solve_prompt, wrong_answers)
 from spark_vl.rollout import RolloutEngine
+from spark_vl.runio import file_digest
 from spark_vl.verify import GradingPool, extract_answer, extract_verdict, judge_reward, well_formed
 from spark_vl.verify.extract import box_span
 
@@ -26,8 +26,7 @@ def held_out_digest(samples: list[TaskSample], config: RunConfig) -> str:
     digest = hashlib.sha256(config.data.instruction.encode())
     for sample in samples[: config.eval.n_task]:
         digest.update(f"\0{sample.question}\0{sample.answer}".encode())
-        for image in sample.images:
-            digest.update(hashlib.sha256(Path(image).read_bytes()).digest())
+        digest.update("".join(file_digest(image) for image in sample.images).encode())
     return digest.hexdigest()[:16]
 
 

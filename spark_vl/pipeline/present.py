@@ -3,13 +3,13 @@ recycled prompts."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from spark_vl.config import RunConfig
 from spark_vl.layout import iter_dir
 from spark_vl.records import load_groups, load_prompts
+from spark_vl.runio import file_digest
 from spark_vl.workspace import Workspace
 
 
@@ -41,8 +41,7 @@ def dataset_tables(config: RunConfig, run_dir: Path) -> dict[str, tuple[Path, li
     tables = {}
     for split, path in workspace.paths.items():
         rows = [{"id": sample.id, "question": sample.question, "answer": sample.answer,
-                 "images_sha256": " ".join(hashlib.sha256(Path(image).read_bytes()).hexdigest()[:16]
-                                           for image in sample.images)}
+                 "images_sha256": " ".join(file_digest(image) for image in sample.images)}
                 for sample in workspace.samples(split)]
         tables[split] = (path, rows)
     return tables

@@ -112,8 +112,8 @@ class RegisteredPolicy(PythonModel):
 def save_policy_model(policy_dir: Path, path: Path) -> Path:
     """`policy_dir` (a saved policy folder) as an MLflow Model folder at `path`."""
     mlflow.pyfunc.save_model(
-        path=str(path), python_model=str(Path(__file__).with_name("served_model.py")), artifacts={POLICY_ARTIFACT: str(policy_dir)},
-        signature=SIGNATURE, pip_requirements=requirements(),
+        path=str(path), python_model=str(Path(__file__).with_name("served_model.py")),
+        artifacts={POLICY_ARTIFACT: str(policy_dir)}, signature=SIGNATURE, pip_requirements=requirements(),
         input_example=pd.DataFrame([{"image": example_image(), "question": "What colour is the shape?"}]))
     return path
 
