@@ -249,7 +249,6 @@ def test_mlflow_models_serve_answers_and_judges_the_champion_over_rest(store, ti
     import os
     import queue
     import signal
-    import socket
     import subprocess
     import sys
     import threading
@@ -258,11 +257,11 @@ def test_mlflow_models_serve_answers_and_judges_the_champion_over_rest(store, ti
 
     from PIL import Image
 
+    from spark_vl.runio import free_port
+
     run_id = tracking.open_run(load_config(None, ["tracking.experiment=t7"]), store / "run", "r7")
     register(run_id, tiny_model_dir, "rest", 0.2)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # the scoring server runs `uvicorn` from the venv
     server = subprocess.Popen([f"{bin_dir}/mlflow", "models", "serve", "-m", "models:/rest@champion",
                                "--env-manager", "local", "-p", str(port)], stdout=subprocess.PIPE,

@@ -16,7 +16,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
+
+from spark_vl.runio import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ("image", "question", "answer_a", "answer_b", "reply", "verdict", "p_positive")
@@ -35,9 +36,7 @@ def main() -> int:
     parser.add_argument("--model", default="spark-vl-tiny")
     args = parser.parse_args()
     version = MlflowClient(args.tracking_uri).get_model_version_by_alias(args.model, "champion").version
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen([str(bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
                                "--backend-store-uri", args.tracking_uri, "--workers", "1"], stdout=subprocess.PIPE,
