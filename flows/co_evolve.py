@@ -12,7 +12,7 @@ import errno
 from pathlib import Path
 from uuid import UUID
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
@@ -22,7 +22,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.runtime import deployment, flow_run
 
 from spark_vl import layout, pipeline, plots, tracking
-from spark_vl.config import ConfigError, RunConfig, check_paths, check_triggered, load_config
+from spark_vl.config import ConfigError, RunConfig, check_paths, check_triggered, held_out_changes, load_config
 from spark_vl.data import DatasetError
 from spark_vl.faults import fault_point
 from spark_vl.runio import DamagedOutput, read_jsonl
@@ -91,7 +91,9 @@ def log(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> dict[str, f
 
 
 @task(name="register", task_run_name="register-k{k}", cache_policy=NO_CACHE)
-def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> int:
+def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str, held_out_changed: list[str]) -> int:
+    """Register the policy of iteration k; move `champion` to it when it beats the champion, unless
+    the run changed the held-out set its deployment measures the champion on (`held_out_changed`)."""
     marker = layout.iter_dir(Path(run_dir), k) / "registered.json"
     if marker.exists():  # registered by an earlier flow run of this run directory
         return layout.read_json(marker)["version"]
@@ -100,8 +102,13 @@ def register(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> int:
     model = cfg.tracking.registered_model
     version = tracking.register_version(mlflow_run_id, layout.policy_dir(Path(run_dir), k), model, task_acc, eval_set)
     fault_point("register", k, "after")
-    with _champion_lock(model):  # two runs finishing together compare-and-move one at a time
-        tracking.promote_if_better(model, version, task_acc, k, eval_set)
+    if held_out_changed:
+        get_run_logger().warning(
+            "%s version %s is registered but cannot become champion: the trigger changed %s, which decide the "
+            "held-out set the deployment compares champions on", model, version, ", ".join(held_out_changed))
+    else:
+        with _champion_lock(model):  # two runs finishing together compare-and-move one at a time
+            tracking.promote_if_better(model, version, task_acc, k, eval_set)
     tracking.log_artifact(mlflow_run_id, Path(run_dir) / "config.yaml")
     samples = layout.iter_dir(Path(run_dir), k) / "eval_samples.jsonl"
     if samples.exists() and (plot := plots.plot_reliability(read_jsonl(samples), Path(run_dir) / "reliability.png")):
@@ -126,12 +133,14 @@ def _champion_lock(model: str):
     return concurrency(name, occupy=1, strict=True)
 
 
-def _check_deployment_allows(cfg: RunConfig, allow_keys: list[str] | None) -> None:
-    """A run triggered through a deployment changes no program, host or environment key its
-    deployment's own parameters do not set or allow (`allow_keys`, read from the deployment, not
-    from the trigger)."""
+def _check_deployment_allows(cfg: RunConfig, allow_keys: list[str] | None) -> list[str]:
+    """A run triggered through a deployment changes no program, host or environment key and
+    registers under no other model name than its deployment's own parameters set or allow
+    (`allow_keys`, read from the deployment, not from the trigger). Returns the keys by which its
+    held-out set differs from the deployment's when it registers under the deployment's model: it
+    may add versions there but not decide the champion."""
     if deployment.id is None:
-        return  # started in this process: the caller chose the config
+        return []  # started in this process: the caller chose the config
     with get_client(sync_client=True) as client:  # the deployment's parameters, not the trigger's
         deployed = client.read_deployment(UUID(deployment.id)).parameters or {}
     if (allow_keys or []) != (deployed.get("allow_keys") or []):
@@ -141,6 +150,9 @@ def _check_deployment_allows(cfg: RunConfig, allow_keys: list[str] | None) -> No
     else:
         baseline = load_config(deployed.get("config_path") or "configs/tiny.yaml", deployed.get("overrides") or [])
     check_triggered(cfg, baseline, allow_keys or [])
+    if cfg.tracking.registered_model != baseline.tracking.registered_model:
+        return []  # another model, allowed: its champion moves only on its own held-out set (eval_set)
+    return held_out_changes(cfg, baseline)
 
 
 def _one_name() -> str:
@@ -166,7 +178,7 @@ def co_evolve(config: RunConfig | None = None, config_path: str | None = None,
             it fails): the privileged keys the deployment's triggers may change.
     """
     cfg = config or load_config(config_path or "configs/tiny.yaml", overrides or [])
-    _check_deployment_allows(cfg, allow_keys)
+    held_out_changed = _check_deployment_allows(cfg, allow_keys)
     name = run_name or flow_run.get_name() or "spark"
     run_dir = str(Path(cfg.orchestration.runs_dir) / name)
     retry = {"retries": cfg.orchestration.retries, "retry_delay_seconds": cfg.orchestration.retry_delay_s,
@@ -188,7 +200,7 @@ def co_evolve(config: RunConfig | None = None, config_path: str | None = None,
             log.with_options(**retry)(cfg, run_dir, k, mlflow_run_id)
             every = cfg.tracking.register_every
             if k == cfg.train.iterations or (every and k % every == 0):
-                register.with_options(**retry)(cfg, run_dir, k, mlflow_run_id)
+                register.with_options(**retry)(cfg, run_dir, k, mlflow_run_id, held_out_changed)
         status = "FINISHED"
     finally:
         _close_workspace(run_dir)  # stops the vLLM server the rollouts started

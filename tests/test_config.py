@@ -88,6 +88,19 @@ def test_a_triggered_run_may_not_name_programs_or_hosts_its_deployment_does_not(
         check_triggered(load_config(TINY, ["reward.function=evil.py:run"]), deployed, [])
 
 
+def test_a_triggered_run_registers_under_its_deployments_model_and_its_held_out_set_decides_the_champion():
+    from spark_vl.config import check_triggered, held_out_changes
+
+    deployed = load_config(TINY)
+    elsewhere = load_config(TINY, ["tracking.registered_model=someone-elses-model"])
+    with pytest.raises(ConfigError, match=r"registers its policy as 'spark-vl-tiny'.*someone-elses-model.*allow_keys"):
+        check_triggered(elsewhere, deployed, [])
+    check_triggered(elsewhere, deployed, ["tracking.registered_model"])  # the deployment allows it
+    assert held_out_changes(load_config(TINY, ["train.lr=1e-5", "eval.n_judge=8"]), deployed) == []
+    easy = load_config(TINY, ["data.eval_path=easy.jsonl", "data.builtin.difficulty=2", "eval.n_task=4"])
+    assert held_out_changes(easy, deployed) == ["data.eval_path", "data.builtin", "eval.n_task"]
+
+
 def test_the_config_reference_is_current():
     from spark_vl.config import reference_markdown
 

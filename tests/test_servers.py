@@ -95,6 +95,12 @@ def test_deploy_trigger_and_work(servers, tmp_path, monkeypatch, tiny_data_dir):
     # A trigger naming a program for the worker to execute is refused, before any work.
     prefect_cli(env, "deployment", "run", "co-evolve/on-demand", "--param", "run_name=names-a-program",
                 "--param", 'overrides=["rollout.engine=vllm", "rollout.vllm.python=/usr/bin/env"]')
+    # A trigger may register under its deployment's model only (on-demand allows any name, prefect.yaml)...
+    prefect_cli(env, "deployment", "run", "co-evolve/scheduled-retrain", "--param", "run_name=elsewhere",
+                "--param", 'overrides=["tracking.registered_model=someone-elses-model"]')
+    # ... and with its own held-out set it adds a version there but does not decide the champion.
+    prefect_cli(env, "deployment", "run", "co-evolve/on-demand", "--param", f"config_path={tmp_path / 'cfg.yaml'}",
+                "--param", "run_name=own-held-out", "--param", 'overrides=["tracking.registered_model=spark-vl-tiny"]')
     prefect_cli(env, "worker", "start", "--pool", "spark-vl", "--run-once", timeout=600)
 
     states = prefect_client_json("print(json.dumps({r.parameters.get('run_name'): [r.state.type.value, r.state.message]"
@@ -103,16 +109,21 @@ def test_deploy_trigger_and_work(servers, tmp_path, monkeypatch, tiny_data_dir):
     assert states["names-a-program"][0] == "FAILED"
     assert "may not set rollout.vllm.python" in states["names-a-program"][1]
     assert not (tmp_path / "runs" / "names-a-program").exists() and not (REPO / "runs" / "names-a-program").exists()
+    assert states["elsewhere"][0] == "FAILED" and "may not set tracking.registered_model" in states["elsewhere"][1]
+    assert states["own-held-out"][0] == "COMPLETED"
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     client = tracking.client()
     experiment = client.get_experiment_by_name("integration")
     assert experiment is not None, "the flow run logged nothing to the MLflow server"
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.run_name == "from-the-deployment"
+    runs = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["from-the-deployment", "own-held-out"]
+    run = runs["from-the-deployment"]
     assert run.data.tags["prefect.flow_run_id"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "iteration")] == [0, 1]
     assert int(client.get_model_version_by_alias("integration", "champion").version) == 1
+    assert [v.version for v in client.search_model_versions("name='spark-vl-tiny'")] == ["1"]
+    assert client.get_registered_model("spark-vl-tiny").aliases == {"candidate": "1"}  # no champion
     assert (tmp_path / "runs" / "from-the-deployment" / "metrics.jsonl").exists()
 
 

@@ -123,6 +123,37 @@ def test_a_run_records_its_train_and_eval_data_as_mlflow_datasets(store, tiny_da
     assert digests["eval"] != contexts["eval"].digest and digests["train"] == contexts["train"].digest
 
 
+def test_a_version_registered_as_a_plain_folder_is_registered_again_as_an_mlflow_model(store, tiny_model_dir):
+    """What runs registered before versions were MLflow Models: spark-vl reads it as it is, MLflow
+    cannot; `spark-vl register-again` makes a new version MLflow loads, with the old tags and aliases."""
+    import mlflow
+    from typer.testing import CliRunner
+
+    from spark_vl.cli import app
+
+    run_id = tracking.open_run(load_config(None, ["tracking.experiment=t10"]), store / "run", "r10")
+    mlflow_client = tracking.client()
+    mlflow_client.log_artifacts(run_id, str(tiny_model_dir), "policy/k0001")  # as versions were registered
+    mlflow_client.create_registered_model("old")
+    mlflow_client.create_model_version("old", source=f"{mlflow_client.get_run(run_id).info.artifact_uri}/policy/k0001",
+                                       run_id=run_id, tags={"task_acc": "0.5", "spark_vl.policy": "k0001"})
+    mlflow_client.set_registered_model_alias("old", "champion", "1")
+    assert (tracking.resolve_model("models:/old@champion", store / "dl") / "config.json").is_file()
+    with pytest.raises(mlflow.exceptions.MlflowException, match="MLmodel"):
+        mlflow.pyfunc.load_model("models:/old@champion")
+
+    result = CliRunner().invoke(app, ["register-again", "models:/old/1", "--experiment", "t10"])
+    assert result.exit_code == 0, result.output
+    assert "models:/old/2 (an MLflow Model)" in result.output
+    again = mlflow_client.get_model_version_by_alias("old", "champion")
+    assert int(again.version) == 2 and again.tags["task_acc"] == "0.5"
+    assert again.tags["spark_vl.registered_again_from"] == "1"
+    assert mlflow.pyfunc.load_model("models:/old@champion").metadata.signature is not None
+    refused = CliRunner().invoke(app, ["register-again", "models:/old/2"])
+    assert refused.exit_code == 2 and "an MLflow Model already" in refused.output
+    assert CliRunner().invoke(app, ["register-again", "models:/old@champion"]).exit_code == 2
+
+
 def test_coevolution_plot(tmp_path):
     rows = [{"iteration": k, "eval/task_acc": 0.5 + k / 10, "eval/task_acc_reflect": 0.5,
              "eval/judge_pointwise_acc": 0.5, "eval/judge_pairwise_acc": 0.6} for k in range(3)]

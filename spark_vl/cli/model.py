@@ -137,6 +137,28 @@ def eval_cmd(
     _print_metrics(metrics, as_json)
 
 
+@app.command("register-again")
+def register_again_cmd(
+    uri: Annotated[str, typer.Argument(help="the version to register again, as models:/NAME/VERSION")],
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the run that logs it")] = "spark-vl",
+) -> None:
+    """Register a version made before versions were MLflow Models (a plain folder of weights) again,
+    as an MLflow Model that `mlflow.pyfunc.load_model` and `mlflow models serve` read: a new version
+    with the old one's tags, and its aliases moved to it."""
+    from spark_vl.tracking import register_again
+
+    name, _, version = uri.removeprefix("models:/").partition("/")
+    if not uri.startswith("models:/") or not version.isdigit():
+        typer.echo(f"error: {uri} is not models:/NAME/VERSION (e.g. models:/spark-vl-tiny/3)", err=True)
+        raise typer.Exit(2)
+    try:
+        new = register_again(name, int(version), experiment)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"models:/{name}/{new} (an MLflow Model) now holds what models:/{name}/{version} held")
+
+
 @contextmanager
 def open_engine(model_dir: Path, cfg, work_dir: Path):
     """(the configured rollout engine on the checkpoint at `model_dir`, its processor); a vLLM

@@ -1,5 +1,5 @@
 """Checks of a config before a run starts: every file it names is there, and a run triggered
-through a deployment changes no privileged key."""
+through a deployment changes no privileged key and publishes where its deployment does."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ def check_paths(config: RunConfig) -> None:
 PRIVILEGED_KEYS = ("rollout.vllm.python", "rollout.vllm.args", "rollout.vllm.env", "rollout.vllm.url",
                    "rollout.vllm.host", "train.hostfile", "train.launcher", "train.master_addr", "reward.function")
 
+# Where a run publishes its policy: a triggered run registers under its deployment's model name
+# unless the deployment allows this key.
+PUBLISHING_KEYS = ("tracking.registered_model",)
+
+# What decides the held-out set a run's task accuracy is measured on (and so the champion).
+HELD_OUT_KEYS = ("data.train_path", "data.eval_path", "data.builtin", "data.instruction", "eval.n_task")
+
 
 def _value(config: RunConfig, key: str) -> Any:
     value: Any = config
@@ -58,15 +65,31 @@ def _value(config: RunConfig, key: str) -> Any:
     return value
 
 
+def _changed(config: RunConfig, deployed: RunConfig, keys: tuple[str, ...]) -> list[str]:
+    return [key for key in keys if _value(config, key) != _value(deployed, key)]
+
+
 def check_triggered(config: RunConfig, deployed: RunConfig, allowed: list[str]) -> None:
-    """Raise ConfigError when a triggered run sets a privileged key to other than its deployment's
-    config does, unless the deployment allows that key (or a section above it)."""
-    refused = [key for key in PRIVILEGED_KEYS
-               if _value(config, key) != _value(deployed, key)
-               and not any(key == a or key.startswith(a + ".") for a in allowed)]
-    if refused:
+    """Raise ConfigError when a triggered run sets a privileged or publishing key to other than its
+    deployment's config does, unless the deployment allows that key (or a section above it)."""
+    def refused(keys: tuple[str, ...]) -> list[str]:
+        return [key for key in _changed(config, deployed, keys)
+                if not any(key == a or key.startswith(a + ".") for a in allowed)]
+
+    fix = ("Set it in the deployment's config, or list the key in the deployment's `allow_keys` parameter in "
+           "prefect.yaml and deploy again")
+    if programs := refused(PRIVILEGED_KEYS):
         raise ConfigError(
-            "a run triggered through a deployment may not set " + ", ".join(refused) + " (programs, their "
-            "arguments and environment, hosts): the worker would run or reach what the trigger names. Set it in "
-            "the deployment's config, or list the key in the deployment's `allow_keys` parameter in "
-            "prefect.yaml and deploy again")
+            "a run triggered through a deployment may not set " + ", ".join(programs) + " (programs, their "
+            "arguments and environment, hosts): the worker would run or reach what the trigger names. " + fix)
+    if refused(PUBLISHING_KEYS):
+        raise ConfigError(
+            f"a run triggered through this deployment registers its policy as {deployed.tracking.registered_model!r}, "
+            f"the deployment's model, and may not set tracking.registered_model to "
+            f"{config.tracking.registered_model!r}. " + fix)
+
+
+def held_out_changes(config: RunConfig, deployed: RunConfig) -> list[str]:
+    """The keys by which a triggered run's held-out set differs from its deployment's: such a run
+    may register a version of the deployment's model, but not decide its champion."""
+    return _changed(config, deployed, HELD_OUT_KEYS)

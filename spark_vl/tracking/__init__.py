@@ -217,17 +217,40 @@ def register_version(run_id: str, policy_dir: Path, name: str, task_acc: float, 
     # A run killed after the registry call and before its marker registered this policy already.
     earlier = [v for v in mlflow_client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
                if v.tags.get("spark_vl.policy") == policy_dir.name]
-    if earlier:
-        version = earlier[0]
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            mlflow_client.log_artifacts(run_id, str(save_policy_model(policy_dir, Path(tmp) / "model")), folder)
-        source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/{folder}"
-        version = mlflow_client.create_model_version(name, source=source, run_id=run_id, tags={
-            **version_tags(policy_dir), "task_acc": repr(task_acc),  # exact: compared below
-            "eval_set": eval_set, "spark_vl.policy": policy_dir.name})
+    version = earlier[0] if earlier else _log_model_version(run_id, policy_dir, folder, name, {
+        **version_tags(policy_dir), "task_acc": repr(task_acc),  # exact: compared below
+        "eval_set": eval_set, "spark_vl.policy": policy_dir.name})
     mlflow_client.set_registered_model_alias(name, "candidate", version.version)
     return int(version.version)
+
+
+def _log_model_version(run_id: str, policy_dir: Path, folder: str, name: str, tags: dict[str, str]):
+    """`policy_dir` as an MLflow Model in the run's artifact `folder`, registered as a new version of `name`."""
+    mlflow_client = client()
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow_client.log_artifacts(run_id, str(save_policy_model(policy_dir, Path(tmp) / "model")), folder)
+    source = f"{mlflow_client.get_run(run_id).info.artifact_uri}/{folder}"
+    return mlflow_client.create_model_version(name, source=source, run_id=run_id, tags=tags)
+
+
+def register_again(name: str, version: int, experiment: str = "spark-vl") -> int:
+    """Register a version that is a plain folder of weights (registered before versions were MLflow
+    Models) again, as an MLflow Model: a new version with its tags, in an MLflow run of its own, and
+    its aliases moved to it. Returns the new version; the old one is kept."""
+    mlflow_client = client()
+    old = mlflow_client.get_model_version(name, str(version))
+    with tempfile.TemporaryDirectory() as tmp:
+        downloaded = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
+        if (downloaded / "MLmodel").is_file():
+            raise ValueError(f"{name} version {version} is an MLflow Model already: nothing to register again")
+        run = mlflow_client.create_run(experiment_id(mlflow_client, experiment), run_name=f"{name}-v{version}-again",
+                                       tags={"spark_vl.registered_again": f"{name}/{version}"})
+        new = _log_model_version(run.info.run_id, downloaded, "policy/" + old.tags.get("spark_vl.policy", "policy"),
+                                 name, {**old.tags, "spark_vl.registered_again_from": str(version)})
+        mlflow_client.set_terminated(run.info.run_id)
+    for alias in old.aliases:
+        mlflow_client.set_registered_model_alias(name, alias, new.version)
+    return int(new.version)
 
 
 def promote_if_better(name: str, version: int, task_acc: float, k: int = 0, eval_set: str = "") -> bool:
