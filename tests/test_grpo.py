@@ -1,7 +1,10 @@
+import math
+
 import pytest
 import torch
 
-from spark_vl.train.grpo import LossOptions, group_advantages, grpo_loss, label_balanced, loss_normaliser
+from spark_vl.train.grpo import (LossOptions, compute_advantages, group_advantages, grpo_loss, kl_penalty, label_balanced,
+                                 loss_normaliser)
 
 
 def test_group_advantages_normalise_and_flat_groups_carry_nothing():
@@ -124,6 +127,70 @@ def test_loss_aggregation_modes_by_hand():
                        LossOptions(loss_agg_mode="seq-mean-token-mean"))[0].item() for i in range(3)]
     assert sum(parts) == pytest.approx(seq_mean.item(), rel=1e-6)
 
+
+
+def test_rloo_takes_the_mean_of_the_other_rewards_as_baseline():
+    rewards = [[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.5], [1.0, 1.0], [0.7]]
+    got = compute_advantages(rewards, [[1] * len(g) for g in rewards], "rloo")
+    assert got[0] == pytest.approx([1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3])  # r_i - mean of the others
+    assert got[1] == pytest.approx([1 - 0.25, 0 - 0.75, 0.5 - 0.5])
+    assert got[2] == [0.0, 0.0] and got[3] == [0.0]  # equal rewards, a group of one: no signal
+    g = len(rewards[1])  # = G / (G - 1) * (r - mean)
+    assert got[1] == pytest.approx([g / (g - 1) * (r - 0.5) for r in rewards[1]])
+
+
+def test_reinforce_plus_plus_whitens_over_the_batchs_tokens_without_a_group_baseline():
+    rewards, lengths = [[1.0, 1.0], [0.0, 1.0]], [[2, 2], [4, 1]]
+    got = compute_advantages(rewards, lengths, "reinforce_plus_plus")
+    tokens = [1.0] * 4 + [0.0] * 4 + [1.0]  # every token carries its response's reward
+    mean = sum(tokens) / 9
+    std = math.sqrt(sum((t - mean) ** 2 for t in tokens) / 8)
+    assert got == [pytest.approx([(1 - mean) / std] * 2, rel=1e-6), pytest.approx([-mean / std, (1 - mean) / std],
+                                                                                    rel=1e-6)]
+    assert got[0][0] > 0  # a group of equal rewards still carries signal: better than the batch
+    assert compute_advantages([[1.0], [1.0, 1.0]], [[3], [1, 2]], "reinforce_plus_plus") == [[0.0], [0.0, 0.0]]
+    assert compute_advantages([[1.0, 0.0]], [[1, 1]], "grpo") == [group_advantages([1.0, 0.0])]
+
+
+def test_kl_estimators_against_their_definitions():
+    """On a categorical pi and ref: k1 and k3 are unbiased (their expectation under pi is
+    KL(pi || ref) exactly), k2 is not but is >= 0; k3 >= 0 on every token."""
+    pi = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    ref = torch.tensor([0.25, 0.25, 0.5], dtype=torch.float64)
+    kl = float((pi * (pi / ref).log()).sum())
+    per_token = {kind: kl_penalty(pi.log(), ref.log(), kind) for kind in ("k1", "k2", "k3")}
+    assert float((pi * per_token["k1"]).sum()) == pytest.approx(kl, rel=1e-12)
+    assert float((pi * per_token["k3"]).sum()) == pytest.approx(kl, rel=1e-12)
+    assert per_token["k1"][2] < 0 <= per_token["k3"].min() and per_token["k2"].min() >= 0
+    assert per_token["k2"][0] == pytest.approx(0.5 * math.log(2) ** 2)
+    assert per_token["k3"][0] == pytest.approx(0.5 - math.log(0.5) - 1)  # ref/pi - log(ref/pi) - 1
+    assert torch.equal(kl_penalty(pi.log(), pi.log(), "k2"), torch.zeros(3, dtype=torch.float64))
+
+
+def test_gspo_clips_one_ratio_per_sequence_and_has_the_sequence_level_gradient():
+    """With seq-mean-token-mean, the token-level GSPO loss equals -(1/B) sum_i min(s_i A_i,
+    clip(s_i) A_i), s_i = exp(mean_t log(pi / pi_old)), in value and in gradient."""
+    logps, mask = _inputs()  # completion lengths 3, 5 and 1
+    old = logps.detach().clone()
+    shift = torch.tensor([[0.05, -0.02, 0.01, 0, 0], [0.4, 0.3, 0.5, 0.2, 0.6], [-0.01, 0, 0, 0, 0]],
+                         dtype=logps.dtype)
+    adv = torch.tensor([1.0, 1.0, -2.0])
+    options = LossOptions(clip_eps=0.2, loss_mode="gspo", loss_agg_mode="seq-mean-token-mean")
+    new = (old + shift).requires_grad_()
+    loss, stats = grpo_loss(new, old, old, adv, mask, 3, options)
+    loss.backward()
+
+    direct = (old + shift).requires_grad_()
+    s = torch.exp(((direct - old) * mask).sum(1) / mask.sum(1))
+    expected = -torch.min(s * adv, torch.clamp(s, 0.8, 1.2) * adv).mean()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.allclose(new.grad * mask, direct.grad * mask, atol=1e-7)
+    assert stats["clipped_sum"] == 5  # the second sequence (s = e^0.4) is clipped on all its tokens
+    assert torch.all(new.grad[1] == 0) and torch.all(new.grad[0][:3] != 0)
+    on_policy, _ = grpo_loss(old, old, old, adv, mask, 3, options)  # s = 1: the vanilla loss
+    vanilla, _ = grpo_loss(old, old, old, adv, mask, 3, LossOptions(loss_agg_mode="seq-mean-token-mean"))
+    assert on_policy.item() == pytest.approx(vanilla.item())
 
 def test_verdict_credit_keeps_the_loss_on_the_verdict_tokens(tiny_model_dir):
     from spark_vl.config import load_config

@@ -214,7 +214,11 @@ def test_two_iterations_end_to_end_and_rerun_skips(tmp_path, tiny_data_dir):
 
 @pytest.mark.parametrize("options", [["train.entropy_coef=0.01"], ["train.clip_eps_high=0.28"],
                                      ["train.loss_agg_mode=seq-mean-token-mean"],
-                                     ["train.loss_agg_mode=seq-mean-token-sum-norm"]])
+                                     ["train.loss_agg_mode=seq-mean-token-sum-norm"],
+                                     ["train.adv_estimator=rloo", "train.kl_loss_type=k2"],
+                                     ["train.adv_estimator=reinforce_plus_plus", "train.kl_loss_type=k1"],
+                                     ["train.loss_mode=gspo", "train.loss_agg_mode=seq-mean-token-mean",
+                                      "train.clip_eps=3e-4", "train.clip_eps_high=4e-4"]])
 def test_grpo_options_train_on_deepspeed(setup, tiny_model_dir, tiny_data_dir, options):
     cfg, processor = setup
     trainer = PolicyTrainer(load_config(None, SMALL + options), processor, tiny_model_dir, tiny_model_dir)

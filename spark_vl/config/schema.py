@@ -290,7 +290,18 @@ class TrainConfig(Section):
         "seq-mean-token-sum-norm (Dr. GRPO: token sums over sequences x rollout.max_new_tokens)")
     norm_adv_by_std: bool = Field(True, description="divide group advantages by the group's reward std (verl "
                                   "norm_adv_by_std_in_grpo); false: Dr. GRPO's unbiased r - mean")
-    kl_coef: float = Field(1e-3, ge=0, description="weight of the k3 KL penalty to the starting policy (verl kl_coef)")
+    adv_estimator: Literal["grpo", "rloo", "reinforce_plus_plus"] = Field(
+        "grpo", description="advantages (verl's name): grpo, (r - group mean) / group std; rloo, r - the mean of the "
+        "group's other rewards; reinforce_plus_plus, r whitened over the batch's tokens, no group baseline")
+    loss_mode: Literal["vanilla", "gspo"] = Field(
+        "vanilla", description="importance ratio (verl policy_loss.loss_mode): vanilla, per token (PPO, GRPO); gspo, "
+        "one per sequence, exp of its mean token log-ratio (GSPO; TRL importance_sampling_level: sequence; pair it "
+        "with loss_agg_mode seq-mean-token-mean and clips near 3e-4 / 4e-4, as the paper)")
+    kl_coef: float = Field(1e-3, ge=0, description="weight of the KL penalty to the starting policy (verl kl_coef); "
+                           "0: none, and no reference model is loaded")
+    kl_loss_type: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="KL estimator (verl kl_loss_type): k1, log(pi/ref); k2, log(pi/ref)^2 / 2; k3, "
+        "ref/pi - log(ref/pi) - 1 (verl low_var_kl, GRPO's)")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     deepspeed_config: str = Field("configs/deepspeed/zero0.json", description="DeepSpeed JSON (ZeRO stage, dtype); "
                                   "configs/deepspeed/ has ZeRO-0, 2 and 3")

@@ -1,4 +1,5 @@
-"""GRPO: group-normalised advantages and the token-level clipped objective with a k3 KL penalty."""
+"""The policy-gradient method: advantages (GRPO, RLOO, REINFORCE++) and the clipped objective
+(token-level as GRPO and PPO, or sequence-level as GSPO) with a KL penalty (k1, k2 or k3)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,68 @@ import torch
 LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 
 
+# How rewards become advantages (verl's adv_estimator): grpo: (r - group mean) / group std;
+# rloo: r - the mean of the group's other rewards (Ahmadian et al. 2024); reinforce_plus_plus:
+# r normalised over the whole batch's tokens, no group baseline (Hu 2025).
+AdvEstimator = Literal["grpo", "rloo", "reinforce_plus_plus"]
+# The KL estimator of the penalty to the reference, in Schulman's names (verl's kl_loss_type):
+# k1 = log(pi / ref), unbiased, may be negative; k2 = (log(pi / ref))^2 / 2; k3 = ref/pi - log(ref/pi) - 1.
+KLLossType = Literal["k1", "k2", "k3"]
+# The importance ratio of the objective (verl's policy_loss.loss_mode): vanilla: per token, as
+# PPO and GRPO; gspo: one per sequence, exp of the mean token log-ratio (Zheng et al. 2025).
+LossMode = Literal["vanilla", "gspo"]
+
+
 def group_advantages(rewards: list[float], eps: float = 1e-6, by_std: bool = True) -> list[float]:
     """(r - mean) / (std + eps) within one group, or r - mean without `by_std` (Dr. GRPO: dividing
     by the std weighs groups near half solved most, which biases the expected gradient); a group
-    of equal rewards gets zeros (no signal)."""
+    of equal rewards gets zeros (no signal). The std is the group's population std (divide by G);
+    TRL and verl divide by the sample std (G - 1), so their advantages are sqrt((G - 1) / G) of
+    ours (0.866 at G = 4): the same direction, a weaker pull against the KL term."""
     values = torch.tensor(rewards, dtype=torch.float64)
     std = values.std(unbiased=False)
     if std < eps:
         return [0.0] * len(rewards)
     return ((values - values.mean()) / (std + eps if by_std else 1.0)).tolist()
+
+
+def rloo_advantages(rewards: list[float]) -> list[float]:
+    """r_i minus the mean of the group's other rewards: a baseline independent of r_i, so the
+    gradient stays unbiased; equals G / (G - 1) (r_i - mean). A group of one has no baseline: 0."""
+    n = len(rewards)
+    if n < 2:
+        return [0.0] * n
+    total = sum(rewards)
+    return [r - (total - r) / (n - 1) for r in rewards]
+
+
+def batch_whitened(rewards: list[list[float]], lengths: list[list[int]], eps: float = 1e-8) -> list[list[float]]:
+    """REINFORCE++ with an outcome reward: every token of a response carries its reward, and the
+    batch's tokens are whitened together (mean 0, sample std 1), so a response's advantage is
+    (r - token mean) / token std; its sign says better or worse than the batch, whatever its group."""
+    flat = torch.tensor([r for group in rewards for r in group], dtype=torch.float64)
+    weights = torch.tensor([n for group in lengths for n in group], dtype=torch.float64)
+    tokens = weights.sum()
+    if tokens < 2:
+        return [[0.0] * len(group) for group in rewards]
+    mean = (flat * weights).sum() / tokens
+    var = (((flat - mean) ** 2) * weights).sum() / (tokens - 1)
+    if var < eps:
+        return [[0.0] * len(group) for group in rewards]
+    values = ((flat - mean) / torch.sqrt(var + eps)).tolist()
+    sizes = [len(group) for group in rewards]
+    return [values[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(len(sizes))]
+
+
+def compute_advantages(rewards: list[list[float]], lengths: list[list[int]], estimator: AdvEstimator = "grpo",
+               by_std: bool = True) -> list[list[float]]:
+    """Per group, one advantage per response, by `estimator`; `lengths`: each response's tokens
+    (the batch-level estimator weighs responses by them); `by_std` applies to grpo only."""
+    if estimator == "rloo":
+        return [rloo_advantages(group) for group in rewards]
+    if estimator == "reinforce_plus_plus":
+        return batch_whitened(rewards, lengths)
+    return [group_advantages(group, by_std=by_std) for group in rewards]
 
 
 def label_balanced(advantages: list[list[float]], classes: list[tuple[str, str] | None]) -> list[list[float]]:
@@ -59,14 +113,39 @@ def loss_normaliser(mode: LossAggMode, tokens: int, sequences: int, max_new_toke
 class LossOptions:
     """The objective's knobs, named as in `train` of the config: the ratio is clipped to
     [1 - clip_eps, 1 + clip_eps_high] ("clip-higher" when clip_eps_high is larger: rare tokens with
-    positive advantage may grow further; None: clip_eps), a k3 KL penalty to the reference weighs
-    kl_coef, entropy_coef rewards entropy, loss_agg_mode says how token losses make one number."""
+    positive advantage may grow further; None: clip_eps), a KL penalty to the reference
+    (kl_loss_type) weighs kl_coef, entropy_coef rewards entropy, loss_agg_mode says how token
+    losses make one number, loss_mode whether the ratio is per token or per sequence."""
 
     clip_eps: float = 0.2
     clip_eps_high: float | None = None
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
     loss_agg_mode: LossAggMode = "token-mean"
+    kl_loss_type: KLLossType = "k3"
+    loss_mode: LossMode = "vanilla"
+
+
+def kl_penalty(per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor, kind: KLLossType) -> torch.Tensor:
+    """Per-token estimate of KL(pi || ref) from the sampled tokens' log-probabilities."""
+    log_ratio = per_token_logps - ref_per_token_logps
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio ** 2
+    return torch.exp(-log_ratio) + log_ratio - 1  # k3, >= 0
+
+
+def importance_ratio(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, mask: torch.Tensor,
+                     mode: LossMode) -> torch.Tensor:
+    """pi / pi_old per token (vanilla), or GSPO's sequence ratio exp(mean_t log(pi / pi_old)) on
+    every token of the sequence, written so its gradient on token t is that ratio times
+    grad log pi(y_t) (GSPO-token; averaged over a sequence's tokens it is GSPO's gradient)."""
+    log_ratio = per_token_logps - old_per_token_logps
+    if mode == "vanilla":
+        return torch.exp(log_ratio)
+    sequence = (log_ratio * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return torch.exp(per_token_logps - per_token_logps.detach() + sequence.detach().unsqueeze(1))
 
 
 def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor,
@@ -81,16 +160,15 @@ def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, 
     """
     clip_eps = options.clip_eps
     high = clip_eps if options.clip_eps_high is None else options.clip_eps_high
-    ratio = torch.exp(per_token_logps - old_per_token_logps)
+    mask = completion_mask.to(per_token_logps.dtype)
+    ratio = importance_ratio(per_token_logps, old_per_token_logps, mask, options.loss_mode)
     clipped_ratio = torch.clamp(ratio, 1 - clip_eps, 1 + high)
     adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     per_token_pg = -torch.min(ratio * adv, clipped_ratio * adv)
-    log_ref_ratio = ref_per_token_logps - per_token_logps
-    per_token_kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1  # k3 estimator, >= 0
+    per_token_kl = kl_penalty(per_token_logps, ref_per_token_logps, options.kl_loss_type)
     per_token_loss = per_token_pg + options.kl_coef * per_token_kl
     if options.entropy_coef:
         per_token_loss = per_token_loss - options.entropy_coef * per_token_entropy
-    mask = completion_mask.to(per_token_loss.dtype)
     if options.loss_agg_mode == "seq-mean-token-mean":
         loss = ((per_token_loss * mask).sum(1) / mask.sum(1).clamp(min=1)).sum() / normaliser
     else:

@@ -19,7 +19,8 @@ from spark_vl.models.inputs import conversation
 from spark_vl.runio import logger
 from spark_vl.train.engine import build_engine
 from spark_vl.models.forward import completion_batch, completion_logps
-from spark_vl.train.grpo import LossOptions, group_advantages, grpo_loss, label_balanced, loss_normaliser
+from spark_vl.train.grpo import (LossOptions, compute_advantages, group_advantages, grpo_loss, label_balanced,
+                                 loss_normaliser)
 from spark_vl.train.lora import ADAPTER_DIR, add_adapters, load_adapter_weights, merged_state_dict
 from spark_vl.verify.extract import box_span
 
@@ -80,14 +81,16 @@ def token_advantages(mask: torch.Tensor, sequences: list[Sequence]) -> torch.Ten
 
 def sequences_with_signal(groups: list[RolloutGroup], config: RunConfig,
                           tokenizer=None) -> tuple[list[Sequence], int]:
-    """Flatten groups into sequences with advantages; groups of equal rewards are dropped and counted.
+    """Flatten groups into sequences with advantages (`train.adv_estimator`); groups whose
+    advantages are all zero (equal rewards, under a group baseline) are dropped and counted.
     With `spark.balance_judge_advantages` each judge label pushes with equal weight (`label_balanced`);
     with `spark.judge_credit: verdict` an intact judge reply's loss is on its verdict tokens only;
     with `claims` each claim of an intact reply carries the advantage of its own check
     (`claims_advantages`)."""
     sequences, flat_groups = [], 0
     by_std = config.train.norm_adv_by_std
-    per_group = [group_advantages(group.rewards, by_std=by_std) for group in groups]
+    lengths = [[len(ids) for ids in group.response_ids] for group in groups]
+    per_group = compute_advantages([group.rewards for group in groups], lengths, config.train.adv_estimator, by_std)
     if config.spark.balance_judge_advantages:
         per_group = label_balanced(per_group, [(g.prompt.kind, g.prompt.label) if g.prompt.kind in JUDGE_KINDS
                                                else None for g in groups])
@@ -193,7 +196,7 @@ class PolicyTrainer:
         self.engine = build_engine(model, train.deepspeed_config, train.micro_batch_size, lr or train.lr,
                                    train.max_grad_norm)
         self.loss_options = LossOptions(train.clip_eps, train.clip_eps_high, train.kl_coef, train.entropy_coef,
-                                        train.loss_agg_mode)
+                                        train.loss_agg_mode, train.kl_loss_type, train.loss_mode)
         self.reference = None
         if reference_dir is not None and train.kl_coef > 0 and not self.lora:
             self.reference = load_model(reference_dir, config.model.dtype, self.device).eval()
