@@ -192,6 +192,28 @@ def test_gspo_clips_one_ratio_per_sequence_and_has_the_sequence_level_gradient()
     vanilla, _ = grpo_loss(old, old, old, adv, mask, 3, LossOptions(loss_agg_mode="seq-mean-token-mean"))
     assert on_policy.item() == pytest.approx(vanilla.item())
 
+
+def test_truncated_importance_sampling_weighs_each_token_by_the_capped_engine_mismatch():
+    """Each token's policy-gradient loss times min(pi_old / pi_behaviour, cap), no gradient
+    through the weight; the KL term is not weighed."""
+    logps, mask = _inputs()
+    adv = torch.tensor([1.0, -0.5, 2.0])
+    behaviour = logps.clone()
+    behaviour[0] -= math.log(1.5)  # the engine gave the first sequence's tokens 1/1.5 of the trainer's probability
+    behaviour[1] -= math.log(3.0)  # 1/3: weight 3, capped at 2
+    options = LossOptions(tis_imp_ratio_cap=2.0)
+    new = logps.clone().requires_grad_()
+    loss, stats = grpo_loss(new, logps, logps, adv, mask, int(mask.sum()), options, behaviour_per_token_logps=behaviour)
+    weights = torch.tensor([1.5, 2.0, 1.0]).unsqueeze(1)
+    expected = -(weights * adv.unsqueeze(1) * mask).sum() / mask.sum()  # on policy: each token's loss is -A
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert stats["tis_weight_sum"] == pytest.approx(1.5 * 3 + 2.0 * 5 + 1.0)
+    loss.backward()
+    assert new.grad[0, 0].item() == pytest.approx(-1.5 * 1.0 / 9, rel=1e-5)  # d(-w A ratio)/dlogp = -w A
+    same, _ = grpo_loss(logps, logps, logps, adv, mask, 9, options, behaviour_per_token_logps=logps)
+    plain, _ = grpo_loss(logps, logps, logps, adv, mask, 9, LossOptions())
+    assert same.item() == pytest.approx(plain.item())
+
 def test_verdict_credit_keeps_the_loss_on_the_verdict_tokens(tiny_model_dir):
     from spark_vl.config import load_config
     from spark_vl.models import load_processor

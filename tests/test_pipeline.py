@@ -218,7 +218,8 @@ def test_two_iterations_end_to_end_and_rerun_skips(tmp_path, tiny_data_dir):
                                      ["train.adv_estimator=rloo", "train.kl_loss_type=k2"],
                                      ["train.adv_estimator=reinforce_plus_plus", "train.kl_loss_type=k1"],
                                      ["train.loss_mode=gspo", "train.loss_agg_mode=seq-mean-token-mean",
-                                      "train.clip_eps=3e-4", "train.clip_eps_high=4e-4"]])
+                                      "train.clip_eps=3e-4", "train.clip_eps_high=4e-4"],
+                                     ["train.tis_imp_ratio_cap=2", "train.ppo_mini_batch_size=1"]])
 def test_grpo_options_train_on_deepspeed(setup, tiny_model_dir, tiny_data_dir, options):
     cfg, processor = setup
     trainer = PolicyTrainer(load_config(None, SMALL + options), processor, tiny_model_dir, tiny_model_dir)
@@ -229,6 +230,9 @@ def test_grpo_options_train_on_deepspeed(setup, tiny_model_dir, tiny_data_dir, o
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     stats = trainer.grpo_step(groups)
     assert torch.isfinite(torch.tensor(stats["train/loss"])) and stats["train/entropy"] > 0
+    if "train.tis_imp_ratio_cap=2" in options:  # the engine is the trainer's own model: weights near 1
+        assert stats["train/tis_weight"] == pytest.approx(1.0, abs=0.02)
+        assert stats["train/optimizer_steps"] == 2
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
 
 

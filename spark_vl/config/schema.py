@@ -297,6 +297,11 @@ class TrainConfig(Section):
         "vanilla", description="importance ratio (verl policy_loss.loss_mode): vanilla, per token (PPO, GRPO); gspo, "
         "one per sequence, exp of its mean token log-ratio (GSPO; TRL importance_sampling_level: sequence; pair it "
         "with loss_agg_mode seq-mean-token-mean and clips near 3e-4 / 4e-4, as the paper)")
+    tis_imp_ratio_cap: float | None = Field(
+        None, gt=0, description="rollout correction (verl's name; TRL vllm_importance_sampling_cap): the trainer "
+        "scores the rollouts before updating, takes the PPO ratio against that, and weighs each token by "
+        "min(trainer / rollout-engine probability, cap), e.g. 2; null: the rollout engine's log-probs are the old "
+        "policy's")
     kl_coef: float = Field(1e-3, ge=0, description="weight of the KL penalty to the starting policy (verl kl_coef); "
                            "0: none, and no reference model is loaded")
     kl_loss_type: Literal["k1", "k2", "k3"] = Field(

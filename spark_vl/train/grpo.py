@@ -115,7 +115,8 @@ class LossOptions:
     [1 - clip_eps, 1 + clip_eps_high] ("clip-higher" when clip_eps_high is larger: rare tokens with
     positive advantage may grow further; None: clip_eps), a KL penalty to the reference
     (kl_loss_type) weighs kl_coef, entropy_coef rewards entropy, loss_agg_mode says how token
-    losses make one number, loss_mode whether the ratio is per token or per sequence."""
+    losses make one number, loss_mode whether the ratio is per token or per sequence;
+    tis_imp_ratio_cap: truncated importance sampling (`rollout_correction`)."""
 
     clip_eps: float = 0.2
     clip_eps_high: float | None = None
@@ -124,6 +125,7 @@ class LossOptions:
     loss_agg_mode: LossAggMode = "token-mean"
     kl_loss_type: KLLossType = "k3"
     loss_mode: LossMode = "vanilla"
+    tis_imp_ratio_cap: float | None = None
 
 
 def kl_penalty(per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor, kind: KLLossType) -> torch.Tensor:
@@ -148,15 +150,27 @@ def importance_ratio(per_token_logps: torch.Tensor, old_per_token_logps: torch.T
     return torch.exp(per_token_logps - per_token_logps.detach() + sequence.detach().unsqueeze(1))
 
 
+def rollout_correction(old_per_token_logps: torch.Tensor, behaviour_per_token_logps: torch.Tensor,
+                       cap: float) -> torch.Tensor:
+    """Truncated importance sampling (TIS; verl tis_imp_ratio_cap, TRL vllm_importance_sampling_cap):
+    the tokens were sampled by the rollout engine (behaviour), whose probabilities differ from the
+    trainer's for the same weights (another kernel, precision, or one step older weights); each
+    token's loss is weighted by min(pi_old / pi_behaviour, cap), without gradient."""
+    return torch.clamp(torch.exp(old_per_token_logps - behaviour_per_token_logps), max=cap).detach()
+
+
 def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor,
               advantages: torch.Tensor, completion_mask: torch.Tensor, normaliser: float, options: LossOptions,
-              per_token_entropy: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+              per_token_entropy: torch.Tensor | None = None,
+              behaviour_per_token_logps: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """This micro-batch's share of the batch loss: its per-token losses summed (per sequence first
     averaged, in seq-mean-token-mean) and divided by the whole batch's `normaliser`
     (`loss_normaliser`), so micro-batches accumulate to the loss of the full batch.
 
     Shapes: (B, T); advantages (B,), one per sequence, or (B, T), one per token. With
-    `options.entropy_coef`, `per_token_entropy` must carry gradients.
+    `options.entropy_coef`, `per_token_entropy` must carry gradients. With
+    `options.tis_imp_ratio_cap`, `behaviour_per_token_logps` are the rollout engine's and
+    `old_per_token_logps` the trainer's before the update.
     """
     clip_eps = options.clip_eps
     high = clip_eps if options.clip_eps_high is None else options.clip_eps_high
@@ -165,6 +179,10 @@ def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, 
     clipped_ratio = torch.clamp(ratio, 1 - clip_eps, 1 + high)
     adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     per_token_pg = -torch.min(ratio * adv, clipped_ratio * adv)
+    weight = None
+    if options.tis_imp_ratio_cap is not None:
+        weight = rollout_correction(old_per_token_logps, behaviour_per_token_logps, options.tis_imp_ratio_cap)
+        per_token_pg = per_token_pg * weight
     per_token_kl = kl_penalty(per_token_logps, ref_per_token_logps, options.kl_loss_type)
     per_token_loss = per_token_pg + options.kl_coef * per_token_kl
     if options.entropy_coef:
@@ -178,5 +196,6 @@ def grpo_loss(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor, 
             "kl_sum": float((per_token_kl * mask).sum()),
             "clipped_sum": float((((ratio - clipped_ratio).abs() > 0).to(mask.dtype) * mask).sum()),
             "tokens": float(mask.sum()),
+            "tis_weight_sum": float((weight * mask).sum()) if weight is not None else float(mask.sum()),
         }
     return loss, stats

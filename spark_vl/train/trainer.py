@@ -35,6 +35,7 @@ class Sequence:
     credit: tuple[int, int] | None = None  # the completion tokens that carry `advantage`; None: all
     group: int = 0  # the index of its rollout group in the batch
     claim: tuple[int, int, float] | None = None  # (first, end, advantage) of tokens carrying their own advantage
+    proximal_logps: list[float] | None = None  # the trainer's, before this batch's updates (rollout correction)
 
 
 def char_span_tokens(ids: list[int], tokenizer, start: int, end: int) -> tuple[int, int] | None:
@@ -196,7 +197,8 @@ class PolicyTrainer:
         self.engine = build_engine(model, train.deepspeed_config, train.micro_batch_size, lr or train.lr,
                                    train.max_grad_norm)
         self.loss_options = LossOptions(train.clip_eps, train.clip_eps_high, train.kl_coef, train.entropy_coef,
-                                        train.loss_agg_mode, train.kl_loss_type, train.loss_mode)
+                                        train.loss_agg_mode, train.kl_loss_type, train.loss_mode,
+                                        train.tis_imp_ratio_cap)
         self.reference = None
         if reference_dir is not None and train.kl_coef > 0 and not self.lora:
             self.reference = load_model(reference_dir, config.model.dtype, self.device).eval()
@@ -229,7 +231,9 @@ class PolicyTrainer:
             return {**stats, "train/loss": 0.0, "train/kl": 0.0, "train/entropy": 0.0, "train/clip_frac": 0.0}
         total_tokens = sum(len(s.completion) for s in sequences)
         steps = mini_batches(sequences, train.ppo_mini_batch_size, seed)
-        sums = torch.zeros(5, dtype=torch.float64)
+        if train.tis_imp_ratio_cap is not None:
+            self._proximal_logps(steps)
+        sums = torch.zeros(6, dtype=torch.float64)
         for update in range(train.updates_per_batch):
             for i, step in enumerate(steps):
                 normaliser = loss_normaliser(train.loss_agg_mode, sum(len(s.completion) for s in step), len(step),
@@ -238,23 +242,46 @@ class PolicyTrainer:
         if self.world_size > 1:  # on the engine's device: NCCL reduces CUDA tensors only
             sums = sums.to(self.device)
             torch.distributed.all_reduce(sums)
-        loss_sum, kl_sum, entropy_sum, clipped, tokens = (sums / train.updates_per_batch).tolist()
+        loss_sum, kl_sum, entropy_sum, clipped, tokens, tis_weight = (sums / train.updates_per_batch).tolist()
+        if train.tis_imp_ratio_cap is not None:
+            stats["train/tis_weight"] = tis_weight / total_tokens
         return {**stats, "train/optimizer_steps": float(len(steps) * train.updates_per_batch),
                 "train/tokens": tokens, "train/loss": loss_sum / len(steps), "train/kl": kl_sum / total_tokens,
                 "train/entropy": entropy_sum / total_tokens, "train/clip_frac": clipped / total_tokens}
 
+    def _chunks(self, sequences: list[Sequence]) -> list[list[Sequence]]:
+        """This worker's share of a step (every world_size-th sequence) in micro-batches; every
+        worker gets the same number of them, so their collectives pair up (some may be empty)."""
+        mine = sequences[self.rank::self.world_size]
+        n_chunks = math.ceil(math.ceil(len(sequences) / self.world_size) / self.config.train.micro_batch_size)
+        size = max(1, math.ceil(len(mine) / n_chunks))
+        return [mine[i * size:(i + 1) * size] for i in range(n_chunks)]
+
+    def _proximal_logps(self, steps: list[list[Sequence]]) -> None:
+        """Each sequence's log-probabilities under the trainer's policy before this batch's updates,
+        in the chunks the updates take (a worker with an empty chunk scores another sequence, so
+        that ZeRO-3's gathers pair up): the PPO ratio is taken against these, and the rollout
+        engine's own become the behaviour the correction weighs by."""
+        with torch.no_grad():
+            for step in steps:
+                for chunk in self._chunks(step):
+                    rows = chunk or step[:1]
+                    batch = completion_batch(self.processor, [s.conversation for s in rows],
+                                             [s.completion for s in rows], self.device)
+                    temperature = torch.tensor([s.temperature for s in rows], device=self.device)
+                    logps, _ = completion_logps(self.engine, batch, temperature, suppress_ids=self.suppress)
+                    for row, seq in enumerate(chunk):
+                        seq.proximal_logps = logps[row, :len(seq.completion)].tolist()
+
     def _update(self, sequences: list, batch_normaliser: float,
                 mid_step: Callable[[], None] | None = None) -> torch.Tensor:
-        """One optimizer step; returns this worker's sums of loss, KL, entropy, clipped tokens, tokens."""
+        """One optimizer step; returns this worker's sums of loss, KL, entropy, clipped tokens,
+        tokens and rollout-correction weights."""
         train = self.config.train
         # DeepSpeed averages gradients over workers: normalise each worker's share accordingly.
         normaliser = batch_normaliser / self.world_size
-        mine = sequences[self.rank::self.world_size]
-        # Every worker runs the same number of micro-batches, so their collectives pair up.
-        n_chunks = math.ceil(math.ceil(len(sequences) / self.world_size) / train.micro_batch_size)
-        size = max(1, math.ceil(len(mine) / n_chunks))
-        chunks = [mine[i * size:(i + 1) * size] for i in range(n_chunks)]
-        loss_sum = kl_sum = clipped = entropy_sum = tokens = 0.0
+        chunks = self._chunks(sequences)
+        loss_sum = kl_sum = clipped = entropy_sum = tokens = tis_weight = 0.0
         for i, chunk in enumerate(chunks):
             self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
             if not chunk:  # fewer sequences than workers: take part in the average with zeros
@@ -264,9 +291,14 @@ class PolicyTrainer:
                                      self.device)
             mask = credit_mask(batch["completion_mask"], chunk)
             tokens += float(batch["attention_mask"].sum())
-            old = torch.zeros(mask.shape, device=self.device)
+            behaviour = torch.zeros(mask.shape, device=self.device)
             for row, seq in enumerate(chunk):
-                old[row, :len(seq.old_logps)] = torch.tensor(seq.old_logps)
+                behaviour[row, :len(seq.old_logps)] = torch.tensor(seq.old_logps)
+            old = behaviour
+            if train.tis_imp_ratio_cap is not None:
+                old = torch.zeros(mask.shape, device=self.device)
+                for row, seq in enumerate(chunk):
+                    old[row, :len(seq.proximal_logps)] = torch.tensor(seq.proximal_logps)
             advantages = token_advantages(mask, chunk)
             temperature = torch.tensor([s.temperature for s in chunk], device=self.device)
             logps, entropy = completion_logps(self.engine, batch, temperature, True, self.suppress,
@@ -279,7 +311,8 @@ class PolicyTrainer:
                     ref, _ = completion_logps(self.reference, batch, temperature, suppress_ids=self.suppress)
             else:
                 ref = logps.detach()
-            loss, chunk_stats = grpo_loss(logps, old, ref, advantages, mask, normaliser, self.loss_options, entropy)
+            loss, chunk_stats = grpo_loss(logps, old, ref, advantages, mask, normaliser, self.loss_options, entropy,
+                                          behaviour)
             if mid_step is not None and i == 0:
                 mid_step()
             self.engine.backward(loss)
@@ -287,8 +320,10 @@ class PolicyTrainer:
             kl_sum += chunk_stats["kl_sum"]
             clipped += chunk_stats["clipped_sum"]
             entropy_sum += float((entropy.detach() * mask).sum())
+            tis_weight += chunk_stats["tis_weight_sum"]
         self.engine.step()
-        return torch.tensor([loss_sum / self.world_size, kl_sum, entropy_sum, clipped, tokens], dtype=torch.float64)
+        return torch.tensor([loss_sum / self.world_size, kl_sum, entropy_sum, clipped, tokens, tis_weight],
+                            dtype=torch.float64)
 
     def sft_step(self, conversations: list[list[dict]], targets: list[list[int]]) -> float:
         """One supervised step (mean token cross-entropy of the targets), used by the warm-up."""
