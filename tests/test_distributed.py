@@ -108,6 +108,27 @@ def test_rollout_correction_on_two_zero3_workers_makes_the_same_update_as_one(ve
     assert stats["train/tis_weight"] == pytest.approx(layout.read_json(one / "iter-0001" / "train.json")
                                                       ["train/tis_weight"], rel=1e-4)
 
+
+def test_token_budget_micro_batches_on_two_workers_make_the_same_update_as_one(verified_run, tmp_path):
+    """Filled by tokens, the workers' shares split into micro-batches of their own sizes (worker 0's
+    sequences cut short here); a worker with fewer pads with empty ones, so the gradient averages
+    still pair up."""
+    cfg, run_dir = verified_run
+    ragged = tmp_path / "ragged"
+    shutil.copytree(run_dir, ragged)
+    verified = ragged / "iter-0001" / "verified.jsonl"
+    groups = load_groups(verified)
+    for group in groups:  # worker 0 takes the even sequences of the flattened batch (groups of 4)
+        for j in range(0, len(group.response_ids), 2):
+            group.response_ids[j], group.logprobs[j] = group.response_ids[j][:2], group.logprobs[j][:2]
+    save_groups(verified, groups)
+    budget = ["train.max_tokens_per_micro_batch=600"]  # worker 0: 2 micro-batches, worker 1: 3
+    one = _train_copy(cfg, ragged, tmp_path / "one", budget)
+    two = _train_copy(cfg, ragged, tmp_path / "two", budget + ["train.processes_per_node=2"])
+    # Other micro-batches sum the gradient in another order: Adam's first step, about lr x sign(g),
+    # turns that float noise into up to 2e-5 where a gradient is near zero.
+    _assert_same_update(cfg, one, two, atol=5e-5)
+
 def test_a_failing_worker_fails_the_task_with_its_error(verified_run, tmp_path):
     cfg, run_dir = verified_run
     with pytest.raises(RuntimeError, match="training workers of iteration 1 failed(.|\n)*missing-zero.json"):

@@ -236,6 +236,37 @@ def test_grpo_options_train_on_deepspeed(setup, tiny_model_dir, tiny_data_dir, o
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
 
 
+def test_token_budget_micro_batches_make_the_same_update_as_row_micro_batches(setup, tiny_model_dir, tiny_data_dir):
+    """Micro-batches filled by padded tokens (train.max_tokens_per_micro_batch) split the step
+    differently, here into more and smaller ones, but gradients accumulate to the same update."""
+    from spark_vl.train.trainer import sequences_with_signal, token_budget_chunks
+
+    assert token_budget_chunks([(10, 5), (10, 5), (30, 2), (10, 5), (100, 100)], 60) == [[0, 1], [2], [3], [4]]
+    assert token_budget_chunks([], 60) == []
+    cfg, processor = setup
+    rows = load_config(None, SMALL + ["train.micro_batch_size=32"])
+    by_rows = PolicyTrainer(rows, processor, tiny_model_dir, tiny_model_dir)
+    groups = _rewarded_groups(by_rows, processor, cfg, tiny_data_dir)
+    budget = load_config(None, SMALL + ["train.max_tokens_per_micro_batch=400"])
+    by_tokens = PolicyTrainer(budget, processor, tiny_model_dir, tiny_model_dir)
+    by_tokens._prompt_lengths = {}
+    sequences = sequences_with_signal(groups, budget, processor.tokenizer)[0]
+    chunks = by_tokens._chunks(sequences)
+    assert len(chunks) > 1 and sorted(len(c) for c in chunks) != [len(sequences)]
+    widths = [len(c) * (max(by_tokens._prompt_tokens(s.conversation) for s in c) + max(len(s.completion) for s in c))
+              for c in chunks]
+    assert max(widths) <= 400
+    stats_rows, stats_tokens = by_rows.grpo_step(groups), by_tokens.grpo_step(groups)
+    assert stats_tokens["train/loss"] == pytest.approx(stats_rows["train/loss"], abs=1e-7)
+    # The first Adam step's first moment is (1 - beta1) x the gradient: compare gradients, not
+    # the weights (Adam's first step moves every weight by about lr, whatever its gradient's size).
+    first_moments = [[state["exp_avg"] for state in trainer.engine.optimizer.state.values()]
+                     for trainer in (by_rows, by_tokens)]
+    assert len(first_moments[0]) == len(first_moments[1]) > 0
+    scale = max(float(m.abs().max()) for m in first_moments[0])
+    for a, b in zip(*first_moments):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+
 class ScriptedEngine:
     """A rollout engine whose answers are fixed by the sample: right on half the responses for
     samples with an even number (a group whose rewards differ), wrong on all others."""

@@ -276,6 +276,10 @@ class TrainConfig(Section):
     lr: float = Field(5e-4, gt=0, description="learning rate of the policy update")
     micro_batch_size: int = Field(32, ge=1, description="sequences per forward and backward pass (per worker); "
                                   "gradients accumulate to the optimizer step")
+    max_tokens_per_micro_batch: int | None = Field(
+        None, ge=1, description="instead of micro_batch_size: fill each micro-batch up to this many padded tokens, "
+        "rows x (longest prompt + longest completion), images' tokens included (verl use_dynamic_bsz with "
+        "ppo_max_token_len_per_gpu), so long judge and reflection prompts go in fewer rows; null: micro_batch_size")
     updates_per_batch: int = Field(1, ge=1, description="optimizer steps on each rollout batch (GRPO's mu); "
                                    "above 1 the clipped ratio keeps later steps near the sampling policy")
     ppo_mini_batch_size: int | None = Field(

@@ -15,7 +15,7 @@ from spark_vl.config import RunConfig, save_model_config
 from spark_vl.models import load_model, vision_token_ids
 from spark_vl.records import JUDGE_KINDS, RolloutGroup
 from spark_vl.prompts import Templates, judge_claims
-from spark_vl.models.inputs import conversation
+from spark_vl.models.inputs import conversation, encode_prompts
 from spark_vl.runio import logger
 from spark_vl.train.engine import build_engine
 from spark_vl.models.forward import completion_batch, completion_logps
@@ -167,6 +167,24 @@ def mini_batches(sequences: list[Sequence], groups_per_step: int | None, seed: i
     return steps
 
 
+def token_budget_chunks(sizes: list[tuple[int, int]], budget: int) -> list[list[int]]:
+    """Indices of sequences, given as (prompt tokens, completion tokens), split in order into
+    micro-batches whose padded size, rows x (longest prompt + longest completion), stays within
+    `budget` (verl's ppo_max_token_len_per_gpu): long judge and reflection prompts then go in
+    fewer rows instead of setting the memory peak. A sequence over the budget goes alone."""
+    chunks: list[list[int]] = []
+    prompt = completion = 0
+    for i, (p, c) in enumerate(sizes):
+        wider_p, wider_c = max(prompt, p), max(completion, c)
+        if chunks and (len(chunks[-1]) + 1) * (wider_p + wider_c) <= budget:
+            chunks[-1].append(i)
+            prompt, completion = wider_p, wider_c
+        else:
+            chunks.append([i])
+            prompt, completion = p, c
+    return chunks
+
+
 class PolicyTrainer:
     """Holds the policy as a DeepSpeed engine and the frozen reference model for the KL term.
 
@@ -224,6 +242,7 @@ class PolicyTrainer:
         and the gradients are averaged. Loss is averaged over the steps; KL, entropy and clipping
         over the tokens of a pass. `mid_step` runs once, before the first backward (a fault point)."""
         train = self.config.train
+        self._prompt_lengths: dict[int, int] = {}
         sequences, flat_groups = sequences_with_signal(groups, self.config, self.processor.tokenizer)
         stats = {"train/flat_groups": float(flat_groups), "train/sequences": float(len(sequences))}
         if not sequences:
@@ -250,12 +269,29 @@ class PolicyTrainer:
                 "train/entropy": entropy_sum / total_tokens, "train/clip_frac": clipped / total_tokens}
 
     def _chunks(self, sequences: list[Sequence]) -> list[list[Sequence]]:
-        """This worker's share of a step (every world_size-th sequence) in micro-batches; every
+        """This worker's share of a step (every world_size-th sequence) in micro-batches of
+        `train.micro_batch_size` rows, or filled up to `train.max_tokens_per_micro_batch`; every
         worker gets the same number of them, so their collectives pair up (some may be empty)."""
         mine = sequences[self.rank::self.world_size]
-        n_chunks = math.ceil(math.ceil(len(sequences) / self.world_size) / self.config.train.micro_batch_size)
-        size = max(1, math.ceil(len(mine) / n_chunks))
-        return [mine[i * size:(i + 1) * size] for i in range(n_chunks)]
+        budget = self.config.train.max_tokens_per_micro_batch
+        if budget is None:
+            n_chunks = math.ceil(math.ceil(len(sequences) / self.world_size) / self.config.train.micro_batch_size)
+            size = max(1, math.ceil(len(mine) / n_chunks))
+            return [mine[i * size:(i + 1) * size] for i in range(n_chunks)]
+        sizes = [(self._prompt_tokens(s.conversation), len(s.completion)) for s in mine]
+        chunks = [[mine[i] for i in chunk] for chunk in token_budget_chunks(sizes, budget)]
+        count = torch.tensor([len(chunks)], device=self.device)
+        if self.world_size > 1:
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        return chunks + [[] for _ in range(int(count) - len(chunks))]
+
+    def _prompt_tokens(self, conversation: list[dict]) -> int:
+        """The prompt's length in tokens, image tokens included; once per conversation of a step
+        (a group's sequences share theirs)."""
+        key = id(conversation)
+        if key not in self._prompt_lengths:
+            self._prompt_lengths[key] = encode_prompts(self.processor, [conversation])["input_ids"].shape[1]
+        return self._prompt_lengths[key]
 
     def _proximal_logps(self, steps: list[list[Sequence]]) -> None:
         """Each sequence's log-probabilities under the trainer's policy before this batch's updates,
