@@ -86,7 +86,7 @@ def is_right(reward: float) -> bool:
     return reward >= 1.0
 
 
-def _images_relative(row: dict[str, Any], root: Path | None) -> dict[str, Any]:
+def images_relative(row: dict[str, Any], root: Path | None) -> dict[str, Any]:
     """A prompt row with its images under `root` written relative to it (a moved run directory
     still finds them); images elsewhere (a user's dataset) stay as they are."""
     if root is None:
@@ -100,7 +100,7 @@ def _images_relative(row: dict[str, Any], root: Path | None) -> dict[str, Any]:
 
 
 def _images_resolved(row: dict[str, Any], root: Path | None) -> dict[str, Any]:
-    """The inverse of `_images_relative`: relative images resolved against `root`."""
+    """The inverse of `images_relative`: relative images resolved against `root`."""
     if root is None:
         return row
     base = root.resolve()
@@ -109,7 +109,7 @@ def _images_resolved(row: dict[str, Any], root: Path | None) -> dict[str, Any]:
 
 def save_prompts(path: Path, prompts: list[PromptRecord], root: Path | None = None) -> None:
     """`root`: the run directory, which image paths inside it are written relative to."""
-    write_jsonl_atomic(path, (_images_relative(asdict(p), root) for p in prompts))
+    write_jsonl_atomic(path, (images_relative(asdict(p), root) for p in prompts))
 
 
 def load_prompts(path: Path, root: Path | None = None) -> list[PromptRecord]:
@@ -117,7 +117,7 @@ def load_prompts(path: Path, root: Path | None = None) -> list[PromptRecord]:
 
 
 def save_groups(path: Path, groups: list[RolloutGroup], root: Path | None = None) -> None:
-    write_jsonl_atomic(path, ({**asdict(g), "prompt": _images_relative(asdict(g.prompt), root)} for g in groups))
+    write_jsonl_atomic(path, ({**asdict(g), "prompt": images_relative(asdict(g.prompt), root)} for g in groups))
 
 
 def load_groups(path: Path, root: Path | None = None) -> list[RolloutGroup]:

@@ -69,7 +69,9 @@ def test_judge_command_writes_verdicts_and_probabilities(tiny_model_dir, tiny_da
     rows = [json.loads(line) for line in (tiny_data_dir / "eval.jsonl").read_text().splitlines()[:2]]
     shutil.copytree(tiny_data_dir / "images", tmp_path / "images")
     inputs = [{"image": rows[0]["image"], "question": rows[0]["question"], "answer": rows[0]["answer"]},
-              {"image": rows[1]["image"], "question": rows[1]["question"], "answer_a": "1", "answer_b": "2"}]
+              {"image": rows[1]["image"], "question": rows[1]["question"], "answer_a": "1", "answer_b": "2"},
+              {"images": [rows[0]["image"], rows[1]["image"]], "question": "Are the shapes in the two images the "
+               "same colour? Answer yes or no.", "answer": "no"}]  # two images asked about together
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in inputs) + "\n")
     result = CliRunner().invoke(app, ["judge", "--model", str(tiny_model_dir), str(tmp_path / "rows.jsonl"),
                                       "--out", str(tmp_path / "out.jsonl"), "--set", "rollout.max_new_tokens=8"])
@@ -84,6 +86,10 @@ def test_judge_command_writes_verdicts_and_probabilities(tiny_model_dir, tiny_da
                                       "--out", str(tmp_path / "never.jsonl")])
     assert result.exit_code == 2 and "bad.jsonl line 1" in result.output and "missing.png" in result.output
     assert not (tmp_path / "never.jsonl").exists()
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"images": "one.png", "question": "q", "answer": "a"}) + "\n")
+    result = CliRunner().invoke(app, ["judge", "--model", str(tiny_model_dir), str(tmp_path / "bad.jsonl"),
+                                      "--out", str(tmp_path / "never.jsonl")])
+    assert result.exit_code == 2 and "images must be a list" in result.output
 
 
 def test_best_of_n_keeps_what_the_judge_rates_highest():

@@ -363,3 +363,24 @@ def test_a_users_reward_function_pays_the_run_and_its_evaluation(tmp_path, tiny_
     rows = run(cfg, tmp_path / "run")
     assert rows[1]["rollout/reward_mean"] == 1.0 and rows[1]["eval/task_acc"] == 1.0
     assert rows[0]["eval/task_acc"] == 1.0  # a random model's answers: only the user's reward pays them
+
+
+def test_two_image_prompts_go_through_every_stage(tmp_path):
+    """The built-in `compare` family (two images per question) rendered into the run, rolled
+    out, graded, recycled (the recycled prompts keep both images), trained on and evaluated (its
+    held-out records name both images, relative to the run folder)."""
+    (tmp_path / "parity.py").write_text("def parity(response, answer, prompt):\n"
+                                        "    return float(len(response) % 2)\n")  # groups with signal
+    cfg = load_config(None, SMALL + ["data.builtin.families=[compare]", "train.iterations=1",
+                                     f"reward.function={tmp_path / 'parity.py'}:parity"])
+    run_dir = tmp_path / "run"
+    rows = run(cfg, run_dir)
+    assert rows[1]["train/sequences"] > 0
+    rollouts = [json.loads(line) for line in (run_dir / "iter-0001" / "rollouts.jsonl").read_text().splitlines()]
+    assert rollouts and all(len(group["prompt"]["images"]) == 2 for group in rollouts)
+    recycled = [json.loads(line) for line in (run_dir / "iter-0001" / "recycled.jsonl").read_text().splitlines()]
+    assert recycled and all(len(p["images"]) == 2 for p in recycled)
+    evaluated = [json.loads(line) for line in (run_dir / "iter-0001" / "eval_samples.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in evaluated} >= {"solve", "judge_pointwise", "judge_pairwise"}
+    for record in evaluated:
+        assert len(record["images"]) == 2 and all((run_dir / image).is_file() for image in record["images"])

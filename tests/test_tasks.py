@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from spark_vl.config import BuiltinDataConfig
-from spark_vl.data.tasks import COLOURS, FAMILIES, colour_scene, make_dataset, render
+from spark_vl.data.tasks import COLOURS, FAMILIES, colour_scene, compare_scene, make_dataset, render, render_images
 
 
 def _manifest(path):
@@ -18,7 +18,7 @@ def _digest(path):
 
 def test_every_family_present_with_answers(tiny_data_dir):
     rows = _manifest(tiny_data_dir / "train.jsonl")
-    assert {r["family"] for r in rows} == set(FAMILIES)
+    assert {r["family"] for r in rows} == set(FAMILIES) - {"compare"}  # the one-image families
     assert all(r["answer"] and (tiny_data_dir / r["image"]).is_file() for r in rows)
 
 
@@ -75,3 +75,40 @@ def test_held_out_split_covers_every_answer_of_the_training_split(tmp_path, fami
     train = {r["answer"] for r in _manifest(tmp_path / "train.jsonl")}
     held_out = {r["answer"] for r in _manifest(tmp_path / "eval.jsonl")}
     assert train == held_out or len(train) > 8  # arithmetic has many sums; small vocabularies match
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3])
+def test_compare_scenes_are_two_images_whose_pixels_give_the_answer(difficulty):
+    """Which image has more circles: the circles drawn (a circle's centre is its colour) decide
+    it; same colour: the two shapes' centre pixels decide it. Both kinds of question come up,
+    with every answer."""
+    import random
+
+    rng = random.Random(difficulty)
+    answers = set()
+    for _ in range(60):
+        scene = compare_scene(rng, 112, difficulty)
+        images = render_images(scene, 112)
+        assert len(images) == 2 and all(image.size == (112, 112) for image in images)
+        drawn = []
+        for image, shapes in zip(images, (scene.shapes, scene.second)):
+            assert all(image.getpixel((s.cx, s.cy)) == COLOURS[s.colour] for s in shapes if s.kind != "triangle")
+            drawn.append(shapes)
+        if scene.question.startswith("Which image"):
+            first, second = (sum(s.kind == "circle" for s in shapes) for shapes in drawn)
+            assert first != second and scene.answer == ("first" if first > second else "second")
+        else:
+            assert scene.answer == ("yes" if drawn[0][0].colour == drawn[1][0].colour else "no")
+        answers.add(scene.answer)
+    assert answers == {"first", "second", "yes", "no"}
+
+
+def test_compare_rows_name_both_images_and_load(tmp_path):
+    from spark_vl.data import load_dataset
+
+    manifests = make_dataset(tmp_path, BuiltinDataConfig(n_train=8, n_eval=4, families=["compare", "colour"]))
+    rows = _manifest(manifests["train"])
+    assert [len(r.get("images", [r.get("image")])) for r in rows] == [2, 1] * 4
+    samples = load_dataset(manifests["train"]).samples
+    assert [len(s.images) for s in samples] == [2, 1] * 4
+    assert _digest(tmp_path / rows[0]["images"][0]) != _digest(tmp_path / rows[0]["images"][1])

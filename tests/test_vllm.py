@@ -105,6 +105,29 @@ def test_vllm_logprobs_equal_a_transformers_forward_and_follow_reloaded_weights(
 
 
 @needs_vllm
+def test_vllm_rolls_out_two_image_prompts_as_transformers_scores_them(server, tiny_model_dir, tmp_path):
+    """A `compare` question (two images) sent through the OpenAI-style API: the served
+    log-probabilities are the transformers forward's over the same two images."""
+    from spark_vl.config import BuiltinDataConfig
+    from spark_vl.data import load_dataset
+    from spark_vl.data.tasks import make_dataset
+    from spark_vl.records import PromptRecord
+
+    cfg = vllm_config()
+    processor = load_processor(tiny_model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
+    suppress = vision_token_ids(processor.tokenizer)
+    engine = VLLMRolloutEngine(server, cfg.rollout, cfg.model, suppress, image_patch_size=14, show_progress=False)
+    samples = load_dataset(make_dataset(tmp_path, BuiltinDataConfig(n_train=2, n_eval=1, families=["compare"]))
+                           ["train"]).samples
+    prompts = [PromptRecord(s.id, "solve", list(s.images), s.question, s.answer, s.question, s.answer, s.id)
+               for s in samples]
+    assert all(len(p.images) == 2 for p in prompts)
+    groups = engine.generate(prompts, 3, seed=4)
+    assert [len(g.responses) for g in groups] == [3, 3]
+    for ours, served in _forward_logps(tiny_model_dir, groups, cfg, processor, suppress):
+        assert torch.allclose(ours, served, atol=1e-3)
+
+@needs_vllm
 def test_vllm_serves_a_lora_policy_as_the_adapted_model(server, tiny_model_dir, tiny_data_dir, tmp_path):
     """A LoRA run's saved policy is the merged model: the server reloads it like any policy and
     samples from base + adapter, within the tolerance of the test above."""

@@ -35,7 +35,7 @@ def init_tiny(
 @app.command("make-data")
 def make_data(
     out_dir: Annotated[Path, typer.Argument(help="folder for PNGs and train/eval JSONL manifests")],
-    families: Annotated[Optional[str], typer.Option(help="comma list: colour,count,position,size,arithmetic")] = None,
+    families: Annotated[Optional[str], typer.Option(help="comma list: colour,count,position,size,arithmetic,compare")] = None,
     difficulty: Annotated[Optional[int], typer.Option(help="1 (easy) to 3 (hard)")] = None,
     n_train: Annotated[Optional[int], typer.Option(help="training prompts")] = None,
     n_eval: Annotated[Optional[int], typer.Option(help="held-out prompts")] = None,

@@ -15,9 +15,9 @@ from spark_vl.cli.app import ConfigArg, SetOpt, app, load_config_or_exit, model_
 
 def _judge_prompts(path: Path, cfg) -> list:
     """Judge prompts from JSONL rows {image, question, answer} (pointwise) or {image, question,
-    answer_a, answer_b} (pairwise); images relative to the file. Stops at the first bad row,
-    naming it and what it needs."""
-    from spark_vl.evaluate.requests import ROW_HELP, request_kind, request_prompt
+    answer_a, answer_b} (pairwise), `images` for several; images relative to the file. Stops at
+    the first bad row, naming it and what it needs."""
+    from spark_vl.evaluate.requests import ROW_HELP, request_kind, request_prompt, row_images
     from spark_vl.prompts import Templates
 
     templates = Templates.load(cfg.spark.templates)
@@ -29,10 +29,11 @@ def _judge_prompts(path: Path, cfg) -> list:
             row = json.loads(line)
             if request_kind(row) == "solve":
                 raise ValueError(f"nothing to judge ({ROW_HELP})")
-            image = path.parent / row["image"]
-            if not image.is_file():
-                raise ValueError(f"image {image} does not exist")
-            prompts.append(request_prompt(row, f"row{number}", str(image), cfg, templates))
+            images = [path.parent / image for image in row_images(row)]
+            for image in images:
+                if not image.is_file():
+                    raise ValueError(f"image {image} does not exist")
+            prompts.append(request_prompt(row, f"row{number}", [str(image) for image in images], cfg, templates))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             typer.echo(f"error: {path} line {number}: {exc} ({ROW_HELP})", err=True)
             raise typer.Exit(2) from None

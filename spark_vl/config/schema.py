@@ -71,9 +71,10 @@ class ModelConfig(Section):
 class BuiltinDataConfig(Section):
     """The built-in synthetic visual tasks rendered with PIL."""
 
-    families: list[Literal["colour", "count", "position", "size", "arithmetic"]] = Field(
+    families: list[Literal["colour", "count", "position", "size", "arithmetic", "compare"]] = Field(
         ["colour", "count"], description="task families, cycled through: the colour of a shape, the number of "
-        "circles, left or right, the bigger of two shapes, sums (products at difficulty 3) of drawn digits")
+        "circles, left or right, the bigger of two shapes, sums (products at difficulty 3) of drawn digits, and two "
+        "images compared (which has more circles; do their shapes share a colour)")
     difficulty: int = Field(1, ge=1, le=3, description="1 (easy) to 3: more colours and counts, distractors, "
                             "closer positions and sizes, larger numbers")
     image_size: int = Field(112, ge=56, le=1024, description="side of the square images, pixels")
@@ -110,7 +111,7 @@ class VLLMConfig(Section):
     port: int = Field(0, ge=0, le=65535, description="0: a free port")
     args: list[str] = Field(
         ["--dtype", "float32", "--enforce-eager", "--distributed-executor-backend", "uni",
-         "--max-model-len", "1024", "--limit-mm-per-prompt", '{"image": 1, "video": 0}'],
+         "--max-model-len", "1024", "--limit-mm-per-prompt", '{"image": 2, "video": 0}'],
         description="extra server arguments (these defaults suit the tiny model on a CPU)")
     env: dict[str, str] = Field(
         {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"},

@@ -112,8 +112,8 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     metrics = {"eval/task_acc": sum(correct) / len(tasks),
                "eval/well_formed": sum(well_formed(a, pool.answer_format) for a in answers) / len(answers)}
 
-    records = [{"kind": "solve", "prompt": t.text, "label": t.label, "response": r, "reward": c}
-               for t, r, c in zip(tasks, answers, correct)]
+    records = [{"kind": "solve", "prompt": t.text, "images": list(t.images), "label": t.label, "response": r,
+                "reward": c} for t, r, c in zip(tasks, answers, correct)]
 
     pointwise, pairwise = held_out_judge_prompts(samples, config, templates, config.train.seed)
     metrics["eval/judge_pointwise_acc"], responses, rewards = _judge_accuracy(engine, pointwise)
@@ -189,8 +189,8 @@ def best_of_n_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], config:
 
 
 def _judge_records(prompts: list[PromptRecord], responses: list[str], rewards: list[float]) -> list[dict]:
-    return [{"kind": p.kind, "prompt": p.text, "label": p.label, "response": r, "reward": reward}
-            for p, r, reward in zip(prompts, responses, rewards)]
+    return [{"kind": p.kind, "prompt": p.text, "images": list(p.images), "label": p.label, "response": r,
+             "reward": reward} for p, r, reward in zip(prompts, responses, rewards)]
 
 
 def reflection_outcomes(greedy: list[float], reflected: list[float], gated: list[bool]) -> dict[str, float]:

@@ -14,9 +14,9 @@ from spark_vl.verify.grading import judge_reward
 VERDICTS = {"judge_pointwise": ("Yes", "No"), "judge_pairwise": ("A", "B")}
 
 
-def question_source(source_id: str, image: str, question: str) -> PromptRecord:
+def question_source(source_id: str, images: list[str], question: str) -> PromptRecord:
     """A task prompt without a known answer: what a user's judge row or a preference pair asks."""
-    return PromptRecord(id=source_id, kind="solve", images=[image], text=question, label="", question=question,
+    return PromptRecord(id=source_id, kind="solve", images=list(images), text=question, label="", question=question,
                         answer="", source_id=source_id)
 
 
@@ -74,7 +74,7 @@ def preference_accuracy(engine, pairs: list[PreferencePair], templates: Template
     for key, swap in (("eval/judge_bench_acc", False), ("eval/judge_bench_acc_swapped", True)):
         prompts = []
         for pair in pairs:
-            source = question_source(pair.id, pair.image, pair.query)
+            source = question_source(pair.id, [pair.image], pair.query)
             preferred, other = pair.responses[pair.preferred], pair.responses[1 - pair.preferred]
             prompts.append(pairwise_judge_sample(source, preferred, other, templates.pairwise[0],
                                                  (pair.preferred == 0) != swap, pair.id))

@@ -1,7 +1,8 @@
 """What a trained policy is asked outside training, in one row format shared by `spark-vl judge`
 and the registered MLflow Model: {image, question} asks for an answer; with `answer` it asks
 whether that answer is right (pointwise); with `answer_a` and `answer_b`, which of them is
-(pairwise). The prompts are the ones the policy was trained on (its templates and instruction)."""
+(pairwise). `images` (a list) instead of `image` asks about several images together (the CLI).
+The prompts are the ones the policy was trained on (its templates and instruction)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from spark_vl.prompts import Templates, pairwise_judge_sample, pointwise_judge_s
 from spark_vl.records import PromptRecord
 from spark_vl.verify import extract_answer, extract_verdict
 
-ROW_HELP = "a row needs image and question, and to be judged answer, or answer_a and answer_b"
+ROW_HELP = "a row needs image (or a list, images) and question, and to be judged answer, or answer_a and answer_b"
 OUTPUT_COLUMNS = ("reply", "answer", "verdict", "p_positive")
 
 
 def request_kind(row: dict[str, Any]) -> str:
     """`solve`, `judge_pointwise` or `judge_pairwise`; ValueError naming what is missing."""
-    missing = [key for key in ("image", "question") if not row.get(key)]
+    missing = [key for key in ("image", "question") if not row.get(key) and not (key == "image" and row.get("images"))]
     if missing:
         raise ValueError(f"no {' or '.join(missing)} ({ROW_HELP})")
     pair = [row.get(key) not in (None, "") for key in ("answer_a", "answer_b")]
@@ -31,17 +32,25 @@ def request_kind(row: dict[str, Any]) -> str:
     return "judge_pointwise" if row.get("answer") not in (None, "") else "solve"
 
 
-def request_prompt(row: dict[str, Any], row_id: str, image: str, config: RunConfig,
+def row_images(row: dict[str, Any]) -> list[str]:
+    """The row's images as it names them: `images`, a list, or `image`, one."""
+    images = row.get("images") or [row.get("image")]
+    if not isinstance(images, list) or not all(isinstance(image, str) and image for image in images):
+        raise ValueError(f"images must be a list of image files, not {images!r}")
+    return images
+
+
+def request_prompt(row: dict[str, Any], row_id: str, images: list[str], config: RunConfig,
                    templates: Templates) -> PromptRecord:
-    """The prompt of one row; `image` is the row's image as a local file."""
+    """The prompt of one row; `images` are the row's images as local files."""
     kind = request_kind(row)
-    source = question_source(row_id, image, str(row["question"]))
+    source = question_source(row_id, images, str(row["question"]))
     if kind == "judge_pairwise":
         return pairwise_judge_sample(source, str(row["answer_a"]), str(row["answer_b"]), templates.pairwise[0],
                                      True, row_id)
     if kind == "judge_pointwise":
         return pointwise_judge_sample(source, str(row["answer"]), True, templates.pointwise[0], row_id)
-    return solve_prompt(TaskSample(row_id, 0, (image,), source.question, ""), config.data.instruction)
+    return solve_prompt(TaskSample(row_id, 0, tuple(images), source.question, ""), config.data.instruction)
 
 
 def respond(engine, prompts: list[PromptRecord], config: RunConfig) -> list[dict[str, Any]]:

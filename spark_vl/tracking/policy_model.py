@@ -84,7 +84,7 @@ class RegisteredPolicy(PythonModel):
         for number, row in enumerate(rows):
             row = {key: value for key, value in row.items() if isinstance(value, str) or not pd.isna(value)}
             try:
-                prompts.append(request_prompt(row, f"row{number}", self._image_file(row, number), self.config,
+                prompts.append(request_prompt(row, f"row{number}", [self._image_file(row, number)], self.config,
                                               self.templates))
             except ValueError as error:
                 raise MlflowException(f"row {number}: {error}", INVALID_PARAMETER_VALUE) from None
