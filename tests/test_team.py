@@ -304,3 +304,53 @@ def test_mlflow_refuses_a_short_admin_password_before_it_starts(tmp_path):
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "MLFLOW_AUTH_ADMIN_PASSWORD is shorter than 12 characters" in result.stderr
     assert "short-pass1" not in result.stderr
+
+
+@pytest.mark.slow
+def test_four_runs_at_once_through_a_deployment_lose_nothing_and_the_best_is_champion(team, tmp_path, tiny_data_dir,
+                                                                                      monkeypatch):
+    """Four runs of one deployment, triggered together and worked at once by one worker, on the
+    PostgreSQL-backed servers: every run completes with each iteration's metrics logged once,
+    each registers one version, and the champion is the run whose held-out accuracy is best
+    (its reward function pays every answer; the others pay none or about half)."""
+    client = team["client"]
+    (tmp_path / "grade.py").write_text("def none(response, answer, prompt):\n    return 0.0\n\n\n"
+                                      "def every(response, answer, prompt):\n    return 1.0\n\n\n"
+                                      "def parity(response, answer, prompt):\n    return float(len(response) % 2)\n")
+    config = _small_config(tmp_path, tiny_data_dir, "four", "train.iterations=2", "tracking.experiment=four",
+                           "tracking.registered_model=four")
+    deployment = {"name": "four", "entrypoint": "flows/co_evolve.py:co_evolve", "work_pool": {"name": "spark-vl"},
+                  "parameters": {"config_path": str(config), "allow_keys": ["reward.function"]}}
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump({"name": "spark-vl", "deployments": [deployment]}))
+    prefect_cli(client, "work-pool", "create", "spark-vl", "--type", "process", "--overwrite")
+    prefect_cli(client, "deploy", "--all", "--prefect-file", str(tmp_path / "prefect.yaml"))
+    pays = {"run-a": "none", "run-b": "parity", "run-c": "every", "run-d": "none"}
+    for name, function in pays.items():
+        prefect_cli(client, "deployment", "run", "co-evolve/four", "--param", f"run_name={name}", "--param",
+                    f'overrides=["reward.function={tmp_path / "grade.py"}:{function}"]')
+    worker = subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", "spark-vl", "--run-once", "--limit", "4"],
+                            cwd=REPO, env=client, capture_output=True, text=True, timeout=900)
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+
+    states = prefect_client_json("print(json.dumps({r.parameters.get('run_name'): [r.state.type.value,"
+                                 " r.start_time.timestamp(), r.end_time.timestamp()] for r in c.read_flow_runs()}))",
+                                 client)
+    assert {name: states[name][0] for name in pays} == {name: "COMPLETED" for name in pays}
+    assert max(states[name][1] for name in pays) < min(states[name][2] for name in pays)  # all four ran at once
+
+    from spark_vl import tracking
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, client[key])
+    mlflow_client = tracking.client()
+    runs = {run.info.run_name: run for run in
+            mlflow_client.search_runs([mlflow_client.get_experiment_by_name("four").experiment_id])}
+    assert sorted(runs) == sorted(pays) and all(run.info.status == "FINISHED" for run in runs.values())
+    for run in runs.values():
+        for metric in ("iteration", "eval/task_acc", "rollout/reward_mean"):
+            steps = [m.step for m in mlflow_client.get_metric_history(run.info.run_id, metric)]
+            assert sorted(steps) == ([0, 1, 2] if metric != "rollout/reward_mean" else [1, 2]), (metric, steps)
+    versions = mlflow_client.search_model_versions("name='four'")
+    assert sorted(v.run_id for v in versions) == sorted(run.info.run_id for run in runs.values())
+    champion = mlflow_client.get_model_version_by_alias("four", "champion")
+    assert runs["run-c"].info.run_id == champion.run_id and float(champion.tags["task_acc"]) == 1.0
