@@ -4,6 +4,9 @@ an MFU estimate and peak memory. Runs without Prefect and MLflow (the lent machi
 
     bash bench/gpu_check.sh            # on the GPU machine (installs the carried wheels first)
     python bench/gpu_check.py --smoke  # the same path with a tiny model, on any machine
+    bash bench/gpu_check.sh --set train.tis_imp_ratio_cap=2 --set train.max_tokens_per_micro_batch=16384 \
+        --set train.adv_estimator=rloo --set train.kl_loss_type=k1
+                                       # the training options of issue #28 on CUDA (bf16, all-reduce on device)
 
 MFU counts 6 N FLOPs per trained token for the policy's forward and backward plus 2 N for the
 reference model's forward (N: parameters), against the device's dense bf16 peak (--peak-tflops,
@@ -40,8 +43,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny model: check the path, not the speed")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="a config override after the check's own, e.g. --set train.tis_imp_ratio_cap=2 "
+                        "(repeatable; the docstring shows the training options of issue #28 at once)")
     args = parser.parse_args()
-    config = load_config(ROOT / "configs" / "tiny.yaml", COMMON + (SMOKE if args.smoke else TWO_B))
+    config = load_config(ROOT / "configs" / "tiny.yaml", COMMON + (SMOKE if args.smoke else TWO_B) + args.overrides)
+    if args.overrides:
+        print(f"overrides: {' '.join(args.overrides)}")
     cuda = torch.cuda.is_available()
     print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'}; torch {torch.__version__}")
     run_dir = Path(tempfile.mkdtemp(prefix="gpu-check-")) / "run"

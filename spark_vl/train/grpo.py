@@ -33,6 +33,8 @@ def group_advantages(rewards: list[float], eps: float = 1e-6, by_std: bool = Tru
     of equal rewards gets zeros (no signal). The std is the group's population std (divide by G);
     TRL and verl divide by the sample std (G - 1), so their advantages are sqrt((G - 1) / G) of
     ours (0.866 at G = 4): the same direction, a weaker pull against the KL term."""
+    if len(rewards) < 2:  # no group to compare with (and no std of nothing)
+        return [0.0] * len(rewards)
     values = torch.tensor(rewards, dtype=torch.float64)
     std = values.std(unbiased=False)
     if std < eps:
