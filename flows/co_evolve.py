@@ -86,7 +86,10 @@ def log(cfg: RunConfig, run_dir: str, k: int, mlflow_run_id: str) -> dict[str, f
     create_markdown_artifact(key="spark-metrics", markdown=pipeline.metrics_markdown(row),
                              description=f"SPARK metrics, iteration {k}")
     plot = plots.plot_coevolution(rows, Path(run_dir) / "coevolution.png") if "eval/task_acc" in row else None
-    tracking.log_step(mlflow_run_id, rows, plot)  # also what MLflow missed before
+    audit = layout.iter_dir(Path(run_dir), k) / layout.VERIFIER_DISAGREEMENTS
+    # Also what MLflow missed before; then this evaluation's audit, when MLflow answers.
+    if tracking.log_step(mlflow_run_id, rows, plot) and audit.exists() and (cases := list(read_jsonl(audit))):
+        tracking.log_table(mlflow_run_id, cases, f"audit/verifier_disagreements-k{k:04d}.json")
     return row
 
 

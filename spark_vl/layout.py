@@ -17,6 +17,8 @@ output exists is skipped, so a rerun continues where the last one stopped):
     iter-KKKK/verified.jsonl     the same with rewards, statuses and extracted answers
     iter-KKKK/recycled.jsonl     the queue: judge and reflection prompts for iteration K+1
     iter-KKKK/eval_samples.jsonl the graded held-out responses of an evaluation
+    iter-KKKK/verifier_disagreements.jsonl  held-out answers the judge confidently grades
+                                 otherwise than the verifier (`spark-vl audit`)
     iter-KKKK/<stage>.json       each stage's metrics
     iter-KKKK/registered.json    the registry version of policy K, once registered
     metrics.jsonl                one row per iteration (iteration 0: the starting policy)
@@ -31,6 +33,9 @@ from typing import Any
 
 from spark_vl.config import ConfigError, RunConfig, load_config
 from spark_vl.runio import DamagedOutput, logger, read_jsonl, write_text_atomic
+
+
+VERIFIER_DISAGREEMENTS = "verifier_disagreements.jsonl"
 
 
 def iter_dir(run_dir: Path, k: int) -> Path:

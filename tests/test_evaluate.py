@@ -153,3 +153,48 @@ def test_the_held_out_digest_names_what_accuracy_is_measured_on(tmp_path):
                                      config)
     assert digest != held_out_digest(samples, load_config(None, ["eval.n_task=3"]))
     assert digest != held_out_digest(samples, load_config(None, ["eval.n_task=2", "data.instruction=Box it."]))
+
+
+def test_the_audit_surfaces_what_a_broken_grader_misgrades(tmp_path):
+    """A user's grader that cannot read a number written with a space in its box (a form it does
+    not parse) pays 0 for right answers. Beside the verdicts of a judge that knows the truth
+    (P(right) 0.97 for right answers, 0.03 for wrong ones, none for a reply without a verdict),
+    the audit lists exactly the right answers the grader refused, most confident first; an
+    unsure judge (0.6) raises nothing. `spark-vl audit` prints them from a run folder."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from spark_vl.cli import app
+    from spark_vl.evaluate import disagreements
+    from spark_vl.records import PromptRecord, task_item
+    from spark_vl.verify import GradingPool
+
+    (tmp_path / "grader.py").write_text(
+        "import re\n\n\ndef strict(response, answer, prompt):\n"
+        "    found = re.search(r'\\\\boxed\\{(\\d+)\\}', response)\n"
+        "    return float(bool(found) and found.group(1) == answer)\n")
+    replies = ["\\boxed{3}", "\\boxed{ 4}", "\\boxed{2}", "\\boxed{ 5}", "\\boxed{ 7}", "\\boxed{1}"]
+    truths = ["3", "4", "3", "5", "7", "1"]
+    prompts = [PromptRecord(f"q{i}", "solve", [], "How many circles are there?", t, "q", t, f"q{i}")
+               for i, t in enumerate(truths)]
+    with GradingPool(workers=1, timeout_s=5.0, reward_function=f"{tmp_path / 'grader.py'}:strict") as pool:
+        rewards = [g.reward for g in pool.grade([task_item(r, p) for r, p in zip(replies, prompts)])]
+    assert rewards == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0]  # q1, q3, q4 right but refused; q2 rightly wrong
+    judge = [0.97, 0.99, 0.03, 0.95, None, 0.6]  # q4: no verdict; q5: unsure
+    cases = [{"kind": "judge_own", "prompt": p.text, "label": p.label, "answer": r[7:-1].strip(),
+              "policy_reply": r, "verifier_reward": reward, "p_positive": q}
+             for p, r, reward, q in zip(prompts, replies, rewards, judge)]
+    found = disagreements(cases)
+    assert [c["label"] for c in found] == ["4", "5"] and found[0]["judge_confidence"] == 0.99
+    assert disagreements([{**cases[0], "p_positive": 0.05}]) != []  # right by the verifier, confidently wrong
+
+    run = tmp_path / "run"
+    (run / "iter-0002").mkdir(parents=True)
+    (run / "iter-0002" / "verifier_disagreements.jsonl").write_text("".join(json.dumps(c) + "\n" for c in found))
+    (run / "metrics.jsonl").write_text(json.dumps({"iteration": 2, "verify/judge_disagreement_rate": 0.4}) + "\n")
+    result = CliRunner().invoke(app, ["audit", str(run), "--top", "1"])
+    assert result.exit_code == 0, result.output
+    assert "0.400" in result.output and "(1 of 2)" in result.output and "P(right) 0.990" in result.output
+    assert "truth '4'" in result.output and "answer '4'" in result.output
+    assert CliRunner().invoke(app, ["audit", str(tmp_path)]).exit_code == 2

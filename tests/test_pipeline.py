@@ -21,7 +21,7 @@ from spark_vl.train.trainer import PolicyTrainer, mini_batches, sequences_with_s
 METRICS = ["eval/task_acc", "eval/task_acc_reflect", "eval/judge_pointwise_acc", "eval/judge_pairwise_acc",
            "eval/well_formed", "eval/judge_well_formed", "eval/judge_same_form_acc", "eval/judge_restated", "eval/judge_ece", "eval/judge_brier",
            "rollout/reward_mean", "rollout/all_correct_frac", "rollout/all_wrong_frac", "rollout/response_len",
-           "verify/timeout_frac", "recycle/n_pointwise", "recycle/n_pairwise", "recycle/n_reflect",
+           "verify/timeout_frac", "verify/judge_disagreement_rate", "recycle/n_pointwise", "recycle/n_pairwise", "recycle/n_reflect",
            "aux/judge_reward_mean", "aux/reflect_reward_mean", "train/loss", "train/kl", "train/entropy",
            "time/rollout_s", "time/verify_s", "time/recycle_s", "time/train_s", "time/evaluate_s",
            "throughput/rollout_tokens_per_s"]
@@ -196,6 +196,9 @@ def test_two_iterations_end_to_end_and_rerun_skips(tmp_path, tiny_data_dir):
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     for name in METRICS:
         assert name in rows[2], name
+    assert (run_dir / "iter-0002" / "verifier_disagreements.jsonl").exists()  # the audit of each evaluation
+    own = [json.loads(line) for line in (run_dir / "iter-0002" / "eval_samples.jsonl").read_text().splitlines()]
+    assert all({"verifier_reward", "p_positive", "policy_reply"} <= set(r) for r in own if r["kind"] == "judge_own")
     for k in (0, 1, 2):
         assert (policy_dir(run_dir, k) / "config.json").exists()
         assert load_model_config(policy_dir(run_dir, k)) == cfg  # a policy knows what it was trained with

@@ -95,3 +95,33 @@ def recycle_cmd(
     for prompt in result.prompts:
         typer.echo(json.dumps(asdict(prompt), ensure_ascii=False))
     typer.echo(f"{len(solve)} solve groups -> {json.dumps(result.counts)}", err=True)
+
+
+@app.command("audit")
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. runs/tiny")],
+    top: Annotated[int, typer.Option(help="cases of the latest evaluation to print")] = 10,
+) -> None:
+    """Where the run's own judge, confident (P(right) >= 0.9 or <= 0.1), grades a held-out answer
+    otherwise than the verifier: per evaluation how many, then the latest's most confident cases.
+    Once the judge is good these are the verifier's likely mistakes (or wrong reference answers)."""
+    from spark_vl.layout import VERIFIER_DISAGREEMENTS, metric_rows
+    from spark_vl.runio import read_jsonl
+
+    files = sorted(run_dir.glob(f"iter-*/{VERIFIER_DISAGREEMENTS}"))
+    if not files:
+        typer.echo(f"error: {run_dir} holds no {VERIFIER_DISAGREEMENTS}: not a run folder, or no evaluation "
+                   "has finished yet", err=True)
+        raise typer.Exit(2)
+    rates = {int(r["iteration"]): r.get("verify/judge_disagreement_rate") for r in metric_rows(run_dir)}
+    typer.echo("iteration  disagreements  share of judged answers")
+    for path in files:
+        k = int(path.parent.name.removeprefix("iter-"))
+        rate = rates.get(k)
+        typer.echo(f"{k:9d}  {len(list(read_jsonl(path))):13d}  {'' if rate is None else f'{rate:.3f}':>23}")
+    latest = list(read_jsonl(files[-1]))
+    typer.echo(f"\nmost confident of {files[-1].parent.name} ({min(top, len(latest))} of {len(latest)}):")
+    for case in latest[:top]:
+        typer.echo(f"- judge P(right) {case['p_positive']:.3f}, verifier reward {case['verifier_reward']:g}; "
+                   f"truth {case['label']!r}, answer {case['answer']!r}\n  question: {case['prompt']}\n"
+                   f"  reply: {case['policy_reply']}")

@@ -9,6 +9,7 @@ from collections import defaultdict
 
 from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
+from spark_vl.evaluate.audit import disagreements
 from spark_vl.evaluate.judge import calibration, verdict_probabilities
 from spark_vl.records import PromptRecord, is_right, task_item
 from spark_vl.prompts import (POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample,
@@ -135,13 +136,20 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
 
     # The judge on the policy's own answers: can it catch its own mistakes?
     rng = random.Random(config.train.seed)
-    own = [(t, extract_answer(a, pool.answer_format), c) for t, a, c in zip(tasks, answers, correct)
+    own = [(t, extract_answer(a, pool.answer_format), c, a) for t, a, c in zip(tasks, answers, correct)
            if extract_answer(a, pool.answer_format)]
     own_prompts = [pointwise_judge_sample(t, answer, is_right(c), rng.choice(templates.pointwise), f"{t.id}/own")
-                   for t, answer, c in own]
+                   for t, answer, c, _ in own]
     wrong_own = [p for p in own_prompts if p.label not in POSITIVE_LABELS]
     metrics["eval/judge_own_wrong_acc"] = _judge_accuracy(engine, wrong_own)[0]
-    metrics["eval/judge_own_acc"] = _judge_accuracy(engine, own_prompts)[0]
+    metrics["eval/judge_own_acc"], replies, _ = _judge_accuracy(engine, own_prompts)
+    # The verifier audited by the judge: its P(right) for each answer beside the verifier's grade.
+    own_records = [{"kind": "judge_own", "prompt": t.text, "images": list(t.images), "label": t.label,
+                    "policy_reply": raw, "answer": answer, "verifier_reward": c, "response": reply, "p_positive": p}
+                   for (t, answer, c, raw), reply, p in zip(own, replies,
+                                                            verdict_probabilities(engine, own_prompts, replies))]
+    records += own_records
+    metrics["verify/judge_disagreement_rate"] = len(disagreements(own_records)) / max(1, len(own_records))
 
     metrics.update(self_reflect(engine, tasks, answers, correct, config, templates, pool))
     if ev.best_of_n:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from spark_vl.config import RunConfig
-from spark_vl.evaluate import evaluate, held_out_digest
+from spark_vl.evaluate import disagreements, evaluate, held_out_digest
 from spark_vl.faults import fault_point
-from spark_vl.layout import (deepspeed_dir, deepspeed_tag, iter_dir, metric_rows, policy_dir, prune_deepspeed_state,
-                             prune_policies, read_json, write_json)
+from spark_vl.layout import (VERIFIER_DISAGREEMENTS, deepspeed_dir, deepspeed_tag, iter_dir, metric_rows, policy_dir,
+                             prune_deepspeed_state, prune_policies, read_json, write_json)
 from spark_vl.pipeline.grading import grade_groups
 from spark_vl.pipeline.sampling import sample_groups, sample_until_informative, task_prompts
 from spark_vl.records import KINDS, images_relative, is_right, load_groups, load_prompts, save_groups, save_prompts
@@ -185,7 +185,9 @@ def stage_evaluate(ws: Workspace, k: int) -> Writes | None:
                                 ws.processor.tokenizer)
     metrics["time/evaluate_s"] = time.perf_counter() - start
     records = [images_relative(record, ws.run_dir) for record in records]
+    audit = disagreements([r for r in records if r["kind"] == "judge_own"])
     return [lambda: write_jsonl_atomic(iter_dir(ws.run_dir, k) / "eval_samples.jsonl", records),
+            lambda: write_jsonl_atomic(iter_dir(ws.run_dir, k) / VERIFIER_DISAGREEMENTS, audit),
             metrics_write(ws, k, "eval", metrics)]
 
 
