@@ -113,6 +113,7 @@ def test_vllm_rolls_out_two_image_prompts_as_transformers_scores_them(server, ti
     from spark_vl.data.tasks import make_dataset
     from spark_vl.records import PromptRecord
 
+    server.load_weights(tiny_model_dir)  # the module's server: another test may have served other weights
     cfg = vllm_config()
     processor = load_processor(tiny_model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
     suppress = vision_token_ids(processor.tokenizer)
