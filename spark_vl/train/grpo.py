@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from itertools import accumulate
+from typing import Any, Literal
 
 import torch
 
@@ -65,9 +66,13 @@ def batch_whitened(rewards: list[list[float]], lengths: list[list[int]], eps: fl
     var = (((flat - mean) ** 2) * weights).sum() / (tokens - 1)
     if var < eps:
         return [[0.0] * len(group) for group in rewards]
-    values = ((flat - mean) / torch.sqrt(var + eps)).tolist()
-    sizes = [len(group) for group in rewards]
-    return [values[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(len(sizes))]
+    return regroup(((flat - mean) / torch.sqrt(var + eps)).tolist(), rewards)
+
+
+def regroup(flat: list[float], like: list[list[Any]]) -> list[list[float]]:
+    """`flat`, one value per item of `like`'s groups in order, split back into those groups."""
+    ends = list(accumulate(len(group) for group in like))
+    return [flat[end - len(group):end] for group, end in zip(like, ends)]
 
 
 def compute_advantages(rewards: list[list[float]], lengths: list[list[int]], estimator: AdvEstimator = "grpo",

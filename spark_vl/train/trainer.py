@@ -20,7 +20,7 @@ from spark_vl.runio import logger
 from spark_vl.train.engine import build_engine
 from spark_vl.models.forward import completion_batch, completion_logps
 from spark_vl.train.grpo import (LossOptions, compute_advantages, group_advantages, grpo_loss, label_balanced,
-                                 loss_normaliser)
+                                 loss_normaliser, regroup)
 from spark_vl.train.lora import ADAPTER_DIR, add_adapters, load_adapter_weights, merged_state_dict
 from spark_vl.verify.extract import box_span
 
@@ -138,9 +138,7 @@ def claims_advantages(groups: list[RolloutGroup], templates: Templates, tokenize
 
     def batch_advantages(check) -> list[list[float]]:
         scores = [[float(c is not None and check(c)) for c in group] for group in claims]
-        flat = group_advantages([s for group in scores for s in group], by_std=by_std)
-        sizes = [len(group) for group in scores]
-        return [flat[sum(sizes[:i]):sum(sizes[:i + 1])] for i in range(len(sizes))]
+        return regroup(group_advantages([s for group in scores for s in group], by_std=by_std), scores)
 
     verdicts = batch_advantages(lambda c: c.consistent)
     readings = batch_advantages(lambda c: c.seen_right)
