@@ -15,6 +15,7 @@ import tempfile
 import threading
 import tomllib
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -304,3 +305,102 @@ def test_mlflow_refuses_a_short_admin_password_before_it_starts(tmp_path):
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "MLFLOW_AUTH_ADMIN_PASSWORD is shorter than 12 characters" in result.stderr
     assert "short-pass1" not in result.stderr
+
+
+def test_runs_starting_together_on_one_data_set_each_record_it(postgres, team, tmp_path, tiny_data_dir, monkeypatch):
+    """Eight runs log the same datasets at the same moment into the PostgreSQL store the server
+    uses (as a client given the database's URI does): each run lists both, and the experiment holds
+    each dataset once. MLflow's SQL store inserts a new dataset after looking for it, so all but one
+    of them meet its key (in 16 of 20 tries here without tracking's second try); three rounds."""
+    from spark_vl import tracking
+    from spark_vl.pipeline import dataset_tables
+
+    dotenv, database = postgres
+    user, password = (quote(dotenv[key], safe="") for key in ("POSTGRES_USER", "POSTGRES_PASSWORD"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql+psycopg2://{user}:{password}@{database['POSTGRES_HOST']}:"
+                                              f"{database['POSTGRES_PORT']}/mlflow")
+    monkeypatch.chdir(tmp_path)  # where MLflow puts a bare database store's artifacts
+    for round_ in range(3):
+        cfg = load_config(None, [f"tracking.experiment=together-{round_}",
+                                 f"data.train_path={tiny_data_dir / 'train.jsonl'}",
+                                 f"data.eval_path={tiny_data_dir / 'eval.jsonl'}"])
+        tables = dataset_tables(cfg, tmp_path / "run")
+        run_ids = [tracking.open_run(cfg, tmp_path / f"run-{round_}-{i}", f"together-{i}") for i in range(8)]
+        start, errors = threading.Barrier(len(run_ids)), []
+
+        def log(run_id):
+            start.wait()
+            try:
+                tracking.log_datasets(run_id, tables)
+            except Exception as error:  # noqa: BLE001 - shown by the assertion below
+                errors.append(repr(error)[:500])
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in run_ids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == [], errors[0]
+        client = tracking.client()
+        logged = set()
+        for run_id in run_ids:
+            inputs = client.get_run(run_id).inputs.dataset_inputs
+            assert sorted(i.tags[0].value for i in inputs) == ["eval", "train"]
+            logged |= {(i.dataset.name, i.dataset.digest) for i in inputs}
+        assert len(logged) == 2
+
+
+@pytest.mark.slow
+def test_four_runs_at_once_through_a_deployment_lose_nothing_and_the_best_is_champion(team, tmp_path, tiny_data_dir,
+                                                                                      monkeypatch):
+    """Four runs of one deployment, triggered together and worked at once by one worker, on the
+    PostgreSQL-backed servers: every run completes with each iteration's metrics logged once,
+    each registers one version, and the champion is the run whose held-out accuracy is best
+    (its reward function pays every answer; the others pay none, or those of the questions with
+    a number for answer: a third of the held-out ones)."""
+    client = team["client"]
+    (tmp_path / "grade.py").write_text("def none(response, answer, prompt):\n    return 0.0\n\n\n"
+                                      "def every(response, answer, prompt):\n    return 1.0\n\n\n"
+                                      "def digits(response, answer, prompt):\n    return float(answer.isdigit())\n")
+    config = _small_config(tmp_path, tiny_data_dir, "four", "train.iterations=2", "tracking.experiment=four",
+                           "tracking.registered_model=four")
+    deployment = {"name": "four", "entrypoint": "flows/co_evolve.py:co_evolve", "work_pool": {"name": "spark-vl"},
+                  "parameters": {"config_path": str(config), "allow_keys": ["reward.function"]}}
+    (tmp_path / "prefect.yaml").write_text(yaml.safe_dump({"name": "spark-vl", "deployments": [deployment]}))
+    prefect_cli(client, "work-pool", "create", "spark-vl", "--type", "process", "--overwrite")
+    prefect_cli(client, "deploy", "--all", "--prefect-file", str(tmp_path / "prefect.yaml"))
+    pays = {"run-a": "none", "run-b": "digits", "run-c": "every", "run-d": "digits"}
+    for name, function in pays.items():
+        prefect_cli(client, "deployment", "run", "co-evolve/four", "--param", f"run_name={name}", "--param",
+                    f'overrides=["reward.function={tmp_path / "grade.py"}:{function}"]')
+    worker = subprocess.run([str(BIN / "prefect"), "worker", "start", "--pool", "spark-vl", "--run-once", "--limit", "4"],
+                            cwd=REPO, env=client, capture_output=True, text=True, timeout=900)
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    assert "Traceback" not in worker.stdout + worker.stderr  # four runs ending together end quietly
+
+    states = prefect_client_json(f"names = {sorted(pays)!r}\n"  # the server also holds other tests' runs
+                                 "print(json.dumps({r.parameters.get('run_name'): [r.state.type.value,"
+                                 " r.start_time.timestamp(), r.end_time.timestamp()] for r in c.read_flow_runs()"
+                                 " if r.parameters.get('run_name') in names}))", client)
+    assert {name: states[name][0] for name in pays} == {name: "COMPLETED" for name in pays}
+    assert max(states[name][1] for name in pays) < min(states[name][2] for name in pays)  # all four ran at once
+
+    from spark_vl import tracking
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, client[key])
+    mlflow_client = tracking.client()
+    runs = {run.info.run_name: run for run in
+            mlflow_client.search_runs([mlflow_client.get_experiment_by_name("four").experiment_id])}
+    assert sorted(runs) == sorted(pays) and all(run.info.status == "FINISHED" for run in runs.values())
+    for run in runs.values():
+        for metric in ("iteration", "eval/task_acc", "rollout/reward_mean"):
+            steps = [m.step for m in mlflow_client.get_metric_history(run.info.run_id, metric)]
+            assert sorted(steps) == ([0, 1, 2] if metric != "rollout/reward_mean" else [1, 2]), (metric, steps)
+    versions = mlflow_client.search_model_versions("name='four'")
+    assert sorted(v.run_id for v in versions) == sorted(run.info.run_id for run in runs.values())
+    champion = mlflow_client.get_model_version_by_alias("four", "champion")
+    accuracy = {name: float(next(v for v in versions if v.run_id == run.info.run_id).tags["task_acc"])
+                for name, run in runs.items()}
+    assert accuracy == {"run-a": 0.0, "run-b": pytest.approx(1 / 3), "run-c": 1.0, "run-d": pytest.approx(1 / 3)}
+    assert champion.run_id == runs["run-c"].info.run_id

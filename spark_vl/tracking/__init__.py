@@ -117,6 +117,10 @@ def open_run(config: RunConfig, run_dir: Path, run_name: str, tags: dict[str, st
     return run.info.run_id
 
 
+# How PostgreSQL, SQLite and MySQL word a duplicate key, as the SQL store passes them on.
+DUPLICATE_KEY = ("duplicate key value", "UNIQUE constraint failed", "Duplicate entry")
+
+
 def log_datasets(run_id: str, tables: dict[str, tuple[Path, list[dict[str, str]]]]) -> None:
     """The run's datasets as MLflow dataset inputs (name, source file, digest, context train or
     eval), so the run and the versions it registers show what the policy learned from."""
@@ -126,7 +130,17 @@ def log_datasets(run_id: str, tables: dict[str, tuple[Path, list[dict[str, str]]
                                           name=f"{path.stem}-{split}")
         # What mlflow.log_input sends, for a run given by id (the fluent call needs an active run).
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
-    client().log_inputs(run_id, datasets=inputs)
+    mlflow_client = client()
+    for attempt in range(3):
+        try:
+            mlflow_client.log_inputs(run_id, datasets=inputs)
+            return
+        except mlflow.exceptions.MlflowException as error:
+            # MLflow's SQL store looks for the experiment's dataset, then inserts it: runs starting
+            # together on one data set race to insert it, and all but one fail on its key. The
+            # losers' transactions rolled back, so a second try finds the dataset and links it.
+            if attempt == 2 or not any(sign in error.message for sign in DUPLICATE_KEY):
+                raise
 
 
 def end_run(run_id: str, status: str) -> None:
