@@ -43,7 +43,8 @@ REFLECT_KINDS = tuple(kind for kind in KINDS if kind.startswith("reflect_"))
 @dataclass
 class PromptRecord:
     """A prompt to roll out. `label` is what its rewards are checked against: the task's ground
-    truth for solve and reflect prompts, the verdict (Yes/No/A/B) for judge prompts."""
+    truth for solve and reflect prompts, the verdict (Yes/No/A/B) for judge prompts. `video`: a
+    video file or a folder of frames, shown before the images."""
 
     id: str
     kind: Kind
@@ -54,6 +55,7 @@ class PromptRecord:
     answer: str
     source_id: str
     proposed: list[str] = field(default_factory=list)  # answers shown to a judge, in display order
+    video: str | None = None
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> "PromptRecord":
@@ -86,42 +88,70 @@ def is_right(reward: float) -> bool:
     return reward >= 1.0
 
 
-def images_relative(row: dict[str, Any], root: Path | None) -> dict[str, Any]:
-    """A prompt row with its images under `root` written relative to it (a moved run directory
-    still finds them); images elsewhere (a user's dataset) stay as they are."""
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def video_frames(folder: str | Path) -> list[Path]:
+    """A video given as a folder of frames: its image files in name order."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in FRAME_SUFFIXES)
+
+
+def media_files(images: list[str] | tuple[str, ...], video: str | None) -> list[Path]:
+    """Every file a prompt shows, for digests: its images, then its video's file or frames."""
+    files = [Path(image) for image in images]
+    if video:
+        files += video_frames(video) if Path(video).is_dir() else [Path(video)]
+    return files
+
+
+def media(prompt: PromptRecord) -> dict[str, Any]:
+    """What a prompt shows, as a record for people to read: its images, and its video if any."""
+    return {"images": list(prompt.images), **({"video": prompt.video} if prompt.video else {})}
+
+
+def _relative(path: str, base: Path) -> str:
+    resolved = Path(path).resolve()  # in memory a path is the process's: absolute, or from its cwd
+    return str(resolved.relative_to(base)) if resolved.is_relative_to(base) else path
+
+
+def media_relative(row: dict[str, Any], root: Path | None) -> dict[str, Any]:
+    """A prompt row with its images and video under `root` written relative to it (a moved run
+    directory still finds them); files elsewhere (a user's dataset) stay as they are."""
     if root is None:
         return row
     base = root.resolve()
-    images = []
-    for image in row["images"]:
-        path = Path(image).resolve()  # in memory a path is the process's: absolute, or from its cwd
-        images.append(str(path.relative_to(base)) if path.is_relative_to(base) else image)
-    return {**row, "images": images}
+    out = {**row, "images": [_relative(image, base) for image in row["images"]]}
+    if row.get("video"):
+        out["video"] = _relative(row["video"], base)
+    return out
 
 
-def _images_resolved(row: dict[str, Any], root: Path | None) -> dict[str, Any]:
-    """The inverse of `images_relative`: relative images resolved against `root`."""
+def _media_resolved(row: dict[str, Any], root: Path | None) -> dict[str, Any]:
+    """The inverse of `media_relative`: relative paths resolved against `root`."""
     if root is None:
         return row
     base = root.resolve()
-    return {**row, "images": [image if Path(image).is_absolute() else str(base / image) for image in row["images"]]}
+    out = {**row, "images": [image if Path(image).is_absolute() else str(base / image) for image in row["images"]]}
+    if row.get("video") and not Path(row["video"]).is_absolute():
+        out["video"] = str(base / row["video"])
+    return out
 
 
 def save_prompts(path: Path, prompts: list[PromptRecord], root: Path | None = None) -> None:
     """`root`: the run directory, which image paths inside it are written relative to."""
-    write_jsonl_atomic(path, (images_relative(asdict(p), root) for p in prompts))
+    write_jsonl_atomic(path, (media_relative(asdict(p), root) for p in prompts))
 
 
 def load_prompts(path: Path, root: Path | None = None) -> list[PromptRecord]:
-    return [PromptRecord.from_dict(_images_resolved(row, root)) for row in read_jsonl(path)]
+    return [PromptRecord.from_dict(_media_resolved(row, root)) for row in read_jsonl(path)]
 
 
 def save_groups(path: Path, groups: list[RolloutGroup], root: Path | None = None) -> None:
-    write_jsonl_atomic(path, ({**asdict(g), "prompt": images_relative(asdict(g.prompt), root)} for g in groups))
+    write_jsonl_atomic(path, ({**asdict(g), "prompt": media_relative(asdict(g.prompt), root)} for g in groups))
 
 
 def load_groups(path: Path, root: Path | None = None) -> list[RolloutGroup]:
-    return [RolloutGroup.from_dict({**row, "prompt": _images_resolved(row["prompt"], root)})
+    return [RolloutGroup.from_dict({**row, "prompt": _media_resolved(row["prompt"], root)})
             for row in read_jsonl(path)]
 
 

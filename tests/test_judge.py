@@ -71,7 +71,11 @@ def test_judge_command_writes_verdicts_and_probabilities(tiny_model_dir, tiny_da
     inputs = [{"image": rows[0]["image"], "question": rows[0]["question"], "answer": rows[0]["answer"]},
               {"image": rows[1]["image"], "question": rows[1]["question"], "answer_a": "1", "answer_b": "2"},
               {"images": [rows[0]["image"], rows[1]["image"]], "question": "Are the shapes in the two images the "
-               "same colour? Answer yes or no.", "answer": "no"}]  # two images asked about together
+               "same colour? Answer yes or no.", "answer": "no"},  # two images asked about together
+              {"video": "clip", "question": "Does the dot move left or right?", "answer": "left"}]  # frames
+    (tmp_path / "clip").mkdir()
+    for i, row in enumerate(rows * 2):
+        shutil.copy(tmp_path / row["image"], tmp_path / "clip" / f"{i:02d}.png")
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in inputs) + "\n")
     result = CliRunner().invoke(app, ["judge", "--model", str(tiny_model_dir), str(tmp_path / "rows.jsonl"),
                                       "--out", str(tmp_path / "out.jsonl"), "--set", "rollout.max_new_tokens=8"])
@@ -90,6 +94,11 @@ def test_judge_command_writes_verdicts_and_probabilities(tiny_model_dir, tiny_da
     result = CliRunner().invoke(app, ["judge", "--model", str(tiny_model_dir), str(tmp_path / "bad.jsonl"),
                                       "--out", str(tmp_path / "never.jsonl")])
     assert result.exit_code == 2 and "images must be a list" in result.output
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"video": "gone", "question": "q", "answer": "a"}) + "\n")
+    result = CliRunner().invoke(app, ["judge", "--model", str(tiny_model_dir), str(tmp_path / "bad.jsonl"),
+                                      "--out", str(tmp_path / "never.jsonl")])
+    assert result.exit_code == 2 and "bad.jsonl line 1: video" in result.output
+    assert "gone does not exist" in result.output
 
 
 def test_best_of_n_keeps_what_the_judge_rates_highest():

@@ -128,3 +128,53 @@ def test_a_run_warns_of_bad_rows_once(dataset_dir, tiny_data_dir):
     bad, rows = len(scanned.bad), len(scanned.bad) + len(scanned.samples)
     dropped = [r.getMessage() for r in records if "dropped" in r.getMessage()]
     assert dropped == [f"{path}: dropped {bad} bad row(s) of {rows}; run `spark-vl validate-data {path}` for the list"]
+
+
+def write_mp4(path, frames: list[Image.Image], fps: int = 4):
+    """A real H.264 clip of `frames`, written with PyAV (which qwen-vl-utils installs)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_image(frame)))
+        container.mux(stream.encode())
+
+
+def test_video_rows_are_read_or_refused_with_the_reason(dataset_dir):
+    """A video file or a folder of frames, alone or with images, in both schemas; a missing file,
+    an undecodable file, an empty folder, a bad frame and a path outside the folder are named."""
+    frames = [Image.new("RGB", (64, 48), (40 * i, 0, 0)) for i in range(6)]
+    (dataset_dir / "clip").mkdir()
+    for i, frame in enumerate(frames):
+        frame.save(dataset_dir / "clip" / f"{i:03d}.png")
+    write_mp4(dataset_dir / "clip.mp4", frames)
+    (dataset_dir / "empty").mkdir()
+    (dataset_dir / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video")
+    (dataset_dir / "bad-frames").mkdir()
+    shutil.copy(dataset_dir / "corrupt.png", dataset_dir / "bad-frames" / "000.png")
+    message = [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"},
+                                            {"type": "text", "text": "Moves?"}]}]
+    rows = [{"video": "clip", "question": "Which way?", "answer": "left"},
+            {"video": "clip.mp4", "image": "images/train/000001.png", "question": "Same?", "answer": "yes"},
+            {"message": json.dumps(message), "answer": "no"},
+            {"video": "nope.mp4", "question": "q?", "answer": "1"},
+            {"video": "broken.mp4", "question": "q?", "answer": "1"},
+            {"video": "empty", "question": "q?", "answer": "1"},
+            {"video": "bad-frames", "question": "q?", "answer": "1"},
+            {"video": "../outside.png", "question": "q?", "answer": "1"},
+            {"video": ["clip.mp4"], "question": "q?", "answer": "1"}]
+    path = dataset_dir / "videos.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = scan_dataset(path)
+    assert [(s.video, s.images) for s in result.samples] == [
+        (str((dataset_dir / "clip").resolve()), ()),
+        (str((dataset_dir / "clip.mp4").resolve()), (str((dataset_dir / "images/train/000001.png").resolve()),)),
+        (str((dataset_dir / "clip.mp4").resolve()), ())]
+    assert [(b.row, b.reason) for b in result.bad] == [(3, "missing_file"), (4, "corrupt_video"),
+                                                       (5, "corrupt_video"), (6, "corrupt_image"),
+                                                       (7, "path_escape"), (8, "unparseable")]
+    assert "video 'broken.mp4' cannot be decoded" in result.bad[1].detail
+    assert "holds no frames" in result.bad[2].detail and "bad-frames/000.png" in result.bad[3].detail

@@ -5,7 +5,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from spark_vl.config import ModelConfig
 from spark_vl.models import build_tiny_model, load_model, load_processor, vision_token_ids
-from spark_vl.models.inputs import encode_prompts, image_message
+from spark_vl.models.inputs import encode_prompts, user_message
 from spark_vl.models.forward import completion_batch, completion_logps
 
 
@@ -13,7 +13,7 @@ def _generate(model_dir, image, greedy=True):
     cfg = ModelConfig()
     processor = load_processor(model_dir, cfg.min_pixels, cfg.max_pixels)
     model = load_model(model_dir, device=torch.device("cpu"))
-    inputs = encode_prompts(processor, [image_message([image], "What colour is the shape?", cfg.min_pixels,
+    inputs = encode_prompts(processor, [user_message([image], "What colour is the shape?", cfg.min_pixels,
                                                       cfg.max_pixels)])
     out = model.generate(**inputs, max_new_tokens=12, do_sample=not greedy,
                          suppress_tokens=vision_token_ids(processor.tokenizer))
@@ -68,9 +68,9 @@ def test_repeated_prompts_are_encoded_once_with_the_same_result(tiny_model_dir, 
     cfg = ModelConfig()
     processor = load_processor(tiny_model_dir, cfg.min_pixels, cfg.max_pixels)
     images = [str(tiny_data_dir / "images" / "train" / f"{i:06d}.png") for i in range(3)]
-    one = image_message(images[:1], "What colour is the shape?", cfg.min_pixels, cfg.max_pixels)
-    other = image_message(images[1:2], "How many circles are there?", cfg.min_pixels, cfg.max_pixels)
-    two_images = image_message([images[2], images[0]], "Same colour?", cfg.min_pixels, cfg.max_pixels)
+    one = user_message(images[:1], "What colour is the shape?", cfg.min_pixels, cfg.max_pixels)
+    other = user_message(images[1:2], "How many circles are there?", cfg.min_pixels, cfg.max_pixels)
+    two_images = user_message([images[2], images[0]], "Same colour?", cfg.min_pixels, cfg.max_pixels)
     batch = [one, one, other, two_images, other, one, two_images]
     repeated = encode_prompts(processor, batch)
     row_by_row = processor(text=[processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
@@ -91,8 +91,8 @@ def test_sharing_image_features_keeps_log_probs_and_gradients(tiny_model_dir, ti
     cfg = ModelConfig()
     processor = load_processor(tiny_model_dir, cfg.min_pixels, cfg.max_pixels)
     images = [str(tiny_data_dir / "images" / "train" / f"{i:06d}.png") for i in range(2)]
-    one = image_message(images[:1], "What colour is the shape?", cfg.min_pixels, cfg.max_pixels)
-    other = image_message(images[1:], "How many circles are there?", cfg.min_pixels, cfg.max_pixels)
+    one = user_message(images[:1], "What colour is the shape?", cfg.min_pixels, cfg.max_pixels)
+    other = user_message(images[1:], "How many circles are there?", cfg.min_pixels, cfg.max_pixels)
     conversations = [one, one, one, other, other, one]
     tokenizer = processor.tokenizer
     completions = [tokenizer.encode(text, add_special_tokens=False) for text in

@@ -387,3 +387,62 @@ def test_two_image_prompts_go_through_every_stage(tmp_path):
     assert {r["kind"] for r in evaluated} >= {"solve", "judge_pointwise", "judge_pairwise"}
     for record in evaluated:
         assert len(record["images"]) == 2 and all((run_dir / image).is_file() for image in record["images"])
+
+
+def test_video_prompts_go_through_every_stage(tmp_path):
+    """The built-in `motion` family (a clip as a folder of frames) beside `compare` (two images):
+    rendered into the run, rolled out, graded, recycled (recycled prompts keep their video),
+    trained on and evaluated (held-out records name the clip, relative to the run folder)."""
+    (tmp_path / "parity.py").write_text("def parity(response, answer, prompt):\n"
+                                        "    return float(len(response) % 2)\n")  # groups with signal
+    cfg = load_config(None, SMALL + ["data.builtin.families=[motion,compare]", "train.iterations=1",
+                                     "data.builtin.n_eval=40",  # judge prompts need a question with two answers
+                                     f"reward.function={tmp_path / 'parity.py'}:parity"])
+    run_dir = tmp_path / "run"
+    rows = run(cfg, run_dir)
+    assert rows[1]["train/sequences"] > 0
+    rollouts = [json.loads(line) for line in (run_dir / "iter-0001" / "rollouts.jsonl").read_text().splitlines()]
+    assert any(group["prompt"]["video"] for group in rollouts)
+    recycled = [json.loads(line) for line in (run_dir / "iter-0001" / "recycled.jsonl").read_text().splitlines()]
+    assert any(p["video"] for p in recycled)
+    evaluated = [json.loads(line) for line in (run_dir / "iter-0001" / "eval_samples.jsonl").read_text().splitlines()]
+    videos = [r["video"] for r in evaluated if "video" in r]
+    assert {r["kind"] for r in evaluated if "video" in r} >= {"solve", "judge_pointwise"}
+    assert any(len(r["images"]) == 2 for r in evaluated)
+    assert videos and all(not video.startswith("/") and len(list((run_dir / video).glob("*.png"))) == 4
+                          for video in videos)
+
+
+def test_a_video_costs_at_most_four_images_and_a_file_reads_as_its_frames(setup, tiny_model_dir, tmp_path):
+    """The default frame budget keeps a clip's prompt within 4x an image prompt's vision tokens;
+    an mp4 of the same frames gives the same grid and close pixels (H.264 is lossy); the training
+    forward scores a video prompt's completion as generation sampled it."""
+    from PIL import Image
+
+    from spark_vl.models.inputs import encode_prompts
+    from tests.test_loaders import write_mp4
+
+    cfg, processor = setup
+    frames = [Image.new("RGB", (112, 112), (255, 255, 255)) for _ in range(6)]
+    (tmp_path / "clip").mkdir()
+    for i, frame in enumerate(frames):
+        frame.paste((200, 30, 30), (10 + 15 * i, 40, 30 + 15 * i, 60))
+        frame.save(tmp_path / "clip" / f"{i:02d}.png")
+    write_mp4(tmp_path / "clip.mp4", frames, fps=2)
+    base = dict(kind="solve", text="Which way?", label="right", question="Which way?", answer="right", source_id="s")
+    image = PromptRecord(id="i", images=[str(tmp_path / "clip" / "00.png")], **base)
+    folder = PromptRecord(id="f", images=[], video=str(tmp_path / "clip"), **base)
+    file = PromptRecord(id="m", images=[], video=str(tmp_path / "clip.mp4"), **base)
+    pad = {name: processor.tokenizer.convert_tokens_to_ids(name) for name in ("<|image_pad|>", "<|video_pad|>")}
+    counts = [int(sum((encode_prompts(processor, [conversation(p, cfg.model)])["input_ids"] == i).sum()
+                      for i in pad.values())) for p in (image, folder, file)]
+    assert counts[0] < counts[1] <= 4 * counts[0] and counts[1] == counts[2]
+    from_folder, from_file = (encode_prompts(processor, [conversation(p, cfg.model)]) for p in (folder, file))
+    assert torch.equal(from_folder["video_grid_thw"], from_file["video_grid_thw"])
+    assert (from_folder["pixel_values_videos"] - from_file["pixel_values_videos"]).abs().mean() < 0.1
+
+    trainer = PolicyTrainer(cfg, processor, tiny_model_dir, None)
+    engine = HFRolloutEngine(trainer.model, processor, cfg.rollout, cfg.model, show_progress=False)
+    groups = engine.generate([folder, file], n=2, seed=0)
+    for trained, sampled in response_logps(trainer.model, groups, processor, cfg.model, suppress=trainer.suppress):
+        assert torch.allclose(trained, sampled, atol=1e-4)

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from spark_vl.config import BuiltinDataConfig
-from spark_vl.data.tasks import COLOURS, FAMILIES, colour_scene, compare_scene, make_dataset, render, render_images
+from spark_vl.data.tasks import (COLOURS, DIRECTIONS, FAMILIES, MOTION_FRAMES, colour_scene, compare_scene,
+                                 make_dataset, motion_scene, render, render_images)
 
 
 def _manifest(path):
@@ -18,7 +19,7 @@ def _digest(path):
 
 def test_every_family_present_with_answers(tiny_data_dir):
     rows = _manifest(tiny_data_dir / "train.jsonl")
-    assert {r["family"] for r in rows} == set(FAMILIES) - {"compare"}  # the one-image families
+    assert {r["family"] for r in rows} == set(FAMILIES) - {"compare", "motion"}  # the one-image families
     assert all(r["answer"] and (tiny_data_dir / r["image"]).is_file() for r in rows)
 
 
@@ -112,3 +113,38 @@ def test_compare_rows_name_both_images_and_load(tmp_path):
     samples = load_dataset(manifests["train"]).samples
     assert [len(s.images) for s in samples] == [2, 1] * 4
     assert _digest(tmp_path / rows[0]["images"][0]) != _digest(tmp_path / rows[0]["images"][1])
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3])
+def test_motion_clips_move_the_dot_the_way_the_answer_says(difficulty):
+    """Each frame draws the dot where the scene puts it; from frame to frame it moves the way the
+    answer says, in equal steps, and stays in the picture; left and right only at difficulty 1."""
+    import random
+
+    rng = random.Random(difficulty)
+    answers = set()
+    for _ in range(60):
+        scene = motion_scene(rng, 112, difficulty)
+        frames = render_images(scene, 112)
+        assert len(frames) == MOTION_FRAMES and all(frame.size == (112, 112) for frame in frames)
+        dots = [next(s for s in shapes if s.kind == "circle") for shapes in scene.frames]
+        for frame, dot in zip(frames, dots):
+            assert frame.getpixel((dot.cx, dot.cy)) == COLOURS[dot.colour]
+            assert dot.radius < dot.cx < 112 - dot.radius and dot.radius < dot.cy < 112 - dot.radius
+        steps = {(b.cx - a.cx, b.cy - a.cy) for a, b in zip(dots, dots[1:])}
+        (step,) = steps
+        dx, dy = DIRECTIONS[scene.answer]
+        assert step[0] * dx + step[1] * dy > 0 and step[0] * dy == step[1] * dx
+        answers.add(scene.answer)
+    assert answers == ({"left", "right"} if difficulty == 1 else set(DIRECTIONS))
+
+
+def test_motion_rows_name_a_folder_of_frames_and_load(tmp_path):
+    from spark_vl.data import load_dataset
+
+    manifests = make_dataset(tmp_path, BuiltinDataConfig(n_train=6, n_eval=4, families=["motion", "colour"]))
+    rows = _manifest(manifests["train"])
+    assert [("video" in r, "image" in r) for r in rows] == [(True, False), (False, True)] * 3
+    assert sorted(p.name for p in (tmp_path / rows[0]["video"]).iterdir()) == [f"{k:02d}.png" for k in range(4)]
+    samples = load_dataset(manifests["train"]).samples
+    assert [s.video is not None for s in samples] == [True, False] * 3 and samples[0].images == ()

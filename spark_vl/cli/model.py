@@ -15,9 +15,9 @@ from spark_vl.cli.app import ConfigArg, SetOpt, app, load_config_or_exit, model_
 
 def _judge_prompts(path: Path, cfg) -> list:
     """Judge prompts from JSONL rows {image, question, answer} (pointwise) or {image, question,
-    answer_a, answer_b} (pairwise), `images` for several; images relative to the file. Stops at
-    the first bad row, naming it and what it needs."""
-    from spark_vl.evaluate.requests import ROW_HELP, request_kind, request_prompt, row_images
+    answer_a, answer_b} (pairwise), `images` for several, `video` for a clip; files relative to
+    the JSONL file. Stops at the first bad row, naming it and what it needs."""
+    from spark_vl.evaluate.requests import ROW_HELP, request_kind, request_prompt, row_images, row_video
     from spark_vl.prompts import Templates
 
     templates = Templates.load(cfg.spark.templates)
@@ -33,7 +33,11 @@ def _judge_prompts(path: Path, cfg) -> list:
             for image in images:
                 if not image.is_file():
                     raise ValueError(f"image {image} does not exist")
-            prompts.append(request_prompt(row, f"row{number}", [str(image) for image in images], cfg, templates))
+            video = row_video(row) and path.parent / row_video(row)
+            if video and not video.exists():
+                raise ValueError(f"video {video} does not exist")
+            prompts.append(request_prompt(row, f"row{number}", [str(image) for image in images], cfg, templates,
+                                          video and str(video)))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             typer.echo(f"error: {path} line {number}: {exc} ({ROW_HELP})", err=True)
             raise typer.Exit(2) from None

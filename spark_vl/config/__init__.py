@@ -9,11 +9,11 @@ from spark_vl.config.reference import reference_markdown
 from spark_vl.config.schema import (PACKAGED_TEMPLATES, BuiltinDataConfig, DataConfig, EvalConfig, FilterGroupsConfig,
                                     LoraConfig, ModelConfig, OrchestrationConfig, RewardConfig, RolloutConfig,
                                     RunConfig, Section, SparkConfig, TinyModelConfig, TrackingConfig, TrainConfig,
-                                    VLLMConfig, WarmupConfig)
+                                    VideoConfig, VLLMConfig, WarmupConfig)
 
 __all__ = ["MODEL_CONFIG", "MODEL_TEMPLATES", "PACKAGED_TEMPLATES", "PRIVILEGED_KEYS", "BuiltinDataConfig",
            "ConfigError", "DataConfig", "EvalConfig", "FilterGroupsConfig", "LoraConfig", "ModelConfig",
            "OrchestrationConfig", "RewardConfig", "RolloutConfig", "RunConfig", "Section", "SparkConfig",
-           "TinyModelConfig", "TrackingConfig", "TrainConfig", "VLLMConfig", "WarmupConfig", "apply_overrides",
-           "check_paths", "check_triggered", "held_out_changes", "load_config", "load_model_config", "parse_override",
-           "reference_markdown", "save_config", "save_model_config", "validate_config"]
+           "TinyModelConfig", "TrackingConfig", "TrainConfig", "VideoConfig", "VLLMConfig", "WarmupConfig",
+           "apply_overrides", "check_paths", "check_triggered", "held_out_changes", "load_config", "load_model_config",
+           "parse_override", "reference_markdown", "save_config", "save_model_config", "validate_config"]

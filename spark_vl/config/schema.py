@@ -50,6 +50,16 @@ class TinyModelConfig(Section):
         return self
 
 
+class VideoConfig(Section):
+    """How much of a video prompt the model sees (qwen-vl-utils' names): frames dominate its cost."""
+
+    fps: float = Field(2.0, gt=0, description="frames sampled per second of a video file (a folder of frames is "
+                       "one frame per image)")
+    max_frames: int = Field(4, ge=2, description="at most this many frames per video, evenly spaced; two frames "
+                            "make one temporal patch, so 4 frames of 112x112 cost twice an image's tokens")
+    max_pixels: int | None = Field(None, ge=28 * 28, description="pixels per frame; null: model.max_pixels")
+
+
 class ModelConfig(Section):
     """Which checkpoint to train: a local Hugging Face directory, or the tiny one built offline."""
 
@@ -60,6 +70,7 @@ class ModelConfig(Section):
     min_pixels: int = Field(112 * 112, ge=28 * 28, description="images smaller than this are resized up (qwen-vl-utils)")
     max_pixels: int = Field(112 * 112, ge=28 * 28, description="images larger than this are resized down: the "
                             "image tokens per image")
+    video: VideoConfig = VideoConfig()
 
     @model_validator(mode="after")
     def _pixel_bounds(self) -> "ModelConfig":
@@ -71,10 +82,11 @@ class ModelConfig(Section):
 class BuiltinDataConfig(Section):
     """The built-in synthetic visual tasks rendered with PIL."""
 
-    families: list[Literal["colour", "count", "position", "size", "arithmetic", "compare"]] = Field(
+    families: list[Literal["colour", "count", "position", "size", "arithmetic", "compare", "motion"]] = Field(
         ["colour", "count"], description="task families, cycled through: the colour of a shape, the number of "
-        "circles, left or right, the bigger of two shapes, sums (products at difficulty 3) of drawn digits, and two "
-        "images compared (which has more circles; do their shapes share a colour)")
+        "circles, left or right, the bigger of two shapes, sums (products at difficulty 3) of drawn digits, two "
+        "images compared (which has more circles; do their shapes share a colour), and a clip of frames (which way "
+        "does the dot move)")
     difficulty: int = Field(1, ge=1, le=3, description="1 (easy) to 3: more colours and counts, distractors, "
                             "closer positions and sizes, larger numbers")
     image_size: int = Field(112, ge=56, le=1024, description="side of the square images, pixels")
@@ -111,8 +123,10 @@ class VLLMConfig(Section):
     port: int = Field(0, ge=0, le=65535, description="0: a free port")
     args: list[str] = Field(
         ["--dtype", "float32", "--enforce-eager", "--distributed-executor-backend", "uni",
-         "--max-model-len", "1024", "--limit-mm-per-prompt", '{"image": 2, "video": 0}'],
-        description="extra server arguments (these defaults suit the tiny model on a CPU)")
+         "--max-model-len", "1024", "--limit-mm-per-prompt", '{"image": 2, "video": 1}',
+         "--trust-request-mm-kwargs"],
+        description="extra server arguments (these defaults suit the tiny model on a CPU; a video prompt sends its "
+        "frame rate and keeps its frames' size per request, which needs --trust-request-mm-kwargs)")
     env: dict[str, str] = Field(
         {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"},
         description="extra environment of the server process")

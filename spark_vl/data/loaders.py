@@ -1,15 +1,17 @@
 """Read task datasets (JSONL, JSON, Parquet, local HF `datasets` folders) into typed samples.
 
 Two row schemas are understood:
-- ours: `{"image": "images/0.png", "question": "...", "answer": "..."}` (`images` may be a list);
+- ours: `{"image": "images/0.png", "question": "...", "answer": "..."}` (`images` may be a list;
+  `video` names a video file or a folder of frames, with or without images);
 - LMM-R1 / Spark-Data: `{"message": "<JSON list of chat messages>", "answer": "..."}`, where
-  image parts carry a path (and often `max_pixels`).
-Image paths are resolved relative to the dataset file and must stay inside its folder.
+  image and video parts carry a path (and often `max_pixels`).
+Image and video paths are resolved relative to the dataset file and must stay inside its folder.
 Every bad row is reported with its row number and a reason; good rows are kept.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from collections.abc import Iterator
@@ -17,9 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 from PIL import Image
 
+from spark_vl.records import FRAME_SUFFIXES, video_frames
 from spark_vl.runio import logger
+
+# What qwen-vl-utils reads video files with (its torchvision path needs a torchvision with read_video).
+VIDEO_READERS = ("decord", "torchcodec")
 
 BAD_ROW_REASONS = (
     "unparseable",  # not JSON / not an object / no question or image field
@@ -27,7 +34,8 @@ BAD_ROW_REASONS = (
     "missing_file",
     "corrupt_image",
     "image_too_large",  # more pixels than data.max_image_pixels (decompression bomb)
-    "path_escape",  # image path leads outside the dataset folder
+    "corrupt_video",  # a video file that cannot be decoded, or a folder without frames
+    "path_escape",  # image or video path leads outside the dataset folder
 )
 
 
@@ -37,7 +45,7 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class TaskSample:
-    """One verifiable prompt: image(s), question text and ground-truth answer."""
+    """One verifiable prompt: image(s) and/or a video, question text and ground-truth answer."""
 
     id: str
     row: int
@@ -45,6 +53,7 @@ class TaskSample:
     question: str
     answer: str
     max_pixels: int | None = None
+    video: str | None = None  # a video file or a folder of frames
 
 
 @dataclass(frozen=True)
@@ -119,8 +128,8 @@ def _strip_file_scheme(value: str) -> str:
     return value[len("file://"):] if value.startswith("file://") else value
 
 
-def _parse_row(row: Any) -> tuple[list[str], str, Any, int | None]:
-    """(image refs, question, answer, max_pixels) of one row in either schema."""
+def _parse_row(row: Any) -> tuple[list[str], Any, str, Any, int | None]:
+    """(image refs, video ref or None, question, answer, max_pixels) of one row in either schema."""
     if isinstance(row, _BadRowError):
         raise row
     if not isinstance(row, dict):
@@ -135,7 +144,7 @@ def _parse_row(row: Any) -> tuple[list[str], str, Any, int | None]:
                 raise _BadRowError("unparseable", f"'message' is not a JSON string of messages: {exc.msg}")
         if not isinstance(messages, list):
             raise _BadRowError("unparseable", "'message' must be a list of chat messages")
-        images, texts, max_pixels = [], [], None
+        images, videos, texts, max_pixels = [], [], [], None
         for message in messages:
             content = message.get("content") if isinstance(message, dict) else None
             if isinstance(content, str):
@@ -149,15 +158,21 @@ def _parse_row(row: Any) -> tuple[list[str], str, Any, int | None]:
                 if part.get("type") == "image" or "image" in part:
                     images.append(part.get("image"))
                     max_pixels = part.get("max_pixels", max_pixels)
+                elif part.get("type") == "video" or "video" in part:
+                    videos.append(part.get("video"))
                 elif part.get("type") == "text" or "text" in part:
                     texts.append(str(part.get("text", "")))
         question = "\n".join(t for t in texts if t)
+        if len(videos) > 1:
+            raise _BadRowError("unparseable", f"{len(videos)} video parts: a prompt holds at most one video")
+        video = videos[0] if videos else None
     else:
         images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
         if isinstance(images, str):
             images = [images]
         question = row.get("question") or row.get("problem") or ""
         max_pixels = row.get("max_pixels")
+        video = row.get("video")
     if not isinstance(question, str):
         raise _BadRowError("unparseable", f"the question must be text, not {type(question).__name__}")
     if not isinstance(images, list):
@@ -166,34 +181,62 @@ def _parse_row(row: Any) -> tuple[list[str], str, Any, int | None]:
         raise _BadRowError("unparseable", f"'max_pixels' must be a positive whole number, not {max_pixels!r}")
     if not question:
         raise _BadRowError("unparseable", "no question text ('question', 'problem' or text in 'message')")
-    if not images:
-        raise _BadRowError("unparseable", "no image ('image', 'images' or an image part in 'message')")
+    if not images and video is None:
+        raise _BadRowError("unparseable", "no image or video ('image', 'images', 'video' or an image or video "
+                                          "part in 'message')")
     if answer is None or str(answer).strip() == "":
         raise _BadRowError("missing_answer", "the 'answer' field is missing or empty")
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise _BadRowError("unparseable", f"the answer must be text or a number, not {type(answer).__name__}")
     if not all(isinstance(ref, str) and ref for ref in images):
         raise _BadRowError("unparseable", "image entries must be file paths (embedded images are not supported)")
-    return images, question, answer, max_pixels
+    if video is not None and not (isinstance(video, str) and video):
+        raise _BadRowError("unparseable", "'video' must be the path of a video file or of a folder of frames")
+    return images, video, question, answer, max_pixels
 
 
-class ImageChecker:
-    """Checks image files once each: inside the dataset folder, present, decodable, not a bomb."""
+class MediaChecker:
+    """Checks image and video files once each: inside the dataset folder, present, decodable, no
+    image a bomb (a folder of frames: each frame an image)."""
 
     def __init__(self, root: Path, max_pixels: int):
         self.root = root.resolve()
         self.max_pixels = max_pixels
         self._seen: dict[Path, _BadRowError | None] = {}
 
-    def resolve(self, ref: str) -> Path:
+    def _inside(self, ref: str, what: str) -> Path:
         if "\x00" in ref:
-            raise _BadRowError("missing_file", f"image path {ref!r} holds a NUL character; no file is named so")
+            raise _BadRowError("missing_file", f"{what} path {ref!r} holds a NUL character; no file is named so")
         path = (self.root / _strip_file_scheme(ref)).resolve()
         if not path.is_relative_to(self.root):
-            raise _BadRowError("path_escape", f"image path '{ref}' leads outside the dataset folder {self.root}; "
-                                              "move the image under that folder or fix the path")
+            raise _BadRowError("path_escape", f"{what} path '{ref}' leads outside the dataset folder {self.root}; "
+                                              f"move the {what} under that folder or fix the path")
+        return path
+
+    def resolve(self, ref: str) -> Path:
+        path = self._inside(ref, "image")
         if path not in self._seen:
             self._seen[path] = self._check(path, ref)
+        if self._seen[path] is not None:
+            raise self._seen[path]
+        return path
+
+    def resolve_video(self, ref: str) -> Path:
+        """A video file that decodes to at least one frame, or a folder of frames that all decode."""
+        path = self._inside(ref, "video")
+        if path.is_dir():
+            frames = video_frames(path)
+            if not frames:
+                kinds = ", ".join(FRAME_SUFFIXES)
+                raise _BadRowError("corrupt_video", f"video folder '{ref}' holds no frames ({kinds} files, taken in "
+                                                    "name order)")
+            for frame in frames:
+                self.resolve(str(frame.relative_to(self.root)))
+            return path
+        if not path.is_file():
+            raise _BadRowError("missing_file", f"video '{ref}' does not exist (looked for {path})")
+        if path not in self._seen:
+            self._seen[path] = _check_video_file(path, ref)
         if self._seen[path] is not None:
             raise self._seen[path]
         return path
@@ -217,23 +260,42 @@ class ImageChecker:
         return None
 
 
+def _check_video_file(path: Path, ref: str) -> _BadRowError | None:
+    """A video file qwen-vl-utils can read: a reader for files is installed and its first frame decodes."""
+    if not any(importlib.util.find_spec(reader) for reader in VIDEO_READERS):
+        raise DatasetError(f"video '{ref}': reading video files needs decord or torchcodec "
+                           "(`pip install decord`); or give the video as a folder of frames")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return _BadRowError("corrupt_video", f"video '{ref}' holds no video stream")
+            next(container.decode(video=0))
+    except StopIteration:
+        return _BadRowError("corrupt_video", f"video '{ref}' holds no frames")
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        return _BadRowError("corrupt_video", f"video '{ref}' cannot be decoded: {exc}")
+    return None
+
+
 def scan_dataset(path: str | Path, max_image_pixels: int = 50_000_000, split: str = "train") -> LoadedDataset:
     """Sort every row of a dataset into good samples and bad rows (with their reason)."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset {path} does not exist")
     root = path if path.is_dir() else path.parent
-    checker = ImageChecker(root, max_image_pixels)
+    checker = MediaChecker(root, max_image_pixels)
     result = LoadedDataset(path=path)
     for row_number, row in _raw_rows(path, split):
         try:
-            refs, question, answer, max_pixels = _parse_row(row)
+            refs, video_ref, question, answer, max_pixels = _parse_row(row)
             images = tuple(str(checker.resolve(ref)) for ref in refs)
+            video = str(checker.resolve_video(video_ref)) if video_ref is not None else None
         except _BadRowError as bad:
             result.bad.append(BadRow(row_number, bad.reason, bad.detail))
             continue
         sample_id = str(row.get("id", f"{path.stem}-{row_number}"))
-        result.samples.append(TaskSample(sample_id, row_number, images, question, str(answer).strip(), max_pixels))
+        result.samples.append(TaskSample(sample_id, row_number, images, question, str(answer).strip(), max_pixels,
+                                         video))
     return result
 
 

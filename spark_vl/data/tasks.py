@@ -1,8 +1,9 @@
 """Built-in visual tasks with exact answers, rendered with PIL.
 
 Each family draws a scene from a seeded RNG and asks one question whose answer is a short
-word or number; `compare` scenes are two images asked about together. Scenes are described by
-a key; the held-out split never repeats a training key.
+word or number; `compare` scenes are two images asked about together, `motion` scenes a short
+clip (a folder of frames). Scenes are described by a key; the held-out split never repeats a
+training key.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ class Scene:
     shapes: tuple[Shape, ...] = ()
     numbers: tuple[tuple[int, int, int], ...] = ()  # (value, x, y)
     second: tuple[Shape, ...] | None = None  # a second image's shapes: the question is about both
+    frames: tuple[tuple[Shape, ...], ...] = ()  # a clip's frames: the question is about the motion
 
     @property
     def key(self) -> tuple:
-        return (self.family, self.question, self.shapes, self.numbers, self.second)
+        return (self.family, self.question, self.shapes, self.numbers, self.second, self.frames)
 
 
 def _shape(rng: random.Random, size: int, kind: str, colour: str, radius: int,
@@ -161,6 +163,40 @@ def compare_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
                  "yes" if colour == other else "no", first, second=second)
 
 
+MOTION_FRAMES = 4
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def motion_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
+    """A dot crossing a clip of MOTION_FRAMES frames: which way does it move? Left or right at
+    difficulty 1; up and down too, in smaller steps and beside a still square, above."""
+    directions = ["left", "right"] if difficulty == 1 else list(DIRECTIONS)
+    direction = rng.choice(directions)
+    dx, dy = DIRECTIONS[direction]
+    radius = size // 10
+    step = size // {1: 6, 2: 8, 3: 12}[difficulty]
+    travel = step * (MOTION_FRAMES - 1)
+    low, high = radius + 1, size - radius - 1
+
+    def start(d: int) -> int:
+        """Where the dot may start on an axis it moves along by `d`, all its travel in the picture."""
+        if d < 0:
+            return rng.randint(low + travel, high)
+        if d > 0:
+            return rng.randint(low, high - travel)
+        return rng.randint(low, high)
+
+    x, y = start(dx), start(dy)
+    colour = rng.choice(list(COLOURS)[:4])
+    still = (Shape("square", "green", rng.randint(low, high), rng.randint(low, high), radius),) if difficulty == 3 \
+        else ()
+    frames = tuple((*still, Shape("circle", colour, x + dx * step * k, y + dy * step * k, radius))  # the dot on top
+                   for k in range(MOTION_FRAMES))
+    question = ("Does the dot move left or right?" if difficulty == 1 else
+                "Which way does the dot move: left, right, up or down?")
+    return Scene("motion", question, direction, frames=frames)
+
+
 FAMILIES: dict[str, Callable[[random.Random, int, int], Scene]] = {
     "colour": colour_scene,
     "count": count_scene,
@@ -168,6 +204,7 @@ FAMILIES: dict[str, Callable[[random.Random, int, int], Scene]] = {
     "size": size_scene,
     "arithmetic": arithmetic_scene,
     "compare": compare_scene,
+    "motion": motion_scene,
 }
 
 # The families whose questions make the tiny tokenizer's corpus. Fixed: a family added later
@@ -198,7 +235,9 @@ def render(scene: Scene, size: int) -> Image.Image:
 
 
 def render_images(scene: Scene, size: int) -> list[Image.Image]:
-    """Every image of the scene, in the order the question names them."""
+    """Every image of the scene, in the order the question names them (a clip's frames in order)."""
+    if scene.frames:
+        return [render(Scene(scene.family, scene.question, scene.answer, frame), size) for frame in scene.frames]
     if scene.second is None:
         return [render(scene, size)]
     return [render(scene, size), render(Scene(scene.family, scene.question, scene.answer, scene.second), size)]
@@ -221,7 +260,8 @@ def generate_scenes(families: list[str], difficulty: int, size: int, n: int, see
 
 
 def make_dataset(out_dir: str | Path, cfg: BuiltinDataConfig) -> dict[str, Path]:
-    """Render train and held-out splits as PNGs plus one JSONL manifest per split."""
+    """Render train and held-out splits as PNGs (a clip as a folder of frames) plus one JSONL
+    manifest per split."""
     out = Path(out_dir)
     train = generate_scenes(cfg.families, cfg.difficulty, cfg.image_size, cfg.n_train, cfg.seed)
     held_out = generate_scenes(cfg.families, cfg.difficulty, cfg.image_size, cfg.n_eval,
@@ -232,11 +272,16 @@ def make_dataset(out_dir: str | Path, cfg: BuiltinDataConfig) -> dict[str, Path]
         rows = []
         for i, scene in enumerate(tqdm(scenes, desc=f"rendering {split}", unit="scene", leave=False)):
             images = render_images(scene, cfg.image_size)
-            refs = [f"images/{split}/{i:06d}.png"] if len(images) == 1 else [
-                f"images/{split}/{i:06d}-{n}.png" for n in range(1, len(images) + 1)]
+            if scene.frames:
+                refs = [f"videos/{split}/{i:06d}/{n:02d}.png" for n in range(len(images))]
+                (out / refs[0]).parent.mkdir(parents=True, exist_ok=True)
+                where = {"video": f"videos/{split}/{i:06d}"}
+            else:
+                refs = [f"images/{split}/{i:06d}.png"] if len(images) == 1 else [
+                    f"images/{split}/{i:06d}-{n}.png" for n in range(1, len(images) + 1)]
+                where = {"image": refs[0]} if len(refs) == 1 else {"images": refs}
             for image, ref in zip(images, refs):
                 image.save(out / ref)
-            where = {"image": refs[0]} if len(refs) == 1 else {"images": refs}
             rows.append({"id": f"{split}-{i:06d}", **where, "question": scene.question,
                          "answer": scene.answer, "family": scene.family, "difficulty": cfg.difficulty})
         manifests[split] = out / f"{split}.jsonl"

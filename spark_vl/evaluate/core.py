@@ -11,7 +11,7 @@ from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample
 from spark_vl.evaluate.audit import disagreements
 from spark_vl.evaluate.judge import calibration, verdict_probabilities
-from spark_vl.records import PromptRecord, is_right, task_item
+from spark_vl.records import PromptRecord, is_right, media, media_files, task_item
 from spark_vl.prompts import (POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample,
                               reflection_sample, reply_is_intact, solve_prompt, wrong_answers)
 from spark_vl.rollout import RolloutEngine
@@ -22,12 +22,12 @@ from spark_vl.verify.extract import box_span
 
 def held_out_digest(samples: list[TaskSample], config: RunConfig) -> str:
     """What held-out task accuracy is measured on, as a digest: the instruction and the first
-    `eval.n_task` samples' questions, answers and image bytes. Two accuracies compare only when
-    their digests are equal (the registry's champion moves on this comparison)."""
+    `eval.n_task` samples' questions, answers and image and video bytes. Two accuracies compare
+    only when their digests are equal (the registry's champion moves on this comparison)."""
     digest = hashlib.sha256(config.data.instruction.encode())
     for sample in samples[: config.eval.n_task]:
         digest.update(f"\0{sample.question}\0{sample.answer}".encode())
-        digest.update("".join(file_digest(image) for image in sample.images).encode())
+        digest.update("".join(file_digest(f) for f in media_files(sample.images, sample.video)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -113,7 +113,7 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     metrics = {"eval/task_acc": sum(correct) / len(tasks),
                "eval/well_formed": sum(well_formed(a, pool.answer_format) for a in answers) / len(answers)}
 
-    records = [{"kind": "solve", "prompt": t.text, "images": list(t.images), "label": t.label, "response": r,
+    records = [{"kind": "solve", "prompt": t.text, **media(t), "label": t.label, "response": r,
                 "reward": c} for t, r, c in zip(tasks, answers, correct)]
 
     pointwise, pairwise = held_out_judge_prompts(samples, config, templates, config.train.seed)
@@ -144,7 +144,7 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     metrics["eval/judge_own_wrong_acc"] = _judge_accuracy(engine, wrong_own)[0]
     metrics["eval/judge_own_acc"], replies, _ = _judge_accuracy(engine, own_prompts)
     # The verifier audited by the judge: its P(right) for each answer beside the verifier's grade.
-    own_records = [{"kind": "judge_own", "prompt": t.text, "images": list(t.images), "label": t.label,
+    own_records = [{"kind": "judge_own", "prompt": t.text, **media(t), "label": t.label,
                     "policy_reply": raw, "answer": answer, "verifier_reward": c, "response": reply, "p_positive": p}
                    for (t, answer, c, raw), reply, p in zip(own, replies,
                                                             verdict_probabilities(engine, own_prompts, replies))]
@@ -197,7 +197,7 @@ def best_of_n_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], config:
 
 
 def _judge_records(prompts: list[PromptRecord], responses: list[str], rewards: list[float]) -> list[dict]:
-    return [{"kind": p.kind, "prompt": p.text, "images": list(p.images), "label": p.label, "response": r,
+    return [{"kind": p.kind, "prompt": p.text, **media(p), "label": p.label, "response": r,
              "reward": reward} for p, r, reward in zip(prompts, responses, rewards)]
 
 

@@ -14,10 +14,10 @@ from spark_vl.verify.grading import judge_reward
 VERDICTS = {"judge_pointwise": ("Yes", "No"), "judge_pairwise": ("A", "B")}
 
 
-def question_source(source_id: str, images: list[str], question: str) -> PromptRecord:
+def question_source(source_id: str, images: list[str], question: str, video: str | None = None) -> PromptRecord:
     """A task prompt without a known answer: what a user's judge row or a preference pair asks."""
     return PromptRecord(id=source_id, kind="solve", images=list(images), text=question, label="", question=question,
-                        answer="", source_id=source_id)
+                        answer="", source_id=source_id, video=video)
 
 
 def with_verdict(reply: str, verdict: str) -> str | None:

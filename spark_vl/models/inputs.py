@@ -1,4 +1,4 @@
-"""Chat messages and model inputs for image prompts, prepared exactly as the processor expects."""
+"""Chat messages and model inputs for image and video prompts, prepared exactly as the processor expects."""
 
 from __future__ import annotations
 
@@ -12,17 +12,34 @@ from qwen_vl_utils import process_vision_info
 from transformers import BatchFeature
 
 from spark_vl.config import ModelConfig
-from spark_vl.records import PromptRecord
+from spark_vl.records import PromptRecord, video_frames
 
 # Processor outputs with one row per conversation, and with one entry per image.
 PER_CONVERSATION = ("input_ids", "attention_mask", "mm_token_type_ids")
 PER_IMAGE = ("pixel_values", "image_grid_thw")
 
 
-def image_message(images: list[str] | tuple[str, ...], text: str, min_pixels: int, max_pixels: int) -> list[dict]:
-    """One user turn: the images (with the run's pixel bounds, so qwen-vl-utils and the processor
-    resize alike) followed by the text."""
-    content: list[dict[str, Any]] = [
+def video_part(video: str, model_cfg: ModelConfig) -> dict[str, Any]:
+    """A video as qwen-vl-utils reads it, within `model.video`'s budget: a file sampled at `fps`
+    (at most `max_frames`), or a folder's frames, at most `max_frames` of them evenly spaced."""
+    cfg = model_cfg.video
+    bounds = {"min_pixels": model_cfg.min_pixels, "max_pixels": cfg.max_pixels or model_cfg.max_pixels}
+    if Path(video).is_dir():
+        frames = video_frames(video)
+        if len(frames) > cfg.max_frames:
+            step = (len(frames) - 1) / (cfg.max_frames - 1)
+            frames = [frames[round(i * step)] for i in range(cfg.max_frames)]
+        return {"type": "video", "video": [f"file://{frame.resolve()}" for frame in frames], **bounds}
+    return {"type": "video", "video": f"file://{Path(video).resolve()}", "fps": cfg.fps, "min_frames": 2,
+            "max_frames": cfg.max_frames, **bounds}
+
+
+def user_message(images: list[str] | tuple[str, ...], text: str, min_pixels: int, max_pixels: int,
+                 video: dict[str, Any] | None = None) -> list[dict]:
+    """One user turn: the video part if any, the images (with the run's pixel bounds, so
+    qwen-vl-utils and the processor resize alike), then the text."""
+    content: list[dict[str, Any]] = [video] if video else []
+    content += [
         {"type": "image", "image": f"file://{Path(path).resolve()}", "min_pixels": min_pixels, "max_pixels": max_pixels}
         for path in images
     ]
@@ -31,8 +48,9 @@ def image_message(images: list[str] | tuple[str, ...], text: str, min_pixels: in
 
 
 def conversation(prompt: PromptRecord, model_cfg: ModelConfig) -> list[dict]:
-    """A prompt record as the chat the model reads, with the run's pixel bounds."""
-    return image_message(prompt.images, prompt.text, model_cfg.min_pixels, model_cfg.max_pixels)
+    """A prompt record as the chat the model reads, with the run's pixel and frame bounds."""
+    video = prompt.video and video_part(prompt.video, model_cfg)
+    return user_message(prompt.images, prompt.text, model_cfg.min_pixels, model_cfg.max_pixels, video)
 
 
 def encode_prompts(processor, conversations: list[list[dict]], share_images: bool = False) -> BatchFeature:
@@ -77,5 +95,13 @@ def _image_count(conversation: list[dict]) -> int:
 def _encode(processor, conversations: list[list[dict]]) -> BatchFeature:
     texts = [processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True) for conv in conversations]
     patch = getattr(processor.image_processor, "patch_size", 14)
-    images, _ = process_vision_info(conversations, image_patch_size=patch)
-    return processor(text=texts, images=images, padding=True, return_tensors="pt")
+    images, videos, video_kwargs = process_vision_info(conversations, return_video_kwargs=True,
+                                                       return_video_metadata=True, image_patch_size=patch)
+    if not videos:
+        return processor(text=texts, images=images, padding=True, return_tensors="pt")
+    # qwen-vl-utils sampled and resized the frames already: the processor keeps them as they are
+    # (and, told to cap pixels as qwen-vl-utils does, has nothing to cap and no warning to give).
+    videos, metadata = zip(*videos)
+    return processor(text=texts, images=images, videos=list(videos), video_metadata=list(metadata), padding=True,
+                     return_tensors="pt",
+                     videos_kwargs={"do_resize": False, "cap_pixels_per_frame": True, **video_kwargs})

@@ -8,7 +8,7 @@ from typing import Any
 
 from spark_vl.config import RunConfig
 from spark_vl.layout import iter_dir
-from spark_vl.records import load_groups, load_prompts
+from spark_vl.records import load_groups, load_prompts, media_files
 from spark_vl.runio import file_digest
 from spark_vl.workspace import Workspace
 
@@ -36,12 +36,12 @@ def sample_rows(run_dir: Path, k: int, limit: int = 64) -> dict[str, list[dict[s
 
 def dataset_tables(config: RunConfig, run_dir: Path) -> dict[str, tuple[Path, list[dict[str, str]]]]:
     """Per split (train, eval): its file and its rows as a tracker records them: id, question,
-    answer and the images' content hashes (so a table's digest changes with any image)."""
+    answer and the content hashes of its images and video (a table's digest changes with any of them)."""
     workspace = Workspace(config, run_dir)
     tables = {}
     for split, path in workspace.paths.items():
         rows = [{"id": sample.id, "question": sample.question, "answer": sample.answer,
-                 "images_sha256": " ".join(file_digest(image) for image in sample.images)}
+                 "images_sha256": " ".join(file_digest(f) for f in media_files(sample.images, sample.video))}
                 for sample in workspace.samples(split)]
         tables[split] = (path, rows)
     return tables

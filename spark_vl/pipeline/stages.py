@@ -23,7 +23,7 @@ from spark_vl.layout import (VERIFIER_DISAGREEMENTS, deepspeed_dir, deepspeed_ta
                              prune_deepspeed_state, prune_policies, read_json, write_json)
 from spark_vl.pipeline.grading import grade_groups
 from spark_vl.pipeline.sampling import sample_groups, sample_until_informative, task_prompts
-from spark_vl.records import KINDS, images_relative, is_right, load_groups, load_prompts, save_groups, save_prompts
+from spark_vl.records import KINDS, media_relative, is_right, load_groups, load_prompts, save_groups, save_prompts
 from spark_vl.recycle import recycle
 from spark_vl.runio import write_jsonl_atomic
 from spark_vl.train.launch import distributed, is_worker, launch_training
@@ -184,7 +184,7 @@ def stage_evaluate(ws: Workspace, k: int) -> Writes | None:
     metrics, records = evaluate(ws.engine_at(k), ws.samples("eval"), ws.config, ws.templates, ws.pool,
                                 ws.processor.tokenizer)
     metrics["time/evaluate_s"] = time.perf_counter() - start
-    records = [images_relative(record, ws.run_dir) for record in records]
+    records = [media_relative(record, ws.run_dir) for record in records]
     audit = disagreements([r for r in records if r["kind"] == "judge_own"])
     return [lambda: write_jsonl_atomic(iter_dir(ws.run_dir, k) / "eval_samples.jsonl", records),
             lambda: write_jsonl_atomic(iter_dir(ws.run_dir, k) / VERIFIER_DISAGREEMENTS, audit),

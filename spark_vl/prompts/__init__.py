@@ -110,7 +110,8 @@ def solve_prompt(sample: TaskSample, instruction: str, prefix: str = "") -> Prom
     """A task prompt; the instruction is appended unless the question already asks for a box."""
     text = sample.question if "\\boxed" in sample.question else f"{sample.question} {instruction}"
     return PromptRecord(id=f"{prefix}{sample.id}", kind="solve", images=list(sample.images), text=text,
-                        label=sample.answer, question=sample.question, answer=sample.answer, source_id=sample.id)
+                        label=sample.answer, question=sample.question, answer=sample.answer, source_id=sample.id,
+                        video=sample.video)
 
 
 def wrong_answers(samples: list[TaskSample]) -> dict[str, list[str]]:
@@ -125,7 +126,7 @@ def pointwise_judge_sample(source: PromptRecord, answer: str, correct: bool, tem
                            sample_id: str) -> PromptRecord:
     positive, negative = template["labels"]
     return PromptRecord(
-        id=sample_id, kind="judge_pointwise", images=source.images,
+        id=sample_id, kind="judge_pointwise", images=source.images, video=source.video,
         text=template["text"].format(question=source.question, answer=answer),
         label=positive if correct else negative, question=source.question, answer=source.answer,
         source_id=source.source_id, proposed=[answer],
@@ -137,7 +138,7 @@ def pairwise_judge_sample(source: PromptRecord, correct_answer: str, wrong_answe
     first, second = template["labels"]
     shown = [correct_answer, wrong_answer] if correct_first else [wrong_answer, correct_answer]
     return PromptRecord(
-        id=sample_id, kind="judge_pairwise", images=source.images,
+        id=sample_id, kind="judge_pairwise", images=source.images, video=source.video,
         text=template["text"].format(question=source.question, answer_a=shown[0], answer_b=shown[1]),
         label=first if correct_first else second, question=source.question, answer=source.answer,
         source_id=source.source_id, proposed=shown,
@@ -148,7 +149,7 @@ def reflection_sample(source: PromptRecord, shown: str, mode: str, template: str
     """Reflect on a wrong attempt (`mode` cot: its full response; answer: its extracted answer)."""
     key = "response" if mode == "cot" else "answer"
     return PromptRecord(
-        id=sample_id, kind=f"reflect_{mode}", images=source.images,  # type: ignore[arg-type]
+        id=sample_id, kind=f"reflect_{mode}", images=source.images, video=source.video,  # type: ignore[arg-type]
         text=template.format(question=source.question, **{key: shown}), label=source.answer,
         question=source.question, answer=source.answer, source_id=source.source_id, proposed=[shown],
     )

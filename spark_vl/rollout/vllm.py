@@ -7,11 +7,15 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+from PIL import Image
 from qwen_vl_utils import fetch_image
+from qwen_vl_utils.vision_process import fetch_video
 from tqdm import tqdm
 
 from spark_vl.config import ModelConfig, RolloutConfig
 from spark_vl.models import vision_token_ids
+from spark_vl.models.inputs import video_part
 from spark_vl.records import PromptRecord, RolloutGroup
 from spark_vl.rollout.vllm_server import RolloutServerError, VLLMServer
 
@@ -24,6 +28,22 @@ def image_data_url(path: str, min_pixels: int, max_pixels: int, patch_size: int)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def video_data_url(video: str, model_cfg: ModelConfig, patch_size: int) -> tuple[str, float]:
+    """The video's frames as qwen-vl-utils samples and resizes them for the training forward, as
+    a frame-sequence data URL (vLLM opens each frame with PIL, so PNG frames arrive unchanged), and
+    the rate they were sampled at, which the model's temporal positions depend on (as
+    transformers' `VideoMetadata.sampled_fps`)."""
+    part = video_part(video, model_cfg)
+    frames, metadata = fetch_video(part, image_patch_size=patch_size, return_video_metadata=True)
+    encoded = []
+    for frame in frames.to(torch.uint8):
+        buffer = io.BytesIO()
+        Image.fromarray(frame.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+        encoded.append(base64.b64encode(buffer.getvalue()).decode())
+    sampled_fps = len(metadata["frames_indices"]) / metadata["total_num_frames"] * metadata["fps"]
+    return "data:video/jpeg;base64," + ",".join(encoded), sampled_fps
 
 
 class VLLMRolloutEngine:
@@ -65,6 +85,11 @@ class VLLMRolloutEngine:
         content = [{"type": "image_url", "image_url": {"url": image_data_url(p, m.min_pixels, m.max_pixels, self.patch)}}
                    for p in prompt.images]
         content.append({"type": "text", "text": prompt.text})
+        video = {}
+        if prompt.video:  # frames already sampled and resized: the server keeps them as they are
+            url, fps = video_data_url(prompt.video, m, self.patch)
+            content.insert(0, {"type": "video_url", "video_url": {"url": url}})
+            video = {"mm_processor_kwargs": {"do_resize": False}, "media_io_kwargs": {"video": {"fps": fps}}}
         return {
             "model": self.server.config.served_model_name,
             "messages": [{"role": "user", "content": content}],
@@ -72,6 +97,7 @@ class VLLMRolloutEngine:
             "temperature": 0.0 if greedy else self.cfg.temperature_for(prompt.kind), "top_p": 1.0 if greedy else self.cfg.top_p,
             "logprobs": True, "return_token_ids": True, "skip_special_tokens": True,
             "logit_bias": {str(i): -100 for i in self.suppress_ids},  # a weak model samples vision tokens
+            **video,
         }
 
     def _score_one(self, prompt: PromptRecord, completion: str) -> float:
