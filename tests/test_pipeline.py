@@ -413,6 +413,40 @@ def test_video_prompts_go_through_every_stage(tmp_path):
                           for video in videos)
 
 
+def test_mp4_rows_of_a_users_dataset_go_through_every_stage(tmp_path):
+    """A user's dataset whose clips are mp4 files (H.264, written with PyAV; the held-out split
+    mixes them with frame folders): loaded, rolled out, recycled with their video, trained on,
+    evaluated."""
+    from PIL import Image
+
+    from spark_vl.config import BuiltinDataConfig
+    from spark_vl.data.tasks import make_dataset
+    from tests.test_loaders import write_mp4
+
+    data = tmp_path / "data"
+    make_dataset(data, BuiltinDataConfig(n_train=24, n_eval=24, families=["motion"]))
+    for split in ("train", "eval"):
+        rows = [json.loads(line) for line in (data / f"{split}.jsonl").read_text().splitlines()]
+        for row in rows if split == "train" else rows[::2]:
+            folder = data / row["video"]
+            write_mp4(folder.with_suffix(".mp4"), [Image.open(f) for f in sorted(folder.glob("*.png"))], fps=2)
+            row["video"] += ".mp4"
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (tmp_path / "parity.py").write_text("def parity(response, answer, prompt):\n"
+                                        "    return float(len(response) % 2)\n")
+    cfg = load_config(None, SMALL + [f"data.train_path={data / 'train.jsonl'}", f"data.eval_path={data / 'eval.jsonl'}",
+                                     "train.iterations=1", f"reward.function={tmp_path / 'parity.py'}:parity"])
+    run_dir = tmp_path / "run"
+    assert run(cfg, run_dir)[1]["train/sequences"] > 0
+    rollouts = [json.loads(line) for line in (run_dir / "iter-0001" / "rollouts.jsonl").read_text().splitlines()]
+    assert rollouts and all(group["prompt"]["video"].endswith(".mp4") for group in rollouts)
+    recycled = [json.loads(line) for line in (run_dir / "iter-0001" / "recycled.jsonl").read_text().splitlines()]
+    assert recycled and all(p["video"].endswith(".mp4") for p in recycled)
+    evaluated = [json.loads(line) for line in (run_dir / "iter-0001" / "eval_samples.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in evaluated if r["video"].endswith(".mp4")} >= {"solve", "judge_pointwise"}
+    assert any(not r["video"].endswith(".mp4") for r in evaluated)
+
+
 def test_a_video_costs_at_most_four_images_and_a_file_reads_as_its_frames(setup, tiny_model_dir, tmp_path):
     """The default frame budget keeps a clip's prompt within 4x an image prompt's vision tokens;
     an mp4 of the same frames gives the same grid and close pixels (H.264 is lossy); the training
