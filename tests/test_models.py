@@ -116,3 +116,49 @@ def test_sharing_image_features_keeps_log_probs_and_gradients(tiny_model_dir, ti
     assert any("visual" in name for name in grads_shared)
     for name, grad in grads_shared.items():
         assert torch.allclose(grad, grads_repeated[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_sharing_video_features_keeps_log_probs_and_gradients(tiny_model_dir, tiny_data_dir, tmp_path):
+    """Clips (a folder of frames, and one beside an image) repeated per response are encoded once
+    each: the patches repeated row by row are what encoding every row gives, and sharing the
+    features keeps log-probs and every gradient."""
+    import shutil
+
+    from spark_vl.models.inputs import video_part
+
+    cfg = ModelConfig()
+    processor = load_processor(tiny_model_dir, cfg.min_pixels, cfg.max_pixels)
+    images = [str(tiny_data_dir / "images" / "train" / f"{i:06d}.png") for i in range(4)]
+    for name, frames in (("clip", images), ("other", images[::-1])):
+        (tmp_path / name).mkdir()
+        for i, image in enumerate(frames):
+            shutil.copy(image, tmp_path / name / f"{i:02d}.png")
+    clip = user_message([], "Which way?", cfg.min_pixels, cfg.max_pixels, video_part(str(tmp_path / "clip"), cfg))
+    both = user_message(images[:1], "Same?", cfg.min_pixels, cfg.max_pixels, video_part(str(tmp_path / "other"), cfg))
+    conversations = [clip, clip, both, clip, both]
+    repeated = encode_prompts(processor, conversations)
+    row_by_row = [encode_prompts(processor, [conversation]) for conversation in conversations]
+    for key in ("pixel_values_videos", "pixel_values", "video_grid_thw", "second_per_grid_ts"):
+        assert torch.equal(repeated[key], torch.cat([row[key] for row in row_by_row if key in row])), key
+    tokenizer = processor.tokenizer
+    completions = [tokenizer.encode(text, add_special_tokens=False) for text in
+                   [r"\boxed{left}", r"\boxed{up}", "x", r"\boxed{left} or so", r"\boxed{yes}"]]
+    shared = completion_batch(processor, conversations, completions, torch.device("cpu"))
+    assert shared["video_index"].tolist() == [0, 0, 1, 0, 1] and shared["image_index"].tolist() == [0, 0]
+    assert shared["pixel_values_videos"].shape[0] == 2 * 128  # two distinct clips of 2 x 8 x 8 patches
+    unshared = {k: v for k, v in shared.items()
+                if k not in ("distinct_image_grid_thw", "image_index", "distinct_video_grid_thw", "video_index")}
+    unshared.update({key: repeated[key] for key in ("pixel_values", "pixel_values_videos")})
+
+    def logps_and_grads(batch):
+        model = load_model(tiny_model_dir, device=torch.device("cpu"))
+        logps, _ = completion_logps(model, batch)
+        (logps * batch["completion_mask"]).sum().backward()
+        return logps.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    logps_shared, grads_shared = logps_and_grads(shared)
+    logps_unshared, grads_unshared = logps_and_grads(unshared)
+    assert torch.allclose(logps_shared, logps_unshared, atol=1e-5)
+    assert grads_shared.keys() == grads_unshared.keys() and any("visual" in name for name in grads_shared)
+    for name, grad in grads_shared.items():
+        assert torch.allclose(grad, grads_unshared[name], atol=1e-5, rtol=1e-4), name

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from spark_vl.models.inputs import encode_prompts
+from spark_vl.models.inputs import VISUALS, encode_prompts
 
 # Batch entries that are not model inputs.
-BATCH_ONLY = ("completion_ids", "completion_mask", "distinct_image_grid_thw", "image_index")
+BATCH_ONLY = ("completion_ids", "completion_mask", "distinct_image_grid_thw", "image_index", "distinct_video_grid_thw",
+              "video_index")
 
 
 def completion_batch(processor, conversations: list[list[dict]], completions: list[list[int]],
@@ -16,9 +17,9 @@ def completion_batch(processor, conversations: list[list[dict]], completions: li
 
     `mm_token_type_ids` is extended with zeros over the completion: without it Qwen-VL's 3-D
     rotary positions are wrong there and log-probs drift from those of generation. Each distinct
-    image is encoded once (`shared_image_features`): the responses of a group share their prompt.
+    image and video is encoded once (`shared_features`): the responses of a group share their prompt.
     """
-    inputs = encode_prompts(processor, conversations, share_images=True)
+    inputs = encode_prompts(processor, conversations, share_visuals=True)
     width = max(len(c) for c in completions)
     pad = processor.tokenizer.pad_token_id
     ids = torch.full((len(completions), width), pad, dtype=torch.long)
@@ -49,13 +50,15 @@ def policy_logits(logits: torch.Tensor, temperature: float | torch.Tensor, suppr
     return logits
 
 
-def shared_image_features(model, batch: dict[str, torch.Tensor]):
-    """The vision encoder's output for every image of the batch, computing each distinct image
-    once; rows sharing an image share its features, so their gradients add up as if each row
-    had encoded its own copy."""
+def shared_features(model, batch: dict[str, torch.Tensor], kind: str):
+    """The vision encoder's output for every image (or video) of the batch, computing each
+    distinct one once; rows sharing it share its features, so their gradients add up as if each
+    row had encoded its own copy."""
     module = getattr(model, "module", model)  # a DeepSpeed engine or the model itself
-    features = module.get_image_features(batch["pixel_values"], batch["distinct_image_grid_thw"], return_dict=True)
-    index = batch["image_index"].tolist()
+    pixels, grid, _ = VISUALS[kind]
+    encode = module.get_image_features if kind == "image" else module.get_video_features
+    features = encode(batch[pixels], batch[f"distinct_{grid}"], return_dict=True)
+    index = batch[f"{kind}_index"].tolist()
     features.pooler_output = tuple(features.pooler_output[i] for i in index)
     if getattr(features, "deepstack_features", None) is not None:  # Qwen3-VL
         features.deepstack_features = [tuple(level[i] for i in index) for level in features.deepstack_features]
@@ -70,9 +73,11 @@ def completion_logps(model, batch: dict[str, torch.Tensor], temperature: float |
     completion_ids = batch["completion_ids"]
     width = completion_ids.shape[1]
     model_inputs = {k: v for k, v in batch.items() if k not in BATCH_ONLY}
-    if "image_index" in batch:
-        model_inputs["mm_encoder_outputs"] = {"image": shared_image_features(model, batch)}
-        del model_inputs["pixel_values"]
+    shared = {kind: shared_features(model, batch, kind) for kind in VISUALS if f"{kind}_index" in batch}
+    if shared:
+        model_inputs["mm_encoder_outputs"] = shared
+        for kind in shared:
+            del model_inputs[VISUALS[kind][0]]
     logits = model(**model_inputs, logits_to_keep=width + 1).logits[:, :-1, :]
     logits = policy_logits(logits, temperature, list(suppress_ids))
     logps = torch.log_softmax(logits, dim=-1)

@@ -14,10 +14,11 @@ from transformers import BatchFeature
 from spark_vl.config import ModelConfig
 from spark_vl.records import PromptRecord, video_frames
 
-# Processor outputs with one row per conversation, and with one entry per image.
+# Processor outputs with one row per conversation; and per kind of visual part, its patches, its
+# grids (one per part) and what else comes one per part.
 PER_CONVERSATION = ("input_ids", "attention_mask", "mm_token_type_ids")
-PER_IMAGE = ("pixel_values", "image_grid_thw")
-
+VISUALS = {"image": ("pixel_values", "image_grid_thw", ()),
+           "video": ("pixel_values_videos", "video_grid_thw", ("second_per_grid_ts",))}
 
 def video_part(video: str, model_cfg: ModelConfig) -> dict[str, Any]:
     """A video as qwen-vl-utils reads it, within `model.video`'s budget: a file sampled at `fps`
@@ -53,42 +54,46 @@ def conversation(prompt: PromptRecord, model_cfg: ModelConfig) -> list[dict]:
     return user_message(prompt.images, prompt.text, model_cfg.min_pixels, model_cfg.max_pixels, video)
 
 
-def encode_prompts(processor, conversations: list[list[dict]], share_images: bool = False) -> BatchFeature:
+def encode_prompts(processor, conversations: list[list[dict]], share_visuals: bool = False) -> BatchFeature:
     """Tokenised, left-padded batch with pixel values for a list of conversations.
 
     A training batch repeats each prompt once per sampled response: each distinct conversation
-    is read, resized and tokenised once, and its rows are repeated. Its images' patches are
-    repeated too, unless `share_images`: then `pixel_values` holds each distinct image once,
-    `distinct_image_grid_thw` their grids and `image_index` which one each image of the batch
-    is (see `train.forward.shared_image_features`).
+    is read, resized and tokenised once, and its rows are repeated. Its images' and videos'
+    patches are repeated too, unless `share_visuals`: then `pixel_values` (`pixel_values_videos`)
+    holds each distinct image (video) once, `distinct_image_grid_thw` (`distinct_video_grid_thw`)
+    their grids and `image_index` (`video_index`) which one each of the batch is (see
+    `models.forward.shared_features`).
     """
     keys = [json.dumps(conv, sort_keys=True, default=repr) for conv in conversations]  # in-memory images: by identity
     distinct = {key: conv for key, conv in zip(keys, conversations)}
     if len(distinct) == len(keys):
         return _encode(processor, conversations)
     inputs = _encode(processor, list(distinct.values()))
-    if not set(inputs) <= set(PER_CONVERSATION + PER_IMAGE):  # e.g. video inputs: no shortcut
+    known = set(PER_CONVERSATION) | {key for pixels, grid, extra in VISUALS.values() for key in (pixels, grid, *extra)}
+    if not set(inputs) <= known:  # an output this does not know how to repeat: encode every row
         return _encode(processor, conversations)
     position = {key: i for i, key in enumerate(distinct)}
     rows = [position[key] for key in keys]
     out = {key: inputs[key][rows] for key in PER_CONVERSATION if key in inputs}
-    if "pixel_values" in inputs:
-        image_start = [0, *accumulate(_image_count(conv) for conv in distinct.values())]
-        images = [i for row in rows for i in range(image_start[row], image_start[row + 1])]
-        out["image_grid_thw"] = inputs["image_grid_thw"][images]
-        if share_images:
-            out["pixel_values"] = inputs["pixel_values"]
-            out["distinct_image_grid_thw"] = inputs["image_grid_thw"]
-            out["image_index"] = torch.tensor(images)
+    for kind, (pixels, grid, extra) in VISUALS.items():
+        if pixels not in inputs:
+            continue
+        start = [0, *accumulate(_part_count(conv, kind) for conv in distinct.values())]
+        parts = [i for row in rows for i in range(start[row], start[row + 1])]
+        out[grid] = inputs[grid][parts]
+        out.update({key: inputs[key][parts] for key in extra if key in inputs})
+        if share_visuals:
+            out[pixels] = inputs[pixels]
+            out[f"distinct_{grid}"] = inputs[grid]
+            out[f"{kind}_index"] = torch.tensor(parts)
         else:
-            patch_start = [0, *accumulate(inputs["image_grid_thw"].prod(-1).tolist())]
-            out["pixel_values"] = torch.cat([inputs["pixel_values"][patch_start[i]:patch_start[i + 1]]
-                                             for i in images])
+            patch_start = [0, *accumulate(inputs[grid].prod(-1).tolist())]
+            out[pixels] = torch.cat([inputs[pixels][patch_start[i]:patch_start[i + 1]] for i in parts])
     return BatchFeature(out)
 
 
-def _image_count(conversation: list[dict]) -> int:
-    return sum(isinstance(part, dict) and part.get("type") == "image"
+def _part_count(conversation: list[dict], kind: str) -> int:
+    return sum(isinstance(part, dict) and part.get("type") == kind
                for turn in conversation for part in (turn["content"] if isinstance(turn["content"], list) else []))
 
 
