@@ -44,7 +44,8 @@ REFLECT_KINDS = tuple(kind for kind in KINDS if kind.startswith("reflect_"))
 class PromptRecord:
     """A prompt to roll out. `label` is what its rewards are checked against: the task's ground
     truth for solve and reflect prompts, the verdict (Yes/No/A/B) for judge prompts. `video`: a
-    video file or a folder of frames, shown before the images."""
+    video file or a folder of frames, shown before the images; `video_options`: the row's own
+    `fps`, `video_start` and `video_end` (seconds) for a video file, as qwen-vl-utils names them."""
 
     id: str
     kind: Kind
@@ -56,6 +57,7 @@ class PromptRecord:
     source_id: str
     proposed: list[str] = field(default_factory=list)  # answers shown to a judge, in display order
     video: str | None = None
+    video_options: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> "PromptRecord":
@@ -102,6 +104,11 @@ def media_files(images: list[str] | tuple[str, ...], video: str | None) -> list[
     if video:
         files += video_frames(video) if Path(video).is_dir() else [Path(video)]
     return files
+
+
+def visuals_of(prompt: PromptRecord) -> dict[str, Any]:
+    """What a prompt shows (images, video and its options), for a prompt made about the same thing."""
+    return {"images": prompt.images, "video": prompt.video, "video_options": prompt.video_options}
 
 
 def media(prompt: PromptRecord) -> dict[str, Any]:

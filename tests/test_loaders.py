@@ -178,3 +178,42 @@ def test_video_rows_are_read_or_refused_with_the_reason(dataset_dir):
                                                        (7, "path_escape"), (8, "unparseable")]
     assert "video 'broken.mp4' cannot be decoded" in result.bad[1].detail
     assert "holds no frames" in result.bad[2].detail and "bad-frames/000.png" in result.bad[3].detail
+
+
+def test_a_rows_own_clip_bounds_and_rate_are_read_and_checked(dataset_dir):
+    """`fps`, `video_start` and `video_end` of a row (or of its LMM-R1 video part) travel with the
+    sample and bound the frames its file gives; bad ones are named."""
+    import torch
+    from qwen_vl_utils.vision_process import fetch_video
+
+    from spark_vl.config import ModelConfig
+    from spark_vl.models.inputs import video_part
+
+    frames = [Image.new("RGB", (64, 48), (20 * i, 0, 0)) for i in range(12)]
+    write_mp4(dataset_dir / "clip.mp4", frames, fps=4)  # 3 s
+    (dataset_dir / "clip").mkdir()
+    frames[0].save(dataset_dir / "clip" / "0.png")
+    message = [{"role": "user", "content": [{"type": "video", "video": "clip.mp4", "video_end": 1.5},
+                                            {"type": "text", "text": "Moves?"}]}]
+    rows = [{"video": "clip.mp4", "video_start": 1, "video_end": 2.5, "fps": 4, "question": "q?", "answer": "1"},
+            {"message": json.dumps(message), "answer": "1"},
+            {"video": "clip.mp4", "video_start": 2, "video_end": 1, "question": "q?", "answer": "1"},
+            {"video": "clip.mp4", "fps": 0, "question": "q?", "answer": "1"},
+            {"video": "clip", "fps": 1, "question": "q?", "answer": "1"},
+            {"image": "images/train/000001.png", "video_end": 1, "question": "q?", "answer": "1"}]
+    path = dataset_dir / "bounds.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = scan_dataset(path)
+    assert [s.video_options for s in result.samples] == [{"fps": 4.0, "video_start": 1.0, "video_end": 2.5},
+                                                         {"video_end": 1.5}]
+    assert [(b.row, b.reason) for b in result.bad] == [(2, "unparseable"), (3, "unparseable"), (4, "unparseable"),
+                                                       (5, "unparseable")]
+    assert "must come before 'video_end'" in result.bad[0].detail and "'fps' must be a positive" in result.bad[1].detail
+    assert "apply to a video file" in result.bad[2].detail and "without a 'video'" in result.bad[3].detail
+    cfg = ModelConfig()
+    whole, clip = (fetch_video(video_part(s.video, cfg, options), image_patch_size=14)
+                   for s, options in ((result.samples[0], {}), (result.samples[0], result.samples[0].video_options)))
+    assert len(whole) == 4 and len(clip) == 4  # 3 s at 2 fps = 6, capped at 4; 1.5 s at 4 fps = 6, capped at 4
+    short = fetch_video(video_part(result.samples[1].video, cfg, result.samples[1].video_options), image_patch_size=14)
+    assert len(short) == 2  # the first 1.5 s at 2 fps: 3 frames, rounded to a temporal patch
+    assert not torch.equal(clip[0], whole[0])  # the clip starts at 1 s, not at the first frame

@@ -414,9 +414,9 @@ def test_video_prompts_go_through_every_stage(tmp_path):
 
 
 def test_mp4_rows_of_a_users_dataset_go_through_every_stage(tmp_path):
-    """A user's dataset whose clips are mp4 files (H.264, written with PyAV; the held-out split
-    mixes them with frame folders): loaded, rolled out, recycled with their video, trained on,
-    evaluated."""
+    """A user's dataset whose clips are mp4 files (H.264, written with PyAV; the training rows
+    start their clip at 0.5 s, the held-out split mixes them with frame folders): loaded, rolled
+    out, recycled with their video and its bounds, trained on, evaluated."""
     from PIL import Image
 
     from spark_vl.config import BuiltinDataConfig
@@ -431,6 +431,8 @@ def test_mp4_rows_of_a_users_dataset_go_through_every_stage(tmp_path):
             folder = data / row["video"]
             write_mp4(folder.with_suffix(".mp4"), [Image.open(f) for f in sorted(folder.glob("*.png"))], fps=2)
             row["video"] += ".mp4"
+            if split == "train":
+                row["video_start"] = 0.5  # a row's own clip bound, kept by every prompt made from it
         (data / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     (tmp_path / "parity.py").write_text("def parity(response, answer, prompt):\n"
                                         "    return float(len(response) % 2)\n")
@@ -441,7 +443,8 @@ def test_mp4_rows_of_a_users_dataset_go_through_every_stage(tmp_path):
     rollouts = [json.loads(line) for line in (run_dir / "iter-0001" / "rollouts.jsonl").read_text().splitlines()]
     assert rollouts and all(group["prompt"]["video"].endswith(".mp4") for group in rollouts)
     recycled = [json.loads(line) for line in (run_dir / "iter-0001" / "recycled.jsonl").read_text().splitlines()]
-    assert recycled and all(p["video"].endswith(".mp4") for p in recycled)
+    assert recycled and all(p["video"].endswith(".mp4") and p["video_options"] == {"video_start": 0.5}
+                            for p in recycled)
     evaluated = [json.loads(line) for line in (run_dir / "iter-0001" / "eval_samples.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in evaluated if r["video"].endswith(".mp4")} >= {"solve", "judge_pointwise"}
     assert any(not r["video"].endswith(".mp4") for r in evaluated)

@@ -27,6 +27,9 @@ from spark_vl.runio import logger
 
 # What qwen-vl-utils reads video files with (its torchvision path needs a torchvision with read_video).
 VIDEO_READERS = ("decord", "torchcodec")
+# A row's own sampling of its video file, in qwen-vl-utils' names: frames per second, and the
+# clip's first and last second.
+VIDEO_OPTIONS = ("fps", "video_start", "video_end")
 
 BAD_ROW_REASONS = (
     "unparseable",  # not JSON / not an object / no question or image field
@@ -54,6 +57,7 @@ class TaskSample:
     answer: str
     max_pixels: int | None = None
     video: str | None = None  # a video file or a folder of frames
+    video_options: dict[str, float] = field(default_factory=dict)  # a file's fps, video_start, video_end
 
 
 @dataclass(frozen=True)
@@ -128,8 +132,9 @@ def _strip_file_scheme(value: str) -> str:
     return value[len("file://"):] if value.startswith("file://") else value
 
 
-def _parse_row(row: Any) -> tuple[list[str], Any, str, Any, int | None]:
-    """(image refs, video ref or None, question, answer, max_pixels) of one row in either schema."""
+def _parse_row(row: Any) -> tuple[list[str], Any, dict[str, Any], str, Any, int | None]:
+    """(image refs, video ref or None, video options, question, answer, max_pixels) of one row in
+    either schema."""
     if isinstance(row, _BadRowError):
         raise row
     if not isinstance(row, dict):
@@ -144,7 +149,7 @@ def _parse_row(row: Any) -> tuple[list[str], Any, str, Any, int | None]:
                 raise _BadRowError("unparseable", f"'message' is not a JSON string of messages: {exc.msg}")
         if not isinstance(messages, list):
             raise _BadRowError("unparseable", "'message' must be a list of chat messages")
-        images, videos, texts, max_pixels = [], [], [], None
+        images, videos, texts, max_pixels, options = [], [], [], None, {}
         for message in messages:
             content = message.get("content") if isinstance(message, dict) else None
             if isinstance(content, str):
@@ -160,6 +165,7 @@ def _parse_row(row: Any) -> tuple[list[str], Any, str, Any, int | None]:
                     max_pixels = part.get("max_pixels", max_pixels)
                 elif part.get("type") == "video" or "video" in part:
                     videos.append(part.get("video"))
+                    options = {key: part[key] for key in VIDEO_OPTIONS if part.get(key) is not None}
                 elif part.get("type") == "text" or "text" in part:
                     texts.append(str(part.get("text", "")))
         question = "\n".join(t for t in texts if t)
@@ -173,6 +179,7 @@ def _parse_row(row: Any) -> tuple[list[str], Any, str, Any, int | None]:
         question = row.get("question") or row.get("problem") or ""
         max_pixels = row.get("max_pixels")
         video = row.get("video")
+        options = {key: row[key] for key in VIDEO_OPTIONS if row.get(key) is not None}
     if not isinstance(question, str):
         raise _BadRowError("unparseable", f"the question must be text, not {type(question).__name__}")
     if not isinstance(images, list):
@@ -192,7 +199,22 @@ def _parse_row(row: Any) -> tuple[list[str], Any, str, Any, int | None]:
         raise _BadRowError("unparseable", "image entries must be file paths (embedded images are not supported)")
     if video is not None and not (isinstance(video, str) and video):
         raise _BadRowError("unparseable", "'video' must be the path of a video file or of a folder of frames")
-    return images, video, question, answer, max_pixels
+    return images, video, _video_options(options, video), question, answer, max_pixels
+
+
+def _video_options(options: dict[str, Any], video: str | None) -> dict[str, float]:
+    """A row's fps and clip bounds, checked: positive numbers, the start before the end."""
+    if options and video is None:
+        raise _BadRowError("unparseable", f"{', '.join(options)} without a 'video'")
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (key == "fps" and not value):
+            raise _BadRowError("unparseable", f"'{key}' must be a {'positive' if key == 'fps' else 'non-negative'} "
+                                              f"number of {'frames per second' if key == 'fps' else 'seconds'}, "
+                                              f"not {value!r}")
+    if "video_start" in options and "video_end" in options and options["video_start"] >= options["video_end"]:
+        raise _BadRowError("unparseable", f"'video_start' ({options['video_start']}) must come before 'video_end' "
+                                          f"({options['video_end']})")
+    return {key: float(value) for key, value in options.items()}
 
 
 class MediaChecker:
@@ -287,15 +309,18 @@ def scan_dataset(path: str | Path, max_image_pixels: int = 50_000_000, split: st
     result = LoadedDataset(path=path)
     for row_number, row in _raw_rows(path, split):
         try:
-            refs, video_ref, question, answer, max_pixels = _parse_row(row)
+            refs, video_ref, video_options, question, answer, max_pixels = _parse_row(row)
             images = tuple(str(checker.resolve(ref)) for ref in refs)
             video = str(checker.resolve_video(video_ref)) if video_ref is not None else None
+            if video_options and Path(video).is_dir():
+                raise _BadRowError("unparseable", f"{', '.join(video_options)} apply to a video file; a folder of "
+                                                  "frames is taken frame by frame")
         except _BadRowError as bad:
             result.bad.append(BadRow(row_number, bad.reason, bad.detail))
             continue
         sample_id = str(row.get("id", f"{path.stem}-{row_number}"))
         result.samples.append(TaskSample(sample_id, row_number, images, question, str(answer).strip(), max_pixels,
-                                         video))
+                                         video, video_options))
     return result
 
 

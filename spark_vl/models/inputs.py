@@ -20,9 +20,10 @@ PER_CONVERSATION = ("input_ids", "attention_mask", "mm_token_type_ids")
 VISUALS = {"image": ("pixel_values", "image_grid_thw", ()),
            "video": ("pixel_values_videos", "video_grid_thw", ("second_per_grid_ts",))}
 
-def video_part(video: str, model_cfg: ModelConfig) -> dict[str, Any]:
+def video_part(video: str, model_cfg: ModelConfig, options: dict[str, float] | None = None) -> dict[str, Any]:
     """A video as qwen-vl-utils reads it, within `model.video`'s budget: a file sampled at `fps`
-    (at most `max_frames`), or a folder's frames, at most `max_frames` of them evenly spaced."""
+    (at most `max_frames`; a row's own `fps`, `video_start` and `video_end` in `options`), or a
+    folder's frames, at most `max_frames` of them evenly spaced."""
     cfg = model_cfg.video
     bounds = {"min_pixels": model_cfg.min_pixels, "max_pixels": cfg.max_pixels or model_cfg.max_pixels}
     if Path(video).is_dir():
@@ -32,7 +33,7 @@ def video_part(video: str, model_cfg: ModelConfig) -> dict[str, Any]:
             frames = [frames[round(i * step)] for i in range(cfg.max_frames)]
         return {"type": "video", "video": [f"file://{frame.resolve()}" for frame in frames], **bounds}
     return {"type": "video", "video": f"file://{Path(video).resolve()}", "fps": cfg.fps, "min_frames": 2,
-            "max_frames": cfg.max_frames, **bounds}
+            "max_frames": cfg.max_frames, **bounds, **(options or {})}
 
 
 def user_message(images: list[str] | tuple[str, ...], text: str, min_pixels: int, max_pixels: int,
@@ -50,7 +51,7 @@ def user_message(images: list[str] | tuple[str, ...], text: str, min_pixels: int
 
 def conversation(prompt: PromptRecord, model_cfg: ModelConfig) -> list[dict]:
     """A prompt record as the chat the model reads, with the run's pixel and frame bounds."""
-    video = prompt.video and video_part(prompt.video, model_cfg)
+    video = prompt.video and video_part(prompt.video, model_cfg, prompt.video_options)
     return user_message(prompt.images, prompt.text, model_cfg.min_pixels, model_cfg.max_pixels, video)
 
 

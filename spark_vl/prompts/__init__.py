@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from spark_vl.data import TaskSample
-from spark_vl.records import KINDS, PromptRecord
+from spark_vl.records import KINDS, PromptRecord, visuals_of
 
 PACKAGED = {"default": "templates.json", "tiny": "templates_tiny.json"}
 POSITIVE_LABELS = ("Yes", "A")  # pointwise templates say Yes/No or A/B, the first meaning "correct"
@@ -111,7 +111,7 @@ def solve_prompt(sample: TaskSample, instruction: str, prefix: str = "") -> Prom
     text = sample.question if "\\boxed" in sample.question else f"{sample.question} {instruction}"
     return PromptRecord(id=f"{prefix}{sample.id}", kind="solve", images=list(sample.images), text=text,
                         label=sample.answer, question=sample.question, answer=sample.answer, source_id=sample.id,
-                        video=sample.video)
+                        video=sample.video, video_options=dict(sample.video_options))
 
 
 def wrong_answers(samples: list[TaskSample]) -> dict[str, list[str]]:
@@ -126,7 +126,7 @@ def pointwise_judge_sample(source: PromptRecord, answer: str, correct: bool, tem
                            sample_id: str) -> PromptRecord:
     positive, negative = template["labels"]
     return PromptRecord(
-        id=sample_id, kind="judge_pointwise", images=source.images, video=source.video,
+        id=sample_id, kind="judge_pointwise", **visuals_of(source),
         text=template["text"].format(question=source.question, answer=answer),
         label=positive if correct else negative, question=source.question, answer=source.answer,
         source_id=source.source_id, proposed=[answer],
@@ -138,7 +138,7 @@ def pairwise_judge_sample(source: PromptRecord, correct_answer: str, wrong_answe
     first, second = template["labels"]
     shown = [correct_answer, wrong_answer] if correct_first else [wrong_answer, correct_answer]
     return PromptRecord(
-        id=sample_id, kind="judge_pairwise", images=source.images, video=source.video,
+        id=sample_id, kind="judge_pairwise", **visuals_of(source),
         text=template["text"].format(question=source.question, answer_a=shown[0], answer_b=shown[1]),
         label=first if correct_first else second, question=source.question, answer=source.answer,
         source_id=source.source_id, proposed=shown,
@@ -149,7 +149,7 @@ def reflection_sample(source: PromptRecord, shown: str, mode: str, template: str
     """Reflect on a wrong attempt (`mode` cot: its full response; answer: its extracted answer)."""
     key = "response" if mode == "cot" else "answer"
     return PromptRecord(
-        id=sample_id, kind=f"reflect_{mode}", images=source.images, video=source.video,  # type: ignore[arg-type]
+        id=sample_id, kind=f"reflect_{mode}", **visuals_of(source),  # type: ignore[arg-type]
         text=template.format(question=source.question, **{key: shown}), label=source.answer,
         question=source.question, answer=source.answer, source_id=source.source_id, proposed=[shown],
     )

@@ -30,12 +30,13 @@ def image_data_url(path: str, min_pixels: int, max_pixels: int, patch_size: int)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def video_data_url(video: str, model_cfg: ModelConfig, patch_size: int) -> tuple[str, float]:
+def video_data_url(video: str, model_cfg: ModelConfig, patch_size: int,
+                   options: dict[str, float] | None = None) -> tuple[str, float]:
     """The video's frames as qwen-vl-utils samples and resizes them for the training forward, as
     a frame-sequence data URL (vLLM opens each frame with PIL, so PNG frames arrive unchanged), and
     the rate they were sampled at, which the model's temporal positions depend on (as
     transformers' `VideoMetadata.sampled_fps`)."""
-    part = video_part(video, model_cfg)
+    part = video_part(video, model_cfg, options)
     frames, metadata = fetch_video(part, image_patch_size=patch_size, return_video_metadata=True)
     encoded = []
     for frame in frames.to(torch.uint8):
@@ -87,7 +88,7 @@ class VLLMRolloutEngine:
         content.append({"type": "text", "text": prompt.text})
         video = {}
         if prompt.video:  # frames already sampled and resized: the server keeps them as they are
-            url, fps = video_data_url(prompt.video, m, self.patch)
+            url, fps = video_data_url(prompt.video, m, self.patch, prompt.video_options)
             content.insert(0, {"type": "video_url", "video_url": {"url": url}})
             video = {"mm_processor_kwargs": {"do_resize": False}, "media_io_kwargs": {"video": {"fps": fps}}}
         return {
