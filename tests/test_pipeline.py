@@ -162,6 +162,10 @@ def test_micro_batches_with_accumulation_match_one_big_batch(setup, tiny_model_d
         results.append(({k: v.clone() for k, v in trainer.model.state_dict().items()}, stats))
     (small, small_stats), (big, big_stats) = results
     assert small_stats["train/loss"] == pytest.approx(big_stats["train/loss"], abs=1e-6)
+    # The same tokens; a micro-batch pads its rows only to its own longest prompt and completion.
+    assert small_stats["train/tokens"] == big_stats["train/tokens"]
+    assert 0 <= small_stats["train/padding_frac"] <= big_stats["train/padding_frac"] < 1
+    assert big_stats["train/padding_frac"] > 0  # sampled completions differ in length
     # Adam's first step is about lr * sign(grad): compare the update directions as a whole.
     small_update = torch.cat([(small[k] - start[k]).flatten() for k in start])
     big_update = torch.cat([(big[k] - start[k]).flatten() for k in start])

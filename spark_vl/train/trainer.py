@@ -250,7 +250,7 @@ class PolicyTrainer:
         steps = mini_batches(sequences, train.ppo_mini_batch_size, seed)
         if train.tis_imp_ratio_cap is not None:
             self._proximal_logps(steps)
-        sums = torch.zeros(6, dtype=torch.float64)
+        sums = torch.zeros(7, dtype=torch.float64)
         for update in range(train.updates_per_batch):
             for i, step in enumerate(steps):
                 normaliser = loss_normaliser(train.loss_agg_mode, sum(len(s.completion) for s in step), len(step),
@@ -259,11 +259,12 @@ class PolicyTrainer:
         if self.world_size > 1:  # on the engine's device: NCCL reduces CUDA tensors only
             sums = sums.to(self.device)
             torch.distributed.all_reduce(sums)
-        loss_sum, kl_sum, entropy_sum, clipped, tokens, tis_weight = (sums / train.updates_per_batch).tolist()
+        loss_sum, kl_sum, entropy_sum, clipped, tokens, tis_weight, slots = (sums / train.updates_per_batch).tolist()
         if train.tis_imp_ratio_cap is not None:
             stats["train/tis_weight"] = tis_weight / total_tokens
         return {**stats, "train/optimizer_steps": float(len(steps) * train.updates_per_batch),
-                "train/tokens": tokens, "train/loss": loss_sum / len(steps), "train/kl": kl_sum / total_tokens,
+                "train/tokens": tokens, "train/padding_frac": 1.0 - tokens / slots,
+                "train/loss": loss_sum / len(steps), "train/kl": kl_sum / total_tokens,
                 "train/entropy": entropy_sum / total_tokens, "train/clip_frac": clipped / total_tokens}
 
     def _chunks(self, sequences: list[Sequence]) -> list[list[Sequence]]:
@@ -315,7 +316,7 @@ class PolicyTrainer:
         # DeepSpeed averages gradients over workers: normalise each worker's share accordingly.
         normaliser = batch_normaliser / self.world_size
         chunks = self._chunks(sequences)
-        loss_sum = kl_sum = clipped = entropy_sum = tokens = tis_weight = 0.0
+        loss_sum = kl_sum = clipped = entropy_sum = tokens = tis_weight = slots = 0.0
         for i, chunk in enumerate(chunks):
             self.engine.set_gradient_accumulation_boundary(i == len(chunks) - 1)
             if not chunk:  # fewer sequences than workers: take part in the average with zeros
@@ -324,7 +325,8 @@ class PolicyTrainer:
             batch = completion_batch(self.processor, [s.conversation for s in chunk], [s.completion for s in chunk],
                                      self.device)
             mask = credit_mask(batch["completion_mask"], chunk)
-            tokens += float(batch["attention_mask"].sum())
+            tokens += float(batch["attention_mask"].sum())  # prompt and completion tokens, padding not
+            slots += float(batch["attention_mask"].numel())
             behaviour = torch.zeros(mask.shape, device=self.device)
             for row, seq in enumerate(chunk):
                 behaviour[row, :len(seq.old_logps)] = torch.tensor(seq.old_logps)
@@ -356,7 +358,7 @@ class PolicyTrainer:
             entropy_sum += float((entropy.detach() * mask).sum())
             tis_weight += chunk_stats["tis_weight_sum"]
         self.engine.step()
-        return torch.tensor([loss_sum / self.world_size, kl_sum, entropy_sum, clipped, tokens, tis_weight],
+        return torch.tensor([loss_sum / self.world_size, kl_sum, entropy_sum, clipped, tokens, tis_weight, slots],
                             dtype=torch.float64)
 
     def sft_step(self, conversations: list[list[dict]], targets: list[list[int]]) -> float:
