@@ -209,7 +209,7 @@ def test_a_rows_own_clip_bounds_and_rate_are_read_and_checked(dataset_dir):
     assert [(b.row, b.reason) for b in result.bad] == [(2, "unparseable"), (3, "unparseable"), (4, "unparseable"),
                                                        (5, "unparseable")]
     assert "must come before 'video_end'" in result.bad[0].detail and "'fps' must be a positive" in result.bad[1].detail
-    assert "apply to a video file" in result.bad[2].detail and "without a 'video'" in result.bad[3].detail
+    assert "for a video file only" in result.bad[2].detail and "without a 'video'" in result.bad[3].detail
     cfg = ModelConfig()
     whole, clip = (fetch_video(video_part(s.video, cfg, options), image_patch_size=14)
                    for s, options in ((result.samples[0], {}), (result.samples[0], result.samples[0].video_options)))

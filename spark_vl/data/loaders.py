@@ -313,8 +313,8 @@ def scan_dataset(path: str | Path, max_image_pixels: int = 50_000_000, split: st
             images = tuple(str(checker.resolve(ref)) for ref in refs)
             video = str(checker.resolve_video(video_ref)) if video_ref is not None else None
             if video_options and Path(video).is_dir():
-                raise _BadRowError("unparseable", f"{', '.join(video_options)} apply to a video file; a folder of "
-                                                  "frames is taken frame by frame")
+                raise _BadRowError("unparseable", f"{', '.join(video_options)}: for a video file only; a folder "
+                                                  "of frames is taken frame by frame")
         except _BadRowError as bad:
             result.bad.append(BadRow(row_number, bad.reason, bad.detail))
             continue
