@@ -274,6 +274,7 @@ def test_token_budget_micro_batches_make_the_same_update_as_row_micro_batches(se
     for a, b in zip(*first_moments):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
 
+
 class ScriptedEngine:
     """A rollout engine whose answers are fixed by the sample: right on half the responses for
     samples with an even number (a group whose rewards differ), wrong on all others."""

@@ -169,6 +169,7 @@ def test_vllm_rolls_out_two_image_prompts_as_transformers_scores_them(server, ti
     for ours, served in _forward_logps(tiny_model_dir, groups, cfg, processor, suppress):
         assert torch.allclose(ours, served, atol=1e-3)
 
+
 @needs_vllm
 def test_vllm_rolls_out_video_prompts_as_transformers_scores_them(server, tiny_model_dir, tmp_path):
     """A `motion` clip (a folder of frames) and an mp4 whose frames the frame budget thins out,

@@ -20,6 +20,7 @@ PER_CONVERSATION = ("input_ids", "attention_mask", "mm_token_type_ids")
 VISUALS = {"image": ("pixel_values", "image_grid_thw", ()),
            "video": ("pixel_values_videos", "video_grid_thw", ("second_per_grid_ts",))}
 
+
 def video_part(video: str, model_cfg: ModelConfig, options: dict[str, float] | None = None) -> dict[str, Any]:
     """A video as qwen-vl-utils reads it, within `model.video`'s budget: a file sampled at `fps`
     (at most `max_frames`; a row's own `fps`, `video_start` and `video_end` in `options`), or a
