@@ -33,7 +33,8 @@ def _judge_prompts(path: Path, cfg) -> list:
             for image in images:
                 if not image.is_file():
                     raise ValueError(f"image {image} does not exist")
-            video = row_video(row) and path.parent / row_video(row)
+            video = row_video(row)
+            video = video and path.parent / video
             if video and not video.exists():
                 raise ValueError(f"video {video} does not exist")
             prompts.append(request_prompt(row, f"row{number}", [str(image) for image in images], cfg, templates,

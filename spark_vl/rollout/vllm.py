@@ -20,14 +20,19 @@ from spark_vl.records import PromptRecord, RolloutGroup
 from spark_vl.rollout.vllm_server import RolloutServerError, VLLMServer
 
 
+def _png_base64(image: Image.Image) -> str:
+    """An image as lossless PNG bytes in base64: what the server decodes is what training read."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 def image_data_url(path: str, min_pixels: int, max_pixels: int, patch_size: int) -> str:
     """The image resized by qwen-vl-utils exactly as for the training forward, as a PNG data URL
     (the server's processor then has nothing left to resize)."""
     image = fetch_image({"image": f"file://{Path(path).resolve()}", "min_pixels": min_pixels,
                          "max_pixels": max_pixels}, image_patch_size=patch_size)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/png;base64," + _png_base64(image)
 
 
 def video_data_url(video: str, model_cfg: ModelConfig, patch_size: int,
@@ -38,11 +43,7 @@ def video_data_url(video: str, model_cfg: ModelConfig, patch_size: int,
     transformers' `VideoMetadata.sampled_fps`)."""
     part = video_part(video, model_cfg, options)
     frames, metadata = fetch_video(part, image_patch_size=patch_size, return_video_metadata=True)
-    encoded = []
-    for frame in frames.to(torch.uint8):
-        buffer = io.BytesIO()
-        Image.fromarray(frame.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-        encoded.append(base64.b64encode(buffer.getvalue()).decode())
+    encoded = [_png_base64(Image.fromarray(frame.permute(1, 2, 0).numpy())) for frame in frames.to(torch.uint8)]
     sampled_fps = len(metadata["frames_indices"]) / metadata["total_num_frames"] * metadata["fps"]
     return "data:video/jpeg;base64," + ",".join(encoded), sampled_fps
 
