@@ -1,5 +1,6 @@
 """SPARK co-evolution as a Prefect flow: prepare once, then per iteration
-prompts -> rollout -> verify -> recycle -> train -> evaluate -> log (and register now and then).
+prompts -> rollout -> verify -> recycle -> train -> evaluate -> log (and register now and then);
+under `rollout.overlap` the next iteration's prompts and rollout run beside train.
 
 Tasks pass the run directory and the iteration, never big objects: each stage reads its inputs
 from the run directory and writes its output there atomically, and skips itself when the
@@ -196,8 +197,19 @@ def co_evolve(config: RunConfig | None = None, config_path: str | None = None,
         evaluate.with_options(**retry)(cfg, run_dir, 0)
         log.with_options(**retry)(cfg, run_dir, 0, mlflow_run_id)
         for k in range(1, cfg.train.iterations + 1):
-            for stage in (prompts, rollout, verify, recycle, train):
+            for stage in (prompts, rollout, verify, recycle):
                 stage.with_options(**retry)(cfg, run_dir, k)
+            ahead = None
+            if pipeline.rolls_ahead(cfg, k):  # rollout.overlap: iteration k+1 samples while k trains
+                prompts.with_options(**retry)(cfg, run_dir, k + 1)
+                ahead = rollout.with_options(**retry).submit(cfg, run_dir, k + 1)
+            try:
+                train.with_options(**retry)(cfg, run_dir, k)
+            finally:
+                if ahead is not None:
+                    ahead.wait()
+            if ahead is not None:
+                ahead.result()  # raises what the rollouts raised
             if pipeline.evaluation_due(cfg, k):
                 evaluate.with_options(**retry)(cfg, run_dir, k)
             log.with_options(**retry)(cfg, run_dir, k, mlflow_run_id)

@@ -189,11 +189,13 @@ def prune_deepspeed_state(run_dir: Path, keep: int) -> None:
 
 def prune_policies(config: RunConfig, run_dir: Path, k: int) -> list[Path]:
     """Once iteration k has landed, delete the policies no later stage needs: all but the newest
-    `train.keep_policies`, policy-0000 (the KL reference), registered ones and every
-    `train.keep_every`-th. Returns what was deleted."""
+    `train.keep_policies` (2 at least under `rollout.overlap`), policy-0000 (the KL reference),
+    registered ones and every `train.keep_every`-th. Returns what was deleted."""
     keep = config.train.keep_policies
     if keep is None:
         return []
+    if config.rollout.overlap:
+        keep = max(keep, 2)  # the rollouts of k+1 sample from policy k-1
     deleted = []
     for j in range(1, k - keep + 1):
         path = policy_dir(run_dir, j)

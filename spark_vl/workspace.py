@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class Workspace:
     _cache: dict[str, Any] = field(default_factory=dict)
     trainer: PolicyTrainer | None = None
     trainer_iteration: int | None = None
+    is_rollout_process: bool = False  # the run's second process, sampling while the first trains (rollout.overlap)
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -96,21 +98,30 @@ class Workspace:
 
     def engine_at(self, k: int) -> RolloutEngine:
         """An engine sampling from policy k: the trainer's model in this process, the policy loaded
-        for generation when training runs in launched workers, or a vLLM server holding it."""
+        for generation when training runs elsewhere (launched workers, the run's first process), or a
+        vLLM server holding it."""
         model = None
         if self.config.rollout.engine == "hf":
-            model = self.trainer_at(k).model if not distributed(self.config.train) else self.rollout_model_at(k)
+            elsewhere = self.is_rollout_process or distributed(self.config.train)
+            model = self.rollout_model_at(k) if elsewhere else self.trainer_at(k).model
         return self.engines.open(policy_at(self.config, self.run_dir, k), model)
 
     def rollout_model_at(self, k: int):
-        """Policy k for generation only, when training happens in launched workers."""
+        """Policy k for generation only, when training happens in other processes."""
         if self._cache.get("rollout_model_iteration") != k:
             self._cache["rollout_model"] = load_model(policy_at(self.config, self.run_dir, k), self.config.model.dtype)
             self._cache["rollout_model_iteration"] = k
         return self._cache["rollout_model"]
 
+    def kept(self, key: str, make: Callable[[], Any]) -> Any:
+        """`make()` once per workspace: what a higher layer starts for the whole run (the rollout
+        process) and `close` stops."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
     def close(self) -> None:
-        """Stop what the workspace started: the grading pool and the vLLM server."""
-        for key in ("pool", "engines"):
+        """Stop what the workspace started: the grading pool, the vLLM server, the rollout process."""
+        for key in ("pool", "engines", "rollout_process"):
             if key in self._cache:
                 self._cache.pop(key).close()

@@ -232,7 +232,8 @@ def test_vllm_serves_a_lora_policy_as_the_adapted_model(server, tiny_model_dir, 
 @needs_vllm
 def test_flow_with_vllm_rollouts_survives_a_server_killed_mid_rollout(tmp_path, monkeypatch, tiny_data_dir):
     """The server is SIGKILLed as iteration 2 sends its first request: the rollout fails, the task
-    is retried, the run restarts the server and rolls out each prompt once."""
+    is retried, the run restarts the server and rolls out each prompt once. The rollouts overlap
+    training (`rollout.overlap`): iteration 2 samples from policy 0 while iteration 1 trains."""
     from flows.co_evolve import co_evolve
     from spark_vl import tracking
     from spark_vl.pipeline import stages
@@ -241,7 +242,7 @@ def test_flow_with_vllm_rollouts_survives_a_server_killed_mid_rollout(tmp_path, 
     monkeypatch.chdir(tmp_path)
     cfg = vllm_config(f"data.train_path={tiny_data_dir / 'train.jsonl'}",
                       f"data.eval_path={tiny_data_dir / 'eval.jsonl'}", f"train.deepspeed_config={DEEPSPEED}",
-                      "tracking.registered_model=vllm-test", "orchestration.retry_delay_s=0")
+                      "tracking.registered_model=vllm-test", "orchestration.retry_delay_s=0", "rollout.overlap=true")
     run_dir = tmp_path / "runs" / "vllm-flow"
     rollout_calls, killed, lock = [], [], threading.Lock()
     real_sample, real_post = stages.sample_groups, VLLMServer.post
@@ -265,6 +266,7 @@ def test_flow_with_vllm_rollouts_survives_a_server_killed_mid_rollout(tmp_path, 
     assert len(killed) == 1 and rollout_calls == [1, 2, 2]  # iteration 2's rollout failed once, then retried
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert [r.get("rollout/policy_lag") for r in rows] == [None, 0.0, 1.0]
     prompts = [json.loads(line)["id"] for line in (run_dir / "iter-0002" / "prompts.jsonl").read_text().splitlines()]
     groups = [json.loads(line) for line in (run_dir / "iter-0002" / "rollouts.jsonl").read_text().splitlines()]
     assert [g["prompt"]["id"] for g in groups] == prompts  # each prompt rolled out once

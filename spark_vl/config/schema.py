@@ -169,8 +169,20 @@ class RolloutConfig(Section):
     verify_timeout_s: float = Field(5.0, gt=0, description="hard deadline to grade one response")
     verify_workers: int = Field(2, ge=1, description="grading processes")
     seed: int = Field(0, description="seed of the task prompts drawn and of sampling")
+    overlap: bool = Field(
+        False, description="one step off-policy (verl's one-step-off-policy mode): the rollouts of iteration k+1 are "
+        "sampled while iteration k trains, by the policy before that update (k-1); the update's ratio is taken "
+        "against the sampling policy's log-probs (with train.tis_imp_ratio_cap: decoupled PPO). The transformers "
+        "engine samples in a second process of the run, the vLLM server in its own")
     filter_groups: FilterGroupsConfig = FilterGroupsConfig()
     vllm: VLLMConfig = VLLMConfig()
+
+    @model_validator(mode="after")
+    def _overlap_keeps_the_server_awake(self) -> "RolloutConfig":
+        if self.overlap and self.engine == "vllm" and self.vllm.sleep_during_train:
+            raise ValueError("rollout.overlap samples while the policy trains, so the vLLM server cannot sleep then: "
+                             "set rollout.vllm.sleep_during_train=false or rollout.overlap=false")
+        return self
 
     def temperature_for(self, kind: str) -> float:
         return self.kind_temperature.get(kind, self.temperature)

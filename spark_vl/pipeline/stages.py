@@ -22,6 +22,7 @@ from spark_vl.faults import fault_point
 from spark_vl.layout import (VERIFIER_DISAGREEMENTS, deepspeed_dir, deepspeed_tag, iter_dir, metric_rows, policy_dir,
                              prune_deepspeed_state, prune_policies, read_json, write_json)
 from spark_vl.pipeline.grading import grade_groups
+from spark_vl.pipeline.rollout_process import RolloutProcess
 from spark_vl.pipeline.sampling import sample_groups, sample_until_informative, task_prompts
 from spark_vl.records import KINDS, media_relative, is_right, load_groups, load_prompts, save_groups, save_prompts
 from spark_vl.recycle import recycle
@@ -69,13 +70,30 @@ def stage_prompts(ws: Workspace, k: int) -> Writes:
     return [lambda: save_prompts(iter_dir(ws.run_dir, k) / "prompts.jsonl", prompts, ws.run_dir)]
 
 
+def rollout_policy(config: RunConfig, k: int) -> int:
+    """The policy iteration k's rollouts sample from: k-1, or k-2 under `rollout.overlap` (they are
+    sampled while policy k-1 trains), policy 0 for the first two then."""
+    return max(0, k - 2) if config.rollout.overlap else k - 1
+
+
+def rolls_ahead(config: RunConfig, k: int) -> bool:
+    """Whether iteration k+1's prompts and rollouts are made while iteration k trains."""
+    return config.rollout.overlap and k < config.train.iterations
+
+
 @stage("rollout", done="rollouts.jsonl")
-def stage_rollout(ws: Workspace, k: int) -> Writes:
-    """`group_size` responses to every prompt from policy k-1, with dynamic sampling's extra task
-    batches when `rollout.filter_groups` asks for them."""
+def stage_rollout(ws: Workspace, k: int) -> Writes | None:
+    """`group_size` responses to every prompt from the policy `rollout_policy` names, with dynamic
+    sampling's extra task batches when `rollout.filter_groups` asks for them. Under
+    `rollout.overlap` the transformers engine samples in the run's second process (this one's
+    model is being trained), which then runs this whole stage."""
     cfg = ws.config.rollout
+    if cfg.overlap and cfg.engine == "hf" and not ws.is_rollout_process:
+        ws.kept("rollout_process", lambda: RolloutProcess(ws.config, ws.run_dir)).run(stage_rollout, k)
+        return None
     prompts = load_prompts(iter_dir(ws.run_dir, k) / "prompts.jsonl", ws.run_dir)
-    engine = ws.engine_at(k - 1)
+    policy = rollout_policy(ws.config, k)
+    engine = ws.engine_at(policy)
     start = time.perf_counter()
     groups = sample_groups(engine, prompts, cfg, seed=cfg.seed * 1_000_003 + k)
     draws = 1
@@ -87,6 +105,7 @@ def stage_rollout(ws: Workspace, k: int) -> Writes:
     solve_lengths = [len(ids) for g in groups if g.prompt.kind == "solve" for ids in g.response_ids]
     metrics = {"rollout/response_len": sum(solve_lengths) / max(1, len(solve_lengths)),
                "rollout/gen_batches": float(draws),
+               "rollout/policy_lag": float(k - 1 - policy),
                "throughput/rollout_tokens_per_s": tokens / seconds,
                "time/rollout_s": seconds}
     return [metrics_write(ws, k, "rollout", metrics),
@@ -195,9 +214,6 @@ def held_out_set(config: RunConfig, run_dir: Path) -> str:
     """The digest of the held-out set this run's task accuracy is measured on (`held_out_digest`)."""
     return held_out_digest(Workspace(config, run_dir).samples("eval"), config)
 
-
-# The stages of one iteration, in order; `stage_log` then merges their metrics.
-ITERATION_STAGES = (stage_prompts, stage_rollout, stage_verify, stage_recycle, stage_train, stage_evaluate)
 
 
 def stage_log(ws: Workspace, k: int) -> dict[str, float]:
