@@ -2,13 +2,17 @@
 
     .venv/bin/python bench/coevolution.py [--configs configs/tiny.yaml] [--seeds 0 1 2] [--threads 1]
                                           [--threads-seeds 0] [--parallel 2] [--grpo-time-factor 2]
+    .venv/bin/python bench/coevolution.py --overlap [--seeds 0 1 2]
 
 Each (config, seed, threads, arm) is one `spark-vl run` (the Prefect flow, tracked in MLflow) in
 runs/bench-<config>-<arm>-s<seed>[-t<threads>] with OMP_NUM_THREADS=<threads> (torch's thread count
 changes the floating-point sums, so each thread count is a trajectory of its own). The arms: `spark`,
 `grpo` (`spark.enabled=false`, equal iterations) and, with `--grpo-time-factor F`, `grpo-time`:
 plain GRPO with F times the iterations, about SPARK's wall-clock (SPARK trains on more sequences per
-iteration; the table gives the measured times), at the first thread count only. `--threads-seeds`
+iteration; the table gives the measured times), at the first thread count only. `--overlap`
+compares SPARK with SPARK under `rollout.overlap` (rollouts one step off-policy, sampled beside
+training) instead, into coevolution-<config>-overlap.md: do the curves stay within the seeds' noise,
+and what does it save in wall-clock. `--threads-seeds`
 limits the other thread counts to some seeds (each run costs minutes). A seed sets the tiny model's weights, the warm-up,
 the sampling and the recycling; the data is the same for all. Finished runs are reused, so an
 interrupted benchmark continues where it stopped. The table (first and last evaluations, mean, spread
@@ -25,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -33,8 +38,9 @@ import yaml
 from report import RESULTS, publish
 
 ROOT = Path(__file__).resolve().parent.parent
-ARMS = {"spark": ["spark.enabled=true"], "grpo": ["spark.enabled=false"], "grpo-time": ["spark.enabled=false"]}
-TITLES = {"spark": "SPARK", "grpo": "GRPO", "grpo-time": "GRPO, SPARK's time"}
+ARMS = {"spark": ["spark.enabled=true"], "grpo": ["spark.enabled=false"], "grpo-time": ["spark.enabled=false"],
+        "spark-overlap": ["spark.enabled=true", "rollout.overlap=true"]}
+TITLES = {"spark": "SPARK", "grpo": "GRPO", "grpo-time": "GRPO, SPARK's time", "spark-overlap": "SPARK, overlapped"}
 COLUMNS = [("eval/task_acc", "task acc"), ("eval/task_acc_reflect", "task acc + self-reflection"),
            ("eval/reflect_fixed", "reflection fixed"), ("eval/reflect_broke", "reflection broke"),
            ("eval/well_formed", "well-formed answers"), ("eval/judge_pointwise_acc", "judge pointwise"),
@@ -57,11 +63,21 @@ def run_one(config: Path, arm: str, seed: int, threads: int, iterations: int) ->
                "--set", f"train.iterations={iterations}", "--set", f"model.tiny.seed={seed}",
                "--set", f"train.seed={seed}", "--set", f"rollout.seed={seed}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    start = time.monotonic()
     with open(log, "w") as handle:
         result = subprocess.run(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed (exit {result.returncode}); see {log}")
+    wall = ROOT / "runs" / f"{name}.wall.json"
+    if not wall.exists():  # a finished run reused: its first wall-clock stays
+        wall.write_text(json.dumps({"seconds": time.monotonic() - start}))
     return ROOT / "runs" / name
+
+
+def wall_seconds(run_dir: Path) -> float:
+    """The wall-clock of the `spark-vl run` that made the run (set-up and warm-up included)."""
+    wall = run_dir.parent / f"{run_dir.name}.wall.json"
+    return json.loads(wall.read_text())["seconds"] if wall.exists() else math.nan
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, float]]:
@@ -130,14 +146,33 @@ def table(config: Path, runs: list[Run], evals: dict[Run, list[dict]], dirs: dic
             lines.append(f"| {TITLES[arm]} | {when} | " + " | ".join(cells) + " |")
         worst = [min(present([last3(evals[run], key) for run in mine]), default=math.nan) for key, _ in COLUMNS]
         lines.append(f"| {TITLES[arm]} | worst run, last 3 | " + " | ".join(f"{v:.3f}" for v in worst) + " |")
-    lines += ["", "| arm | iterations | trained sequences per iteration | stage seconds per run |", "|---|---|---|---|"]
+    lines += ["", "| arm | iterations | trained sequences per iteration | stage seconds per run | wall-clock "
+              "seconds per run |", "|---|---|---|---|---|"]
     for arm in arms:
         mine = [run for run in runs if run[0] == arm]
         lines.append(f"| {TITLES[arm]} | {evals[mine[0]][-1]['iteration']} | "
                      f"{mean_of([trained_sequences(dirs[run]) for run in mine]):.0f} | "
-                     f"{mean_of([run_seconds(dirs[run]) for run in mine]):.0f} |")
-    lines += ["", *goals(runs, evals)]
+                     f"{mean_of([run_seconds(dirs[run]) for run in mine]):.0f} | "
+                     f"{mean_of([wall_seconds(dirs[run]) for run in mine]):.0f} |")
+    lines += ["", *(overlap_checks(runs, evals) if "spark-overlap" in arms else goals(runs, evals))]
     return "\n".join(lines), summary
+
+
+def overlap_checks(runs: list[Run], evals: dict[Run, list[dict]]) -> list[str]:
+    """Overlapped SPARK against SPARK, run by run: the difference of each curve's last three
+    evaluations beside the seeds' own spread (the standard deviation of synchronous SPARK)."""
+    pairs = sorted({(seed, threads) for _, seed, threads in runs})
+    lines = ["Overlapped minus synchronous, each run's last 3 evaluations:", ""]
+    for key, label in (("eval/task_acc", "task accuracy"), ("eval/judge_pointwise_acc", "judge pointwise"),
+                       ("eval/judge_pairwise_acc", "judge pairwise")):
+        sync = [last3(evals[("spark", s, t)], key) for s, t in pairs]
+        diff = [last3(evals[("spark-overlap", s, t)], key) - v for (s, t), v in zip(pairs, sync)]
+        noise = statistics.stdev(sync) if len(sync) > 1 else math.nan
+        within = abs(mean_of(diff)) <= noise
+        lines.append(f"- {'within' if within else 'NOT within'} the seeds' noise: {label}, mean "
+                     f"{mean_of(diff):+.3f} (runs {', '.join(f'{d:+.3f}' for d in diff)}) against a seed spread of "
+                     f"{noise:.3f}")
+    return lines
 
 
 def goals(runs: list[Run], evals: dict[Run, list[dict]]) -> list[str]:
@@ -182,7 +217,7 @@ def plot(config: Path, runs: list[Run], evals: dict[Run, list[dict]], out: Path)
     keys = [("eval/task_acc", "held-out task accuracy"), ("eval/task_acc_reflect", "task + self-reflection"),
             ("eval/judge_pointwise_acc", "judge pointwise"), ("eval/judge_same_form_acc", "judge on look-alikes"),
             ("eval/judge_pairwise_acc", "judge pairwise (both orders)")]
-    colours = {"spark": "tab:blue", "grpo": "tab:orange", "grpo-time": "tab:grey"}
+    colours = {"spark": "tab:blue", "grpo": "tab:orange", "grpo-time": "tab:grey", "spark-overlap": "tab:green"}
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4))
     for ax, (key, title) in zip(axes, keys):
         labelled = set()
@@ -214,16 +249,20 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     parser.add_argument("--grpo-time-factor", type=float, default=0.0,
                         help="also plain GRPO with this many times the iterations (0: not run)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="SPARK against SPARK with rollout.overlap instead of plain GRPO")
     args = parser.parse_args()
     from spark_vl import tracking
 
     for config in [(ROOT / c).resolve() for c in args.configs]:
         iterations = yaml.safe_load(config.read_text())["train"]["iterations"]
-        arms = ["spark", "grpo"] + (["grpo-time"] if args.grpo_time_factor else [])
+        arms = ["spark", "spark-overlap"] if args.overlap else (
+            ["spark", "grpo"] + (["grpo-time"] if args.grpo_time_factor else []))
         more_seeds = args.threads_seeds or args.seeds
         runs = [(arm, seed, threads) for threads in args.threads for seed in args.seeds for arm in arms
                 if threads == args.threads[0] or (arm != "grpo-time" and seed in more_seeds)]
-        length = {"spark": iterations, "grpo": iterations, "grpo-time": round(iterations * args.grpo_time_factor)}
+        length = {"spark": iterations, "grpo": iterations, "grpo-time": round(iterations * args.grpo_time_factor),
+                  "spark-overlap": iterations}
         with ThreadPoolExecutor(args.parallel) as pool:
             dirs = dict(zip(runs, pool.map(lambda run: run_one(config, *run, length[run[0]]), runs)))
         evals = {run: evaluations(run_dir) for run, run_dir in dirs.items()}
@@ -232,10 +271,12 @@ def main() -> None:
         text += (f"\n\nCommand: `.venv/bin/python bench/coevolution.py --configs {shown} --seeds "
                  f"{' '.join(map(str, args.seeds))} --threads {' '.join(map(str, args.threads))}"
                  + (f" --threads-seeds {' '.join(map(str, args.threads_seeds))}" if args.threads_seeds else "")
-                 + (f" --grpo-time-factor {args.grpo_time_factor:g}" if args.grpo_time_factor else "") + "`")
-        md = publish(f"coevolution-{config.stem}", text)
-        png = plot(config, runs, evals, RESULTS / f"coevolution-{config.stem}.png")
-        tracking.log_summary("spark-vl-bench", f"coevolution-{config.stem}", summary, [md, png],
+                 + (f" --grpo-time-factor {args.grpo_time_factor:g}" if args.grpo_time_factor else "")
+                 + (" --overlap" if args.overlap else "") + "`")
+        name = f"coevolution-{config.stem}" + ("-overlap" if args.overlap else "")
+        md = publish(name, text)
+        png = plot(config, runs, evals, RESULTS / f"{name}.png")
+        tracking.log_summary("spark-vl-bench", name, summary, [md, png],
                              {"seeds": " ".join(map(str, args.seeds)), "threads": " ".join(map(str, args.threads))})
 
 

@@ -1,12 +1,15 @@
 """GPU check: a 2-iteration SPARK run of a random-initialised Qwen2.5-VL of about 2 B parameters
-on one CUDA device, bf16, DeepSpeed, transformers rollouts. Prints step time, tokens per second,
-an MFU estimate and peak memory. Runs without Prefect and MLflow (the lent machine has neither).
+on one CUDA device, bf16, DeepSpeed, transformers rollouts, task responses rewarded by a coin
+(`coin_reward`: a random model earns nothing). Prints step time, tokens per second, an MFU estimate
+and peak memory. Runs without Prefect and MLflow (the lent machine has neither).
 
     bash bench/gpu_check.sh            # on the GPU machine (installs the carried wheels first)
     python bench/gpu_check.py --smoke  # the same path with a tiny model, on any machine
     bash bench/gpu_check.sh --set train.tis_imp_ratio_cap=2 --set train.max_tokens_per_micro_batch=16384 \
         --set train.adv_estimator=rloo --set train.kl_loss_type=k1
                                        # the training options of issue #28 on CUDA (bf16, all-reduce on device)
+    bash bench/gpu_check.sh --set rollout.overlap=true --set train.iterations=3
+                                       # overlapped rollouts: a second process samples on the same device
 
 MFU counts 6 N FLOPs per trained token for the policy's forward and backward plus 2 N for the
 reference model's forward (N: parameters), against the device's dense bf16 peak (--peak-tflops,
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from spark_vl import layout, pipeline, workspace
+from spark_vl import pipeline, workspace
 from spark_vl.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +50,9 @@ def main() -> None:
                         help="a config override after the check's own, e.g. --set train.tis_imp_ratio_cap=2 "
                         "(repeatable; the docstring shows the training options of issue #28 at once)")
     args = parser.parse_args()
-    config = load_config(ROOT / "configs" / "tiny.yaml", COMMON + (SMOKE if args.smoke else TWO_B) + args.overrides)
+    coin = f"reward.function={Path(__file__).resolve()}:coin_reward"
+    config = load_config(ROOT / "configs" / "tiny.yaml", COMMON + (SMOKE if args.smoke else TWO_B) + [coin]
+                         + args.overrides)
     if args.overrides:
         print(f"overrides: {' '.join(args.overrides)}")
     cuda = torch.cuda.is_available()
@@ -60,12 +65,16 @@ def main() -> None:
     with safe_open(str(run_dir / "model" / "policy-0000" / "model.safetensors"), "pt") as weights:
         n_params = sum(_numel(weights.get_slice(name).get_shape()) for name in weights.keys())
     print(f"model: {n_params / 1e6:,.1f} M parameters, built in {time.perf_counter() - start:.0f} s")
-    rows = run_with_reward_signal(config, run_dir)
+    rows = run_iterations(config, run_dir)
+    if config.rollout.overlap:
+        print("overlapped: the rollouts of iteration k+1 sampled beside training k (time/rollout_s is theirs); "
+              "an iteration's wall time is in iteration_s")
     for row in rows:
         train_s, tokens = row["time/train_s"], row.get("train/tokens", 0.0)
         flops = 8 * n_params * tokens
         print(json.dumps({
             "iteration": row["iteration"],
+            "iteration_s": round(row["iteration_s"], 2),
             "rollout_s": round(row["time/rollout_s"], 2),
             "rollout_tokens_per_s": round(row["throughput/rollout_tokens_per_s"], 1),
             "train_step_s": round(train_s, 2),
@@ -80,25 +89,22 @@ def main() -> None:
     print(f"total wall time: {time.perf_counter() - start:.0f} s; run directory: {run_dir}")
 
 
-def run_with_reward_signal(config, run_dir: Path) -> list[dict]:
-    """The pipeline's stages, except that a random model earns no reward, so half of each group's
-    responses are given reward 1 after verification: every group then trains, as in a real run."""
-    from spark_vl.records import load_groups, save_groups
+def coin_reward(response: str, answer: str, prompt: dict) -> float:
+    """A random model earns no reward: the parity of a response's length stands in for it, so
+    nearly every group has both rewards and trains, as in a real run."""
+    return float(len(response) % 2)
 
+
+def run_iterations(config, run_dir: Path) -> list[dict]:
+    """The run's iterations (`pipeline.run_iteration`, overlapped under `rollout.overlap`); each
+    row gets its wall time as `iteration_s`."""
     ws = workspace.Workspace(config, run_dir)
     rows = []
     try:
         for k in range(1, config.train.iterations + 1):
-            for stage in (pipeline.stage_prompts, pipeline.stage_rollout, pipeline.stage_verify):
-                stage(ws, k)
-            verified = layout.iter_dir(run_dir, k) / "verified.jsonl"
-            groups = load_groups(verified, run_dir)
-            for group in groups:
-                group.rewards = [float(i % 2) for i in range(len(group.rewards))]
-            save_groups(verified, groups, run_dir)
-            for stage in (pipeline.stage_recycle, pipeline.stage_train, pipeline.stage_evaluate):
-                stage(ws, k)
-            rows.append(pipeline.stage_log(ws, k))
+            start = time.perf_counter()
+            row = pipeline.run_iteration(config, run_dir, k, ws)
+            rows.append({**row, "iteration_s": time.perf_counter() - start})
     finally:
         ws.close()
     return rows

@@ -6,18 +6,22 @@
 The work: the warm-started tiny model of configs/tiny.yaml, the same 16 prompts with their
 images, n = 8 samples each, up to 24 new tokens, temperature 1, one optimizer step (AdamW, same
 learning rate, KL coefficient 1e-3 to the same reference, clip 0.2), plain GRPO (SPARK's
-recycling off, which TRL does not have). Each measurement runs in a fresh child process (one
-torch thread), alternating spark-vl and TRL; it times the second iteration of the process
-(steady state: models built, grading pool up) and reports its own peak resident memory.
-spark-vl's iteration is its rollout, verify and train stages (train includes saving the
-policy and the DeepSpeed state, which TRL does not do per step). The table is printed and
-written to bench/results/throughput.md.
+recycling off, which TRL does not have). Each measurement runs in a fresh child process,
+alternating the arms; it times iterations 2 to 4 of the process (steady state: models built,
+grading pool up; the mean of the three), the stage timers of its training steps and rollouts
+(overlapped: the rollouts sampled beside them), and its own peak resident memory. spark-vl's
+iteration is its rollout, verify and train stages (train includes saving the policy and the
+DeepSpeed state, which TRL does not do per step). The overlapped arm (`rollout.overlap`) times whole iterations
+(`pipeline.run_iteration`: verify, then the next rollouts in the run's second process beside
+train); it keeps two processes of one thread busy, so it is compared with both frameworks on two
+threads too. The table is printed and written to bench/results/throughput.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -33,12 +37,15 @@ from report import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS, GROUP, NEW_TOKENS = 16, 8, 24
+TIMED = (2, 3, 4)  # the iterations timed, after one that sets up
+ARMS = [("spark-vl", 1), ("spark-vl-overlap", 1), ("trl", 1), ("spark-vl", 2), ("trl", 2)]  # (framework, threads)
+TITLES = {"spark-vl": "spark-vl", "spark-vl-overlap": "spark-vl, overlapped (2 processes)", "trl": "TRL"}
 OVERRIDES = ["spark.enabled=false", f"rollout.prompts_per_batch={PROMPTS}", f"rollout.group_size={GROUP}",
              f"rollout.max_new_tokens={NEW_TOKENS}", "rollout.temperature=1.0", "train.micro_batch_size=32"]
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024
 
 
 def prepare(work: Path) -> Path:
@@ -62,6 +69,18 @@ def iteration_prompts(base: Path, k: int):
     return load_prompts(layout.iter_dir(base, k) / "prompts.jsonl", base)
 
 
+def stage_seconds(run_dir: Path, train: tuple[int, ...], rollout: tuple[int, ...]) -> dict:
+    """The mean stage timers of the timed iterations: their training steps, and the rollouts sampled
+    meanwhile (the same iterations', or the next ones' when they overlap)."""
+    from spark_vl import layout
+
+    def mean(name: str, ks: tuple[int, ...]) -> float:
+        return statistics.mean(layout.read_json(layout.iter_dir(run_dir, k) / f"{name}.json")[f"time/{name}_s"]
+                               for k in ks)
+
+    return {"train_s": mean("train", train), "rollout_s": mean("rollout", rollout)}
+
+
 def child_spark(base: Path, work: Path) -> dict:
     from spark_vl import pipeline, workspace
     from spark_vl.config import load_config
@@ -73,14 +92,38 @@ def child_spark(base: Path, work: Path) -> dict:
     ws.trainer_at(0)
     ws.pool.start()
     seconds = []
-    for k in (1, 2):
+    for k in (1, *TIMED):
         pipeline.stage_prompts(ws, k)
         start = time.perf_counter()
         for stage in (pipeline.stage_rollout, pipeline.stage_verify, pipeline.stage_train):
             stage(ws, k)
         seconds.append(time.perf_counter() - start)
     ws.close()
-    return {"seconds": seconds[-1], "samples": PROMPTS * GROUP}
+    return {"seconds": statistics.mean(seconds[1:]), "samples": PROMPTS * GROUP,
+            **stage_seconds(run_dir, TIMED, TIMED)}
+
+
+def child_spark_overlap(base: Path, work: Path) -> dict:
+    """Iteration 1 sets up (its rollouts sample before training, the next ones beside it)."""
+    from spark_vl import pipeline, workspace
+    from spark_vl.config import load_config, save_config
+
+    run_dir = work / "spark"
+    shutil.copytree(base, run_dir)
+    cfg = load_config(run_dir / "config.yaml", ["rollout.overlap=true", f"train.iterations={TIMED[-1] + 1}",
+                                                "eval.every=100"])
+    save_config(cfg, run_dir / "config.yaml")
+    ws = workspace.Workspace(cfg, run_dir)
+    ws.trainer_at(0)
+    ws.pool.start()
+    pipeline.run_iteration(cfg, run_dir, 1, ws)
+    start = time.perf_counter()
+    for k in TIMED:
+        pipeline.run_iteration(cfg, run_dir, k, ws)
+    seconds = (time.perf_counter() - start) / len(TIMED)
+    ws.close()
+    return {"seconds": seconds, "samples": PROMPTS * GROUP,
+            **stage_seconds(run_dir, TIMED, tuple(k + 1 for k in TIMED))}
 
 
 def child_trl(base: Path, work: Path) -> dict:
@@ -94,7 +137,7 @@ def child_trl(base: Path, work: Path) -> dict:
     from spark_vl.verify import task_reward
 
     cfg = load_config(base / "config.yaml")
-    prompts = iteration_prompts(base, 1) + iteration_prompts(base, 2)
+    prompts = [p for k in (1, *TIMED) for p in iteration_prompts(base, k)]
     rows = {"prompt": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p.text}]}]
                        for p in prompts],
             "image": [Image.open(p.images[0]).convert("RGB") for p in prompts],
@@ -105,7 +148,7 @@ def child_trl(base: Path, work: Path) -> dict:
 
     processor = load_processor(base / "model" / "policy-0000", cfg.model.min_pixels, cfg.model.max_pixels)
     args = GRPOConfig(
-        output_dir=str(work / "trl"), use_cpu=True, bf16=False, max_steps=2, num_generations=GROUP,
+        output_dir=str(work / "trl"), use_cpu=True, bf16=False, max_steps=1 + len(TIMED), num_generations=GROUP,
         per_device_train_batch_size=32, gradient_accumulation_steps=PROMPTS * GROUP // 32,
         max_completion_length=NEW_TOKENS, temperature=1.0, top_k=0, top_p=1.0, beta=cfg.train.kl_coef,
         epsilon=cfg.train.clip_eps, learning_rate=cfg.train.lr, lr_scheduler_type="constant", warmup_steps=0,
@@ -127,15 +170,18 @@ def child_trl(base: Path, work: Path) -> dict:
 
     trainer.add_callback(StepTimer())
     trainer.train()
-    return {"seconds": steps[-1], "samples": PROMPTS * GROUP}
+    return {"seconds": statistics.mean(steps[1:]), "samples": PROMPTS * GROUP}
 
 
-def run_child(framework: str, base: Path) -> dict:
+CHILDREN = {"spark-vl": child_spark, "spark-vl-overlap": child_spark_overlap, "trl": child_trl}
+
+
+def run_child(framework: str, threads: int, base: Path) -> dict:
     from spark_vl.train.launch import environment_without_launcher
 
-    env = environment_without_launcher() | {"OMP_NUM_THREADS": "1"}  # the warm-up's engine holds its port
-    out = subprocess.run([sys.executable, __file__, "--child", framework, "--base", str(base)], env=env,
-                         capture_output=True, text=True, cwd=ROOT)
+    env = environment_without_launcher() | {"OMP_NUM_THREADS": str(threads)}  # the warm-up's engine holds its port
+    out = subprocess.run([sys.executable, __file__, "--child", framework, "--threads", str(threads), "--base",
+                          str(base)], env=env, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"{framework} measurement failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -144,38 +190,53 @@ def run_child(framework: str, base: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--child", choices=["spark-vl", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--base", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     if args.child:
         work = Path(tempfile.mkdtemp(prefix=f"bench-{args.child}-"))
-        result = (child_spark if args.child == "spark-vl" else child_trl)(args.base, work)
+        result = CHILDREN[args.child](args.base, work)
         shutil.rmtree(work, ignore_errors=True)
-        print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+        print(json.dumps({**result, "peak_rss_mb": peak_rss_mb(),
+                          "child_peak_rss_mb": peak_rss_mb(resource.RUSAGE_CHILDREN)}))
         return
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     base = prepare(work)
-    results: dict[str, list[dict]] = {"spark-vl": [], "trl": []}
+    results: dict[tuple[str, int], list[dict]] = {arm: [] for arm in ARMS}
     for rep in range(args.repeats):
-        for framework in ("spark-vl", "trl") if rep % 2 == 0 else ("trl", "spark-vl"):
-            results[framework].append(run_child(framework, base))
-            print(framework, results[framework][-1], flush=True)
-    rate = {f: statistics.median(m["samples"] / m["seconds"] for m in ms) for f, ms in results.items()}
-    memory = {f: max(m["peak_rss_mb"] for m in ms) for f, ms in results.items()}
+        for arm in ARMS if rep % 2 == 0 else ARMS[::-1]:
+            results[arm].append(run_child(*arm, base))
+            print(arm, results[arm][-1], flush=True)
+    rate = {arm: statistics.median(m["samples"] / m["seconds"] for m in ms) for arm, ms in results.items()}
+    memory = {arm: max(m["peak_rss_mb"] for m in ms) for arm, ms in results.items()}
+    child_memory = {arm: max(m["child_peak_rss_mb"] for m in ms) for arm, ms in results.items()}
     import trl
 
     lines = [f"# One GRPO iteration: spark-vl against TRL {trl.__version__} ({date.today()}, {platform.machine()}, "
-             "1 torch thread per process)", "",
-             f"{PROMPTS} prompts x n={GROUP}, up to {NEW_TOKENS} new tokens, one optimizer step; "
-             f"median of {args.repeats} alternated repetitions, each in a fresh process.", "",
-             "| framework | samples/s (median) | all repetitions (s per iteration) | peak RSS (MB) |", "|---|---|---|---|"]
-    for framework, measurements in results.items():
+             f"{os.cpu_count()} cores)", "",
+             f"{PROMPTS} prompts x n={GROUP}, up to {NEW_TOKENS} new tokens, one optimizer step per iteration; "
+             f"seconds per iteration: the mean of iterations {TIMED[0]}-{TIMED[-1]} of a process; median of "
+             f"{args.repeats} alternated repetitions, each in a fresh process.", "",
+             "| framework | torch threads per process | samples/s (median) | all repetitions (s per iteration) | "
+             "train step (s, median) | rollout (s, median) | peak RSS (MB) | largest child process's peak RSS (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (framework, threads), measurements in results.items():
         times = ", ".join(f"{m['seconds']:.2f}" for m in measurements)
-        lines.append(f"| {framework} | {rate[framework]:.1f} | {times} | {memory[framework]:.0f} |")
-    lines += ["", f"spark-vl / TRL throughput: **{rate['spark-vl'] / rate['trl']:.2f}x**.", "",
+        stages = [f"{statistics.median(m[key] for m in measurements):.2f}" if key in measurements[0] else "n/a"
+                  for key in ("train_s", "rollout_s")]
+        lines.append(f"| {TITLES[framework]} | {threads} | {rate[framework, threads]:.1f} | {times} | "
+                     f"{' | '.join(stages)} | {memory[framework, threads]:.0f} | "
+                     f"{child_memory[framework, threads]:.0f} |")
+    trl1, trl2 = rate["trl", 1], rate["trl", 2]
+    lines += ["", f"spark-vl / TRL throughput, one thread each: **{rate['spark-vl', 1] / trl1:.2f}x**; "
+              f"overlapped spark-vl (two processes of one thread) / TRL on one thread: "
+              f"**{rate['spark-vl-overlap', 1] / trl1:.2f}x**, / TRL on two threads (the same two cores): "
+              f"**{rate['spark-vl-overlap', 1] / trl2:.2f}x**; spark-vl / TRL, two threads each: "
+              f"{rate['spark-vl', 2] / trl2:.2f}x.", "",
               "Command: `.venv/bin/python bench/throughput.py" + (f" --repeats {args.repeats}" if args.repeats != 5
                                                                  else "") + "`"]
     publish("throughput", "\n".join(lines))
