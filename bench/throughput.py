@@ -6,20 +6,23 @@
 The work: the warm-started tiny model of configs/tiny.yaml, the same 16 prompts with their
 images, n = 8 samples each, up to 24 new tokens, temperature 1, one optimizer step (AdamW, same
 learning rate, KL coefficient 1e-3 to the same reference, clip 0.2), plain GRPO (SPARK's
-recycling off, which TRL does not have). Each measurement runs in a fresh child process,
-alternating the arms; it times iterations 2 to 4 of the process (steady state: models built,
-grading pool up; the mean of the three), the stage timers of its training steps and rollouts
-(overlapped: the rollouts sampled beside them), and its own peak resident memory. spark-vl's
-iteration is its rollout, verify and train stages (train includes saving the policy and the
-DeepSpeed state, which TRL does not do per step). The overlapped arm (`rollout.overlap`) times whole iterations
-(`pipeline.run_iteration`: verify, then the next rollouts in the run's second process beside
-train); it keeps two processes of one thread busy, so it is compared with both frameworks on two
-threads too. The table is printed and written to bench/results/throughput.md.
+recycling off, which TRL does not have; the SPARK arm, spark-vl alone, adds the judge and
+reflection prompts recycled from the iteration before, and counts their samples too). Each
+measurement runs in a fresh child process, alternating the arms; it times iterations 2 to 4 of
+the process (steady state: models built, grading pool up; the mean of the three), the stage
+timers of its training steps and rollouts (overlapped: the rollouts sampled beside them), and its
+own peak resident memory. spark-vl's iteration is its rollout, verify and train stages (train
+includes saving the policy and the DeepSpeed state, which TRL does not do per step). The
+overlapped arm (`rollout.overlap`) times whole iterations (`pipeline.run_iteration`: verify,
+then the next rollouts in the run's second process beside train); it keeps two processes of one
+thread busy, so it is compared with both frameworks on two threads too. The table is printed
+and written to bench/results/throughput.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -38,8 +41,10 @@ from report import publish
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS, GROUP, NEW_TOKENS = 16, 8, 24
 TIMED = (2, 3, 4)  # the iterations timed, after one that sets up
-ARMS = [("spark-vl", 1), ("spark-vl-overlap", 1), ("trl", 1), ("spark-vl", 2), ("trl", 2)]  # (framework, threads)
-TITLES = {"spark-vl": "spark-vl", "spark-vl-overlap": "spark-vl, overlapped (2 processes)", "trl": "TRL"}
+ARMS = [("spark-vl", 1), ("spark-vl-overlap", 1), ("trl", 1), ("spark-vl", 2), ("trl", 2),  # (framework, threads)
+        ("spark-vl-spark", 1)]
+TITLES = {"spark-vl": "spark-vl", "spark-vl-overlap": "spark-vl, overlapped (2 processes)", "trl": "TRL",
+          "spark-vl-spark": "spark-vl, SPARK (recycled judge and reflection prompts on top)"}
 OVERRIDES = ["spark.enabled=false", f"rollout.prompts_per_batch={PROMPTS}", f"rollout.group_size={GROUP}",
              f"rollout.max_new_tokens={NEW_TOKENS}", "rollout.temperature=1.0", "train.micro_batch_size=32"]
 
@@ -81,13 +86,16 @@ def stage_seconds(run_dir: Path, train: tuple[int, ...], rollout: tuple[int, ...
     return {"train_s": mean("train", train), "rollout_s": mean("rollout", rollout)}
 
 
-def child_spark(base: Path, work: Path) -> dict:
-    from spark_vl import pipeline, workspace
-    from spark_vl.config import load_config
+def child_spark(base: Path, work: Path, overrides: tuple[str, ...] = ()) -> dict:
+    from spark_vl import layout, pipeline, workspace
+    from spark_vl.config import load_config, save_config
+    from spark_vl.records import load_groups
 
     run_dir = work / "spark"
-    shutil.copytree(base, run_dir)
-    ws = workspace.Workspace(load_config(run_dir / "config.yaml"), run_dir)
+    shutil.copytree(base, run_dir, ignore=shutil.ignore_patterns("iter-*"))  # prompts made anew: recycled ones join
+    cfg = load_config(run_dir / "config.yaml", list(overrides))
+    save_config(cfg, run_dir / "config.yaml")
+    ws = workspace.Workspace(cfg, run_dir)
     # Set up outside the timing: the trainer and the grading pool persist in a run.
     ws.trainer_at(0)
     ws.pool.start()
@@ -95,11 +103,13 @@ def child_spark(base: Path, work: Path) -> dict:
     for k in (1, *TIMED):
         pipeline.stage_prompts(ws, k)
         start = time.perf_counter()
-        for stage in (pipeline.stage_rollout, pipeline.stage_verify, pipeline.stage_train):
+        for stage in (pipeline.stage_rollout, pipeline.stage_verify, pipeline.stage_recycle, pipeline.stage_train):
             stage(ws, k)
         seconds.append(time.perf_counter() - start)
     ws.close()
-    return {"seconds": statistics.mean(seconds[1:]), "samples": PROMPTS * GROUP,
+    samples = [sum(len(g.response_ids) for g in load_groups(layout.iter_dir(run_dir, k) / "rollouts.jsonl", run_dir))
+               for k in TIMED]
+    return {"seconds": statistics.mean(seconds[1:]), "samples": statistics.mean(samples),
             **stage_seconds(run_dir, TIMED, TIMED)}
 
 
@@ -173,7 +183,8 @@ def child_trl(base: Path, work: Path) -> dict:
     return {"seconds": statistics.mean(steps[1:]), "samples": PROMPTS * GROUP}
 
 
-CHILDREN = {"spark-vl": child_spark, "spark-vl-overlap": child_spark_overlap, "trl": child_trl}
+CHILDREN = {"spark-vl": child_spark, "spark-vl-overlap": child_spark_overlap, "trl": child_trl,
+            "spark-vl-spark": functools.partial(child_spark, overrides=("spark.enabled=true",))}
 
 
 def run_child(framework: str, threads: int, base: Path) -> dict:
@@ -236,7 +247,9 @@ def main() -> None:
               f"overlapped spark-vl (two processes of one thread) / TRL on one thread: "
               f"**{rate['spark-vl-overlap', 1] / trl1:.2f}x**, / TRL on two threads (the same two cores): "
               f"**{rate['spark-vl-overlap', 1] / trl2:.2f}x**; spark-vl / TRL, two threads each: "
-              f"{rate['spark-vl', 2] / trl2:.2f}x.", "",
+              f"{rate['spark-vl', 2] / trl2:.2f}x. SPARK's iteration samples "
+              f"{statistics.median(m['samples'] for m in results['spark-vl-spark', 1]):.0f} responses (task prompts "
+              f"and recycled ones), {rate['spark-vl-spark', 1]:.1f} per second.", "",
               "Command: `.venv/bin/python bench/throughput.py" + (f" --repeats {args.repeats}" if args.repeats != 5
                                                                  else "") + "`"]
     publish("throughput", "\n".join(lines))

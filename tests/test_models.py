@@ -155,3 +155,62 @@ def _assert_same_logps_and_grads(model_dir, shared, unshared):
     assert grads_shared.keys() == grads_unshared.keys() and any("visual" in name for name in grads_shared)
     for name, grad in grads_shared.items():
         assert torch.allclose(grad, grads_unshared[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_rows_pack_into_bins_no_longer_than_the_longest():
+    from spark_vl.models.forward import pack_rows
+
+    lengths = [90, 30, 60, 100, 40, 10, 70]
+    bins = pack_rows(lengths)
+    assert sorted(row for rows in bins for row in rows) == list(range(len(lengths)))
+    assert all(sum(lengths[row] for row in rows) <= max(lengths) for rows in bins)
+    assert len(bins) == 4  # 400 tokens in 4 rows of 100, where padding makes 7
+    assert pack_rows([5]) == [[0]]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_packed_sequences_give_the_padded_log_probs_entropy_and_gradients(tmp_path, tiny_data_dir, family):
+    """Sequences of a micro-batch packed without padding (train.padding_free): each attends to
+    itself only, at Qwen's 3-D positions of the padded batch, images and a clip in their order;
+    log-probs, entropy and every gradient equal the padded batch's to 1e-5."""
+    import shutil
+
+    from spark_vl.models.forward import token_slots
+    from spark_vl.models.inputs import video_part
+
+    model_dir = build_tiny_model(ModelConfig(tiny={"family": family}), tmp_path / family)
+    cfg = ModelConfig()
+    processor = load_processor(model_dir, cfg.min_pixels, cfg.max_pixels)
+    images = [str(tiny_data_dir / "images" / "train" / f"{i:06d}.png") for i in range(4)]
+    (tmp_path / "clip").mkdir()
+    for i, image in enumerate(images):
+        shutil.copy(image, tmp_path / "clip" / f"{i:02d}.png")
+    one = user_message(images[:1], "What colour is the shape?", cfg.min_pixels, cfg.max_pixels)
+    long_question = ("Do the two shapes have the same colour? Look at the first image, then at the second one, "
+                     "and compare the colours of the shapes with care before you answer yes or no.")
+    two = user_message(images[1:3], long_question, cfg.min_pixels, cfg.max_pixels)  # twice as long as the others
+    clip = user_message([], "Which way?", cfg.min_pixels, cfg.max_pixels, video_part(str(tmp_path / "clip"), cfg))
+    conversations = [one, one, two, clip, one, one, clip, one]
+    tokenizer = processor.tokenizer
+    completions = [tokenizer.encode(text, add_special_tokens=False) for text in
+                   [r"\boxed{red}", "x", r"\boxed{yes} because both are red", r"\boxed{left}", r"\boxed{blue} it is",
+                    r"\boxed{green}", "y", "z"]]
+    batch = completion_batch(processor, conversations, completions, torch.device("cpu"))
+    assert token_slots(batch, packed=True) < token_slots(batch, packed=False)
+    temperature = torch.tensor([1.0, 1.0, 0.7, 1.0, 1.5, 1.0, 1.0, 1.0])
+
+    def forward(packed):
+        model = load_model(model_dir, device=torch.device("cpu"))
+        logps, entropy = completion_logps(model, batch, temperature, True, vision_token_ids(tokenizer),
+                                          entropy_grad=True, packed=packed)
+        mask = batch["completion_mask"]
+        ((logps + 0.1 * entropy) * mask).sum().backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return logps.detach() * mask, entropy.detach() * mask, grads
+
+    padded, packed = forward(False), forward(True)
+    assert torch.allclose(packed[0], padded[0], atol=1e-5), (packed[0] - padded[0]).abs().max()
+    assert torch.allclose(packed[1], padded[1], atol=1e-5)
+    assert packed[2].keys() == padded[2].keys() and any("visual" in name for name in packed[2])
+    for name, grad in padded[2].items():
+        assert torch.allclose(packed[2][name], grad, atol=1e-5, rtol=1e-4), name

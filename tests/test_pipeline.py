@@ -133,6 +133,30 @@ def test_mini_batches_are_optimizer_steps_one_after_another(setup, tiny_model_di
         assert torch.allclose(v, trainer.model.state_dict()[k], atol=1e-6), k
 
 
+def test_a_packed_grpo_step_is_the_padded_one(setup, tiny_model_dir, tiny_data_dir):
+    """train.padding_free: short task prompts packed beside a long one; the rollout correction's
+    scoring pass and the update give the padded step's loss and weights, with less padding."""
+    cfg, processor = setup
+    engine = HFRolloutEngine(PolicyTrainer(cfg, processor, tiny_model_dir, None).model, processor, cfg.rollout,
+                             cfg.model, show_progress=False)
+    short = _prompts(tiny_data_dir, 3)
+    long = dataclasses.replace(short[0], id="long", text=" ".join([short[0].text] * 14))
+    groups = engine.generate([*short, long], n=4, seed=7)
+    for g in groups:
+        g.rewards = [1.0, 0.0, 0.0, 1.0]
+    steps = {}
+    for packed in (False, True):
+        config = load_config(None, SMALL + [f"train.padding_free={packed}", "train.tis_imp_ratio_cap=2"])
+        trainer = PolicyTrainer(config, processor, tiny_model_dir, tiny_model_dir)
+        steps[packed] = trainer.grpo_step(groups), trainer.model.state_dict()
+    (padded, padded_weights), (packed, packed_weights) = steps[False], steps[True]
+    assert packed["train/loss"] == pytest.approx(padded["train/loss"], abs=1e-5)
+    assert packed["train/kl"] == pytest.approx(padded["train/kl"], abs=1e-6)
+    assert packed["train/padding_frac"] < padded["train/padding_frac"]
+    for k, v in packed_weights.items():
+        assert torch.allclose(v, padded_weights[k], atol=1e-5), k
+
+
 def test_each_prompt_kind_samples_its_own_group_size(setup, tiny_model_dir, tiny_data_dir):
     cfg, processor = setup
     sizes = load_config(None, SMALL + ['rollout.kind_group_size={"judge_pointwise": 3}']).rollout

@@ -307,6 +307,11 @@ class TrainConfig(Section):
         None, ge=1, description="instead of micro_batch_size: fill each micro-batch up to this many padded tokens, "
         "rows x (longest prompt + longest completion), images' tokens included (verl use_dynamic_bsz with "
         "ppo_max_token_len_per_gpu), so long judge and reflection prompts go in fewer rows; null: micro_batch_size")
+    padding_free: bool = Field(
+        False, description="pack each micro-batch's sequences into rows no longer than its longest one, without "
+        "padding (TRL padding_free, verl use_remove_padding): each attends to itself only, Qwen's 3-D positions as "
+        "in the padded batch; the same log-probs to 1e-5. Faster where attention kernels take packed rows (flash "
+        "attention on GPUs); see docs/benchmarks.md for the CPU")
     updates_per_batch: int = Field(1, ge=1, description="optimizer steps on each rollout batch (GRPO's mu); "
                                    "above 1 the clipped ratio keeps later steps near the sampling policy")
     ppo_mini_batch_size: int | None = Field(

@@ -80,7 +80,7 @@ def encode_prompts(processor, conversations: list[list[dict]], share_visuals: bo
     for kind, (pixels, grid, extra) in VISUALS.items():
         if pixels not in inputs:
             continue
-        start = [0, *accumulate(_part_count(conv, kind) for conv in distinct.values())]
+        start = [0, *accumulate(part_count(conv, kind) for conv in distinct.values())]
         parts = [i for row in rows for i in range(start[row], start[row + 1])]
         out[grid] = inputs[grid][parts]
         out.update({key: inputs[key][parts] for key in extra if key in inputs})
@@ -94,7 +94,8 @@ def encode_prompts(processor, conversations: list[list[dict]], share_visuals: bo
     return BatchFeature(out)
 
 
-def _part_count(conversation: list[dict], kind: str) -> int:
+def part_count(conversation: list[dict], kind: str) -> int:
+    """How many images (videos) a conversation holds."""
     return sum(isinstance(part, dict) and part.get("type") == kind
                for turn in conversation for part in (turn["content"] if isinstance(turn["content"], list) else []))
 

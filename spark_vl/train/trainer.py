@@ -18,7 +18,7 @@ from spark_vl.prompts import Templates, judge_claims
 from spark_vl.models.inputs import conversation, encode_prompts
 from spark_vl.runio import logger
 from spark_vl.train.engine import build_engine
-from spark_vl.models.forward import completion_batch, completion_logps
+from spark_vl.models.forward import completion_batch, completion_logps, token_slots
 from spark_vl.train.grpo import (LossOptions, compute_advantages, group_advantages, grpo_loss, label_balanced,
                                  loss_normaliser, regroup)
 from spark_vl.train.lora import ADAPTER_DIR, add_adapters, load_adapter_weights, merged_state_dict
@@ -304,7 +304,8 @@ class PolicyTrainer:
                     batch = completion_batch(self.processor, [s.conversation for s in rows],
                                              [s.completion for s in rows], self.device)
                     temperature = torch.tensor([s.temperature for s in rows], device=self.device)
-                    logps, _ = completion_logps(self.engine, batch, temperature, suppress_ids=self.suppress)
+                    logps, _ = completion_logps(self.engine, batch, temperature, suppress_ids=self.suppress,
+                                                packed=self.config.train.padding_free)
                     for row, seq in enumerate(chunk):
                         seq.proximal_logps = logps[row, :len(seq.completion)].tolist()
 
@@ -326,7 +327,7 @@ class PolicyTrainer:
                                      self.device)
             mask = credit_mask(batch["completion_mask"], chunk)
             tokens += float(batch["attention_mask"].sum())  # prompt and completion tokens, padding not
-            slots += float(batch["attention_mask"].numel())
+            slots += float(token_slots(batch, train.padding_free))
             behaviour = torch.zeros(mask.shape, device=self.device)
             for row, seq in enumerate(chunk):
                 behaviour[row, :len(seq.old_logps)] = torch.tensor(seq.old_logps)
@@ -338,13 +339,15 @@ class PolicyTrainer:
             advantages = token_advantages(mask, chunk)
             temperature = torch.tensor([s.temperature for s in chunk], device=self.device)
             logps, entropy = completion_logps(self.engine, batch, temperature, True, self.suppress,
-                                              entropy_grad=train.entropy_coef > 0)
+                                              entropy_grad=train.entropy_coef > 0, packed=train.padding_free)
             if self.lora and train.kl_coef > 0:
                 with torch.no_grad(), self.model.disable_adapter():
-                    ref, _ = completion_logps(self.model, batch, temperature, suppress_ids=self.suppress)
+                    ref, _ = completion_logps(self.model, batch, temperature, suppress_ids=self.suppress,
+                                              packed=train.padding_free)
             elif self.reference is not None:
                 with torch.no_grad():
-                    ref, _ = completion_logps(self.reference, batch, temperature, suppress_ids=self.suppress)
+                    ref, _ = completion_logps(self.reference, batch, temperature, suppress_ids=self.suppress,
+                                              packed=train.padding_free)
             else:
                 ref = logps.detach()
             loss, chunk_stats = grpo_loss(logps, old, ref, advantages, mask, normaliser, self.loss_options, entropy,
