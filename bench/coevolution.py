@@ -125,11 +125,14 @@ def trained_sequences(run_dir: Path) -> float:
 def table(config: Path, runs: list[Run], evals: dict[Run, list[dict]], dirs: dict[Run, Path]) -> tuple[str, dict]:
     arms = [arm for arm in ARMS if any(r[0] == arm for r in runs)]
     trajectories = sorted({(seed, threads) for _, seed, threads in runs})
-    lines = [f"# SPARK vs plain GRPO: {config.name} ({date.today()})", "",
+    title = "SPARK, rollouts synchronous and overlapped" if "spark-overlap" in arms else "SPARK vs plain GRPO"
+    lines = [f"# {title}: {config.name} ({date.today()})", "",
              "Runs (seed, torch threads): " + ", ".join(f"({s}, {t})" for s, t in trajectories) + ". Mean ± "
              "standard deviation over them, and the worst of them; held-out sets of the config; first evaluation "
              "(iteration 0, the same starting policy for every arm of a seed), last, and each run's mean of its "
-             "last three evaluations.", "",
+             "last three evaluations." + (" Runs two at a time (`--parallel`), so an overlapped run's wall-clock "
+                                            "is measured beside another run, not alone." if "spark-overlap" in arms
+                                            else ""), "",
              "| arm | when | " + " | ".join(label for _, label in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     summary: dict[str, float] = {}

@@ -10,6 +10,8 @@ and peak memory. Runs without Prefect and MLflow (the lent machine has neither).
                                        # the training options of issue #28 on CUDA (bf16, all-reduce on device)
     bash bench/gpu_check.sh --set rollout.overlap=true --set train.iterations=3
                                        # overlapped rollouts: a second process samples on the same device
+    bash bench/gpu_check.sh --set train.padding_free=true
+                                       # packed training batches (train_step_s against the plain check)
 
 MFU counts 6 N FLOPs per trained token for the policy's forward and backward plus 2 N for the
 reference model's forward (N: parameters), against the device's dense bf16 peak (--peak-tflops,

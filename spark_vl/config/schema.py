@@ -310,8 +310,8 @@ class TrainConfig(Section):
     padding_free: bool = Field(
         False, description="pack each micro-batch's sequences into rows no longer than its longest one, without "
         "padding (TRL padding_free, verl use_remove_padding): each attends to itself only, Qwen's 3-D positions as "
-        "in the padded batch; the same log-probs to 1e-5. Faster where attention kernels take packed rows (flash "
-        "attention on GPUs); see docs/benchmarks.md for the CPU")
+        "in the padded batch; the same log-probs to 1e-5. A masked row still costs its full width of attention "
+        "(no variable-length kernel is selected): see docs/benchmarks.md for what it saves")
     updates_per_batch: int = Field(1, ge=1, description="optimizer steps on each rollout batch (GRPO's mu); "
                                    "above 1 the clipped ratio keeps later steps near the sampling policy")
     ppo_mini_batch_size: int | None = Field(
