@@ -116,12 +116,12 @@ class Workspace:
     def kept(self, key: str, make: Callable[[], Any]) -> Any:
         """`make()` once per workspace: what a higher layer starts for the whole run (the rollout
         process) and `close` stops."""
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        if f"kept/{key}" not in self._cache:
+            self._cache[f"kept/{key}"] = make()
+        return self._cache[f"kept/{key}"]
 
     def close(self) -> None:
-        """Stop what the workspace started: the grading pool, the vLLM server, the rollout process."""
-        for key in ("pool", "engines", "rollout_process"):
+        """Stop what the workspace started: the grading pool, the vLLM server, what it `kept`."""
+        for key in ("pool", "engines", *(key for key in self._cache if key.startswith("kept/"))):
             if key in self._cache:
                 self._cache.pop(key).close()
