@@ -215,7 +215,6 @@ def held_out_set(config: RunConfig, run_dir: Path) -> str:
     return held_out_digest(Workspace(config, run_dir).samples("eval"), config)
 
 
-
 def stage_log(ws: Workspace, k: int) -> dict[str, float]:
     """Merge the stage metrics of iteration k into metrics.jsonl (one row per iteration), then
     prune the policies no later stage needs. Runs every time: the merge is idempotent."""
