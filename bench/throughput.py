@@ -76,8 +76,8 @@ def iteration_prompts(base: Path, k: int):
 
 def stage_seconds(run_dir: Path, train: tuple[int, ...], rollout: tuple[int, ...]) -> dict:
     """The mean stage timers of the timed iterations: their training steps, and the rollouts sampled
-    meanwhile (the same iterations', or the next ones' when they overlap), with the tokens those
-    rollouts sampled."""
+    meanwhile (the same iterations', or the next ones' when they overlap), with the responses and
+    tokens those rollouts sampled."""
     from spark_vl import layout
     from spark_vl.records import load_groups
 
@@ -85,24 +85,34 @@ def stage_seconds(run_dir: Path, train: tuple[int, ...], rollout: tuple[int, ...
         return statistics.mean(layout.read_json(layout.iter_dir(run_dir, k) / f"{name}.json")[f"time/{name}_s"]
                                for k in ks)
 
-    tokens = [sum(len(ids) for g in load_groups(layout.iter_dir(run_dir, k) / "rollouts.jsonl", run_dir)
-                  for ids in g.response_ids) for k in rollout]
-    return {"train_s": mean("train", train), "rollout_s": mean("rollout", rollout), "tokens": statistics.mean(tokens)}
+    sampled = [[ids for g in load_groups(layout.iter_dir(run_dir, k) / "rollouts.jsonl", run_dir)
+                 for ids in g.response_ids] for k in rollout]
+    return {"train_s": mean("train", train), "rollout_s": mean("rollout", rollout),
+            "samples": statistics.mean(len(responses) for responses in sampled),
+            "tokens": statistics.mean(sum(map(len, responses)) for responses in sampled)}
+
+
+def open_run(base: Path, work: Path, overrides: list[str], prompts_made: bool = True):
+    """A copy of the prepared run with `overrides`, its trainer and grading pool up (set-up outside
+    the timing: both persist in a run). `prompts_made=False` leaves out the iterations' task prompts
+    made for TRL, so that recycled prompts join them."""
+    from spark_vl import workspace
+    from spark_vl.config import load_config, save_config
+
+    run_dir = work / "spark"
+    shutil.copytree(base, run_dir, ignore=None if prompts_made else shutil.ignore_patterns("iter-*"))
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    save_config(cfg, run_dir / "config.yaml")
+    ws = workspace.Workspace(cfg, run_dir)
+    ws.trainer_at(0)
+    ws.pool.start()
+    return cfg, run_dir, ws
 
 
 def child_spark(base: Path, work: Path, overrides: tuple[str, ...] = ()) -> dict:
-    from spark_vl import layout, pipeline, workspace
-    from spark_vl.config import load_config, save_config
-    from spark_vl.records import load_groups
+    from spark_vl import pipeline
 
-    run_dir = work / "spark"
-    shutil.copytree(base, run_dir, ignore=shutil.ignore_patterns("iter-*"))  # prompts made anew: recycled ones join
-    cfg = load_config(run_dir / "config.yaml", list(overrides))
-    save_config(cfg, run_dir / "config.yaml")
-    ws = workspace.Workspace(cfg, run_dir)
-    # Set up outside the timing: the trainer and the grading pool persist in a run.
-    ws.trainer_at(0)
-    ws.pool.start()
+    _, run_dir, ws = open_run(base, work, list(overrides), prompts_made=False)
     seconds = []
     for k in (1, *TIMED):
         pipeline.stage_prompts(ws, k)
@@ -111,33 +121,22 @@ def child_spark(base: Path, work: Path, overrides: tuple[str, ...] = ()) -> dict
             stage(ws, k)
         seconds.append(time.perf_counter() - start)
     ws.close()
-    samples = [sum(len(g.response_ids) for g in load_groups(layout.iter_dir(run_dir, k) / "rollouts.jsonl", run_dir))
-               for k in TIMED]
-    return {"seconds": statistics.mean(seconds[1:]), "samples": statistics.mean(samples),
-            **stage_seconds(run_dir, TIMED, TIMED)}
+    return {"seconds": statistics.mean(seconds[1:]), **stage_seconds(run_dir, TIMED, TIMED)}
 
 
 def child_spark_overlap(base: Path, work: Path) -> dict:
     """Iteration 1 sets up (its rollouts sample before training, the next ones beside it)."""
-    from spark_vl import pipeline, workspace
-    from spark_vl.config import load_config, save_config
+    from spark_vl import pipeline
 
-    run_dir = work / "spark"
-    shutil.copytree(base, run_dir)
-    cfg = load_config(run_dir / "config.yaml", ["rollout.overlap=true", f"train.iterations={TIMED[-1] + 1}",
-                                                "eval.every=100"])
-    save_config(cfg, run_dir / "config.yaml")
-    ws = workspace.Workspace(cfg, run_dir)
-    ws.trainer_at(0)
-    ws.pool.start()
+    cfg, run_dir, ws = open_run(base, work, ["rollout.overlap=true", f"train.iterations={TIMED[-1] + 1}",
+                                             "eval.every=100"])
     pipeline.run_iteration(cfg, run_dir, 1, ws)
     start = time.perf_counter()
     for k in TIMED:
         pipeline.run_iteration(cfg, run_dir, k, ws)
     seconds = (time.perf_counter() - start) / len(TIMED)
     ws.close()
-    return {"seconds": seconds, "samples": PROMPTS * GROUP,
-            **stage_seconds(run_dir, TIMED, tuple(k + 1 for k in TIMED))}
+    return {"seconds": seconds, **stage_seconds(run_dir, TIMED, tuple(k + 1 for k in TIMED))}
 
 
 def child_trl(base: Path, work: Path) -> dict:
