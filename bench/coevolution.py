@@ -35,7 +35,7 @@ from datetime import date
 from pathlib import Path
 
 import yaml
-from report import RESULTS, publish
+from report import RESULTS, plot_curves, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"spark": ["spark.enabled=true"], "grpo": ["spark.enabled=false"], "grpo-time": ["spark.enabled=false"],
@@ -212,34 +212,15 @@ def goals(runs: list[Run], evals: dict[Run, list[dict]]) -> list[str]:
 
 
 def plot(config: Path, runs: list[Run], evals: dict[Run, list[dict]], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = [("eval/task_acc", "held-out task accuracy"), ("eval/task_acc_reflect", "task + self-reflection"),
             ("eval/judge_pointwise_acc", "judge pointwise"), ("eval/judge_same_form_acc", "judge on look-alikes"),
             ("eval/judge_pairwise_acc", "judge pairwise (both orders)")]
     colours = {"spark": "tab:blue", "grpo": "tab:orange", "grpo-time": "tab:grey", "spark-overlap": "tab:green"}
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4))
-    for ax, (key, title) in zip(axes, keys):
-        labelled = set()
-        for arm, seed, threads in runs:
-            rows = evals[(arm, seed, threads)]
-            ax.plot([r["iteration"] for r in rows], [r.get(key, math.nan) for r in rows], color=colours[arm],
-                    alpha=0.8, marker="o", markersize=3, linestyle="-" if threads == 1 else "--",
-                    label=TITLES[arm] if arm not in labelled else None)
-            labelled.add(arm)
-        ax.set_title(title)
-        ax.set_xlabel("iteration")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle(f"{config.name}: {len({(s, t) for _, s, t in runs})} runs per arm (dashed: 2 torch threads)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    first = {arm: next(run for run in runs if run[0] == arm) for arm, _, _ in runs}
+    series = [(TITLES[arm] if first[arm] == (arm, seed, threads) else None, colours[arm],
+               "-" if threads == 1 else "--", evals[(arm, seed, threads)]) for arm, seed, threads in runs]
+    return plot_curves(keys, series, f"{config.name}: {len({(s, t) for _, s, t in runs})} runs per arm "
+                       "(dashed: 2 torch threads)", out)
 
 
 def main() -> None:

@@ -187,10 +187,10 @@ def prune_deepspeed_state(run_dir: Path, keep: int) -> None:
             shutil.rmtree(tag, ignore_errors=True)
 
 
-def prune_policies(config: RunConfig, run_dir: Path, k: int) -> list[Path]:
+def prune_policies(config: RunConfig, run_dir: Path, k: int, pinned: set[int] = frozenset()) -> list[Path]:
     """Once iteration k has landed, delete the policies no later stage needs: all but the newest
     `train.keep_policies` (2 at least under `rollout.overlap`), policy-0000 (the KL reference),
-    registered ones and every `train.keep_every`-th. Returns what was deleted."""
+    registered ones, every `train.keep_every`-th and those `pinned`. Returns what was deleted."""
     keep = config.train.keep_policies
     if keep is None:
         return []
@@ -200,7 +200,8 @@ def prune_policies(config: RunConfig, run_dir: Path, k: int) -> list[Path]:
     for j in range(1, k - keep + 1):
         path = policy_dir(run_dir, j)
         every = config.train.keep_every
-        if not path.exists() or (every and j % every == 0) or (iter_dir(run_dir, j) / "registered.json").exists():
+        if (not path.exists() or (every and j % every == 0) or j in pinned
+                or (iter_dir(run_dir, j) / "registered.json").exists()):
             continue
         shutil.rmtree(path)
         deleted.append(path)

@@ -56,7 +56,8 @@ def plot_reliability(records: list[dict], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scored = [(r["p_positive"], r["label"] == "Yes") for r in records if r.get("p_positive") is not None]
+    scored = [(r["p_positive"], r["label"] == "Yes") for r in records
+              if r["kind"] == "judge_pointwise" and r.get("p_positive") is not None]
     if not scored:
         return None
     bins = reliability_bins([p for p, _ in scored], [y for _, y in scored])

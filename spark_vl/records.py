@@ -14,22 +14,24 @@ from spark_vl.verify.grading import GradeItem
 @dataclass(frozen=True)
 class KindSpec:
     """What the code knows of a kind of prompt. `grader`: what its responses are rewarded against,
-    the task's ground truth by the answer verifier (`task`) or a verdict label with the judge reply
-    check (`judge`); `template`: the `Templates` pool its text comes from (None: the data's own
+    the task's ground truth by the answer verifier (`task`), a verdict label with the judge reply
+    check (`judge`), or the verdicts of the policy's own judge (`self_judge`, `spark.judge_reward`);
+    `template`: the `Templates` pool its text comes from (None: the data's own
     question); `reward_metric`: the per-iteration mean reward it counts towards; `eval_metric`: the
     held-out metric that measures the skill it trains."""
 
-    grader: Literal["task", "judge"]
+    grader: Literal["task", "judge", "self_judge"]
     template: str | None
     reward_metric: str
     eval_metric: str
 
 
-# The kinds of prompt a run rolls out. `solve` prompts come from the data; SPARK's recycling
-# (`spark_vl.recycle`) makes the others from verified solve groups. A new kind is one entry here,
-# its template pool, and the rule that makes its prompts.
+# The kinds of prompt a run rolls out. `solve` and `solve_open` (no answer) prompts come from the
+# data; SPARK's recycling (`spark_vl.recycle`) makes the others from verified solve groups. A new
+# kind is one entry here, its template pool, and the rule that makes its prompts.
 KINDS: dict[str, KindSpec] = {
     "solve": KindSpec("task", None, "rollout/reward_mean", "eval/task_acc"),
+    "solve_open": KindSpec("self_judge", None, "judge_reward/mean", "eval/open_self_judged"),
     "judge_pointwise": KindSpec("judge", "pointwise", "aux/judge_reward_mean", "eval/judge_pointwise_acc"),
     "judge_pairwise": KindSpec("judge", "pairwise", "aux/judge_reward_mean", "eval/judge_pairwise_acc"),
     "reflect_cot": KindSpec("task", "reflect_cot", "aux/reflect_reward_mean", "eval/task_acc_reflect"),

@@ -12,7 +12,7 @@ from spark_vl.data import LoadedDataset, TaskSample, load_dataset
 from spark_vl.layout import check_policy, deepspeed_dir, deepspeed_tag, policy_at, start_policy
 from spark_vl.models import load_model, load_processor
 from spark_vl.prompts import Templates
-from spark_vl.rollout import Engines, RolloutEngine
+from spark_vl.rollout import ENGINES, Engines, RolloutEngine
 from spark_vl.runio import logger
 from spark_vl.train.launch import distributed
 from spark_vl.train.trainer import PolicyTrainer
@@ -112,6 +112,16 @@ class Workspace:
             self._cache["rollout_model"] = load_model(policy_at(self.config, self.run_dir, k), self.config.model.dtype)
             self._cache["rollout_model_iteration"] = k
         return self._cache["rollout_model"]
+
+    def judge_engine(self, k: int) -> RolloutEngine:
+        """Policy k as the judge that rewards open-ended prompts: transformers on its own copy of
+        the weights, whatever `rollout.engine` is (it must score completions, and stay frozen while
+        the policy trains or is served)."""
+        if self._cache.get("judge_iteration") != k:
+            self._cache.pop("judge_engine", None)
+            self._cache["judge_engine"] = ENGINES["hf"](self.engines, policy_at(self.config, self.run_dir, k), None)
+            self._cache["judge_iteration"] = k
+        return self._cache["judge_engine"]
 
     def kept(self, key: str, make: Callable[[], Any]) -> Any:
         """`make()` once per workspace: what a higher layer starts for the whole run (the rollout

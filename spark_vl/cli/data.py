@@ -61,12 +61,12 @@ def make_data(
 @app.command("validate-data")
 def validate_data(
     path: Annotated[Path, typer.Argument(help="JSONL, JSON or Parquet file, or a datasets.save_to_disk folder")],
-    as_json: Annotated[bool, typer.Option("--json", help="end with one JSON line {good, bad}")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="end with one JSON line {good, open_ended, bad}")] = False,
     split: Annotated[str, typer.Option(help="split of a DatasetDict folder")] = "train",
     max_image_pixels: Annotated[int, typer.Option(help="larger images count as decompression bombs")] = 50_000_000,
 ) -> None:
     """Check every row of a dataset: one line per bad row, then a summary. Exit 1 if no row is good."""
-    from spark_vl.data import DatasetError, scan_dataset
+    from spark_vl.data import DatasetError, scan_dataset, verifiable
 
     try:
         result = scan_dataset(path, max_image_pixels, split)
@@ -75,8 +75,11 @@ def validate_data(
         raise typer.Exit(1) from None
     for bad in result.bad:
         typer.echo(f"row {bad.row}: {bad.reason}: {bad.detail}")
-    typer.echo(f"{path}: {len(result.samples)} good row(s), {len(result.bad)} bad")
+    open_ended = len(result.samples) - len(verifiable(result.samples))
+    typer.echo(f"{path}: {len(result.samples)} good row(s), {len(result.bad)} bad"
+               + (f"; {open_ended} good row(s) open-ended (no answer: rewarded by the judge)" if open_ended else ""))
     if as_json:
-        typer.echo(json.dumps({"good": len(result.samples), "bad": [b.as_dict() for b in result.bad]}))
+        typer.echo(json.dumps({"good": len(result.samples), "open_ended": open_ended,
+                               "bad": [b.as_dict() for b in result.bad]}))
     if not result.samples:
         raise typer.Exit(1)

@@ -82,11 +82,12 @@ class ModelConfig(Section):
 class BuiltinDataConfig(Section):
     """The built-in synthetic visual tasks rendered with PIL."""
 
-    families: list[Literal["colour", "count", "position", "size", "arithmetic", "compare", "motion"]] = Field(
-        ["colour", "count"], description="task families, cycled through: the colour of a shape, the number of "
-        "circles, left or right, the bigger of two shapes, sums (products at difficulty 3) of drawn digits, two "
-        "images compared (which has more circles; do their shapes share a colour), and a clip of frames (which way "
-        "does the dot move)")
+    families: list[Literal["colour", "count", "position", "size", "arithmetic", "compare", "motion", "describe"]] = (
+        Field(["colour", "count"], description="task families, cycled through: the colour of a shape, the number of "
+              "circles, left or right, the bigger of two shapes, sums (products at difficulty 3) of drawn digits, two "
+              "images compared (which has more circles; do their shapes share a colour), a clip of frames (which "
+              "way does the dot move), and `describe`, open-ended (name a colour you see: two are right; no answer, "
+              "the judge rewards it)"))
     difficulty: int = Field(1, ge=1, le=3, description="1 (easy) to 3: more colours and counts, distractors, "
                             "closer positions and sizes, larger numbers")
     image_size: int = Field(112, ge=56, le=1024, description="side of the square images, pixels")
@@ -206,6 +207,23 @@ class RewardConfig(Section):
         "`rollout.verify_timeout_s` (a hang or an error scores 0); null: the built-in grader")
 
 
+class JudgeRewardConfig(Section):
+    """Rewards for open-ended prompts (rows without an answer) from the policy's own pointwise
+    judge: each response's reward is the judge's probability of "Yes" for its boxed answer. The
+    judge is a frozen snapshot of the policy, moved to the newest rollout policy every `refresh`
+    iterations when that policy's judge passes the held-out verifiable anchors; when it does not,
+    open-ended prompts get no reward (with a warning) until a later one passes: a policy cannot
+    learn to please a judge that stops being checked against verifiable answers."""
+
+    enabled: bool = Field(True, description="false: open-ended rows are left out of training (held-out ones are "
+                          "still answered and recorded at each evaluation)")
+    refresh: int = Field(10, ge=1, description="iterations between two refreshes of the judge snapshot")
+    anchors: int = Field(64, ge=2, description="held-out verifiable pointwise judge prompts (half right answers, "
+                         "half wrong) a snapshot is checked on")
+    anchor_floor: float = Field(0.6, ge=0, le=1, description="balanced accuracy on the anchors (a constant verdict "
+                                "scores 0.5) a judge needs to reward with")
+
+
 class SparkConfig(Section):
     """Recycling of verified rollouts into judge and self-reflection prompts."""
 
@@ -240,6 +258,7 @@ class SparkConfig(Section):
     judge_reply_check: Literal["verdict", "format", "restate", "grounded"] = Field(
         "format", description="judge reward 1 needs: the right verdict only; also the reply format; "
         "also the proposed answer restated exactly; also the image described as the ground truth")
+    judge_reward: JudgeRewardConfig = JudgeRewardConfig()
 
 
 class WarmupConfig(Section):

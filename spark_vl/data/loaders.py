@@ -6,6 +6,8 @@ Two row schemas are understood:
 - LMM-R1 / Spark-Data: `{"message": "<JSON list of chat messages>", "answer": "..."}`, where
   image and video parts carry a path (and often `max_pixels`).
 Image and video paths are resolved relative to the dataset file and must stay inside its folder.
+A row with `"answer": null`, or with `"reward": "judge"`, is an open-ended prompt: no verifier can
+check it, and the policy's own judge rewards it (`spark.judge_reward`).
 Every bad row is reported with its row number and a reason; good rows are kept.
 """
 
@@ -48,16 +50,22 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class TaskSample:
-    """One verifiable prompt: image(s) and/or a video, question text and ground-truth answer."""
+    """One prompt: image(s) and/or a video, question text and ground-truth answer (None: an
+    open-ended prompt, rewarded by the judge)."""
 
     id: str
     row: int
     images: tuple[str, ...]
     question: str
-    answer: str
+    answer: str | None
     max_pixels: int | None = None
     video: str | None = None  # a video file or a folder of frames
     video_options: dict[str, float] = field(default_factory=dict)  # a file's fps, video_start, video_end
+
+
+def verifiable(samples: list[TaskSample]) -> list[TaskSample]:
+    """The samples with a ground-truth answer, which verifiers grade (open-ended ones left out)."""
+    return [s for s in samples if s.answer is not None]
 
 
 @dataclass(frozen=True)
@@ -191,9 +199,14 @@ def _parse_row(row: Any) -> tuple[list[str], Any, dict[str, Any], str, Any, int 
     if not images and video is None:
         raise _BadRowError("unparseable", "no image or video ('image', 'images', 'video' or an image or video "
                                           "part in 'message')")
-    if answer is None or str(answer).strip() == "":
-        raise _BadRowError("missing_answer", "the 'answer' field is missing or empty")
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+    if row.get("reward", "verifier") not in ("verifier", "judge"):
+        raise _BadRowError("unparseable", f"'reward' must be 'verifier' or 'judge', not {row['reward']!r}")
+    if row.get("reward") == "judge" or ("answer" in row and answer is None):
+        answer = None  # open-ended: rewarded by the judge
+    elif answer is None or str(answer).strip() == "":
+        raise _BadRowError("missing_answer", "the 'answer' field is missing or empty: give the answer, or "
+                                             "\"answer\": null for an open-ended prompt the judge rewards")
+    elif isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
         raise _BadRowError("unparseable", f"the answer must be text or a number, not {type(answer).__name__}")
     if not all(isinstance(ref, str) and ref for ref in images):
         raise _BadRowError("unparseable", "image entries must be file paths (embedded images are not supported)")
@@ -319,8 +332,9 @@ def scan_dataset(path: str | Path, max_image_pixels: int = 50_000_000, split: st
             result.bad.append(BadRow(row_number, bad.reason, bad.detail))
             continue
         sample_id = str(row.get("id", f"{path.stem}-{row_number}"))
-        result.samples.append(TaskSample(sample_id, row_number, images, question, str(answer).strip(), max_pixels,
-                                         video, video_options))
+        result.samples.append(TaskSample(sample_id, row_number, images, question,
+                                         None if answer is None else str(answer).strip(), max_pixels, video,
+                                         video_options))
     return result
 
 

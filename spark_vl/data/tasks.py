@@ -1,9 +1,11 @@
-"""Built-in visual tasks with exact answers, rendered with PIL.
+"""Built-in visual tasks, rendered with PIL.
 
 Each family draws a scene from a seeded RNG and asks one question whose answer is a short
 word or number; `compare` scenes are two images asked about together, `motion` scenes a short
-clip (a folder of frames). Scenes are described by a key; the held-out split never repeats a
-training key.
+clip (a folder of frames). `describe` scenes are open-ended: several answers are right, the row
+carries no answer (the judge rewards it) and a rubric that only benchmarks read
+(`open_ended_score`). Scenes are described by a key; the held-out split never repeats a training
+key.
 """
 
 from __future__ import annotations
@@ -47,11 +49,12 @@ class Scene:
 
     family: str
     question: str
-    answer: str
+    answer: str | None  # None: open-ended, scored by `rubric` in benchmarks only
     shapes: tuple[Shape, ...] = ()
     numbers: tuple[tuple[int, int, int], ...] = ()  # (value, x, y)
     second: tuple[Shape, ...] | None = None  # a second image's shapes: the question is about both
     frames: tuple[tuple[Shape, ...], ...] = ()  # a clip's frames: the question is about the motion
+    rubric: tuple[str, ...] = ()  # an open-ended question's right answers
 
     @property
     def key(self) -> tuple:
@@ -163,6 +166,23 @@ def compare_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
                  "yes" if colour == other else "no", first, second=second)
 
 
+def describe_scene(rng: random.Random, size: int, difficulty: int) -> Scene:
+    """Two shapes of different colours, one in each half: name a colour you see. Either colour is
+    right, so no single reference answer grades it; the rubric lists both."""
+    palette = list(COLOURS)[: 2 + 2 * difficulty]
+    colours = rng.sample(palette, 2)
+    radius = rng.randint(size // 10, size // 6)
+    shapes = tuple(_shape(rng, size, rng.choice(SHAPES), colour, radius, x_range)
+                   for colour, x_range in zip(colours, [(0.0, 0.5), (0.5, 1.0)]))
+    return Scene("describe", "Name a colour you see in the image.", None, shapes, rubric=tuple(sorted(colours)))
+
+
+def open_ended_score(answer: str | None, rubric: list[str]) -> float:
+    """The hidden score of an open-ended answer (benchmarks only, never a training reward): 1 when
+    it names one of the rubric's right answers."""
+    return float(answer is not None and answer.strip().lower() in rubric)
+
+
 MOTION_FRAMES = 4
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
@@ -205,6 +225,7 @@ FAMILIES: dict[str, Callable[[random.Random, int, int], Scene]] = {
     "arithmetic": arithmetic_scene,
     "compare": compare_scene,
     "motion": motion_scene,
+    "describe": describe_scene,
 }
 
 # The families whose questions make the tiny tokenizer's corpus. Fixed: a family added later
@@ -283,7 +304,8 @@ def make_dataset(out_dir: str | Path, cfg: BuiltinDataConfig) -> dict[str, Path]
             for image, ref in zip(images, refs):
                 image.save(out / ref)
             rows.append({"id": f"{split}-{i:06d}", **where, "question": scene.question,
-                         "answer": scene.answer, "family": scene.family, "difficulty": cfg.difficulty})
+                         "answer": scene.answer, "family": scene.family, "difficulty": cfg.difficulty,
+                         **({"rubric": list(scene.rubric)} if scene.rubric else {})})
         manifests[split] = out / f"{split}.jsonl"
         write_jsonl_atomic(manifests[split], rows)
     return manifests

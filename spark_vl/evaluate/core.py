@@ -8,7 +8,7 @@ import random
 from collections import defaultdict
 
 from spark_vl.config import RunConfig
-from spark_vl.data import TaskSample
+from spark_vl.data import TaskSample, verifiable
 from spark_vl.evaluate.audit import disagreements
 from spark_vl.evaluate.judge import calibration, verdict_probabilities
 from spark_vl.records import PromptRecord, is_right, media, media_files, task_item
@@ -104,8 +104,11 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     """All held-out metrics of one checkpoint (greedy decoding throughout) and the graded
     responses behind them, for a person to read. Only well-formed answers and replies count as
     right (`spark_vl.verify.extract`); `eval/well_formed` and `eval/judge_well_formed` say how
-    many were."""
+    many were. Open-ended held-out prompts are answered and recorded, each answer with the
+    policy's own P("Yes") for it (`eval/open_self_judged`, their mean)."""
     ev = config.eval
+    open_tasks = [solve_prompt(s, config.data.instruction, "eval/") for s in samples if s.answer is None][: ev.n_task]
+    samples = verifiable(samples)
     tasks = [solve_prompt(s, config.data.instruction, "eval/") for s in samples[: ev.n_task]]
     answers = [g.responses[0] for g in engine.generate(tasks, 1, greedy=True)]
     grades = pool.grade([task_item(r, t) for r, t in zip(answers, tasks)])
@@ -155,7 +158,28 @@ def evaluate(engine: RolloutEngine, samples: list[TaskSample], config: RunConfig
     if ev.best_of_n:
         (metrics["eval/task_acc_best_of_n"], metrics["eval/task_acc_sampled"],
          metrics["eval/task_acc_majority"]) = best_of_n_accuracy(engine, tasks, config, templates, pool)
+    if open_tasks:
+        open_records = open_ended_answers(engine, open_tasks, templates, pool)
+        metrics["eval/open_self_judged"] = sum(r["p_positive"] or 0.0 for r in open_records) / len(open_records)
+        records += open_records
     return metrics, records
+
+
+def open_ended_answers(engine: RolloutEngine, tasks: list[PromptRecord], templates: Templates,
+                       pool: GradingPool) -> list[dict]:
+    """The greedy answer to each open-ended prompt and the policy's own P("Yes") for it (None: no
+    boxed answer, or no verdict): what a hidden rule or a person scores afterwards."""
+    answers = [g.responses[0] for g in engine.generate(tasks, 1, greedy=True)]
+    extracted = [extract_answer(a, pool.answer_format) for a in answers]
+    template = next(t for t in templates.pointwise if t["labels"] == ["Yes", "No"])
+    judged = [(i, pointwise_judge_sample(t, answer, True, template, f"{t.id}/open"))
+              for i, (t, answer) in enumerate(zip(tasks, extracted)) if answer is not None]
+    replies = [g.responses[0] for g in engine.generate([p for _, p in judged], 1, greedy=True)] if judged else []
+    probabilities: list[float | None] = [None] * len(tasks)
+    for (i, _), p in zip(judged, verdict_probabilities(engine, [p for _, p in judged], replies)):
+        probabilities[i] = p
+    return [{"kind": t.kind, "id": t.source_id, "prompt": t.text, **media(t), "response": r, "answer": a,
+             "p_positive": p} for t, r, a, p in zip(tasks, answers, extracted, probabilities)]
 
 
 def pick_best(probabilities: list[float | None]) -> int:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spark_vl.config import RunConfig, save_config
-from spark_vl.data import warn_bad_rows
+from spark_vl.data import verifiable, warn_bad_rows
 from spark_vl.data.tasks import make_dataset
 from spark_vl.faults import fault_point
 from spark_vl.layout import check_same_run, remove_partials, start_policy, warmup_dir, write_json
@@ -39,7 +39,13 @@ def prepare_run(config: RunConfig, run_dir: Path, fetch_model: FetchModel | None
         logger.warning("data.eval_path is not set: held-out metrics are computed on the training set")
     for split in ("train", "eval"):
         warn_bad_rows(ws.dataset(split))
-        logger.info("%s prompts: %d usable from %s", split, len(ws.samples(split)), ws.paths[split])
+        samples = ws.samples(split)
+        open_ended = len(samples) - len(verifiable(samples))
+        logger.info("%s prompts: %d usable from %s%s", split, len(samples), ws.paths[split],
+                    f", {open_ended} of them open-ended (rewarded by the judge)" if open_ended else "")
+        if open_ended and split == "train" and not config.spark.judge_reward.enabled:
+            logger.warning("%d open-ended train prompts are left out of training: set spark.judge_reward.enabled="
+                           "true to reward them with the judge", open_ended)
     start = start_policy(config, run_dir)
     if not (start / "config.json").exists():
         if config.model.path is None:
@@ -76,7 +82,7 @@ def warm_start(config: RunConfig, run_dir: Path, init: Path, start: Path) -> Non
     ws = Workspace(config, run_dir)
     trainer = PolicyTrainer(config, processor, init, None, lr=config.train.warmup.lr, adapters=False)
     try:
-        losses, checks = run_warmup(trainer, ws.samples("train"), config, ws.templates, ws.pool,
+        losses, checks = run_warmup(trainer, verifiable(ws.samples("train")), config, ws.templates, ws.pool,
                                     checkpoints=warmup_dir(run_dir))
     finally:
         ws.close()

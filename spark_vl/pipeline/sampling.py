@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 from spark_vl.config import RolloutConfig
+from spark_vl.data import verifiable
 from spark_vl.pipeline.grading import grade_groups
 from spark_vl.prompts import solve_prompt
 from spark_vl.records import PromptRecord, RolloutGroup
@@ -15,10 +16,12 @@ from spark_vl.workspace import Workspace
 
 def task_prompts(ws: Workspace, k: int, draw: int = 0, taken: set[str] = frozenset()) -> list[PromptRecord]:
     """The `draw`-th batch of task prompts of iteration k, none of the samples in `taken`. Draw 0
-    is every run's batch; later draws are dynamic sampling's extra batches."""
+    is every run's batch; later draws are dynamic sampling's extra batches. Open-ended samples
+    are drawn only when the judge rewards them (`spark.judge_reward.enabled`)."""
     cfg = ws.config
     rng = random.Random(cfg.rollout.seed * 1_000_003 + k if draw == 0 else f"{cfg.rollout.seed}:{k}:{draw}")
-    pool = [s for s in ws.samples("train") if s.id not in taken]
+    samples = ws.samples("train") if cfg.spark.judge_reward.enabled else verifiable(ws.samples("train"))
+    pool = [s for s in samples if s.id not in taken]
     samples = rng.sample(pool, min(cfg.rollout.prompts_per_batch, len(pool)))
     return [solve_prompt(s, cfg.data.instruction, f"k{k}/") for s in samples]
 

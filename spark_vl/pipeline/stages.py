@@ -22,6 +22,7 @@ from spark_vl.faults import fault_point
 from spark_vl.layout import (VERIFIER_DISAGREEMENTS, deepspeed_dir, deepspeed_tag, iter_dir, metric_rows, policy_dir,
                              prune_deepspeed_state, prune_policies, read_json, write_json)
 from spark_vl.pipeline.grading import grade_groups
+from spark_vl.pipeline.judge_reward import SNAPSHOT, judge_rewards, state_before
 from spark_vl.pipeline.rollout_process import RolloutProcess
 from spark_vl.pipeline.sampling import sample_groups, sample_until_informative, task_prompts
 from spark_vl.records import KINDS, media_relative, is_right, load_groups, load_prompts, save_groups, save_prompts
@@ -114,10 +115,14 @@ def stage_rollout(ws: Workspace, k: int) -> Writes | None:
 
 @stage("verify", done="verified.jsonl")
 def stage_verify(ws: Workspace, k: int) -> Writes:
-    """Rewards for every response (`grade_groups`), and their means per kind's metric."""
+    """Rewards for every response (`grade_groups`; open-ended ones from the judge snapshot,
+    `judge_rewards`), and their means per kind's metric."""
     start = time.perf_counter()
     groups = load_groups(iter_dir(ws.run_dir, k) / "rollouts.jsonl", ws.run_dir)
     grade_groups(groups, ws.templates, ws.pool, ws.config.spark.judge_reply_check)
+    judged = {}
+    if any(KINDS[g.prompt.kind].grader == "self_judge" for g in groups):
+        judged = judge_rewards(ws, k, rollout_policy(ws.config, k), groups)
     solve = [g for g in groups if g.prompt.kind == "solve"]
     statuses = [s for g in groups for s in g.statuses]
     judge_statuses = [s for g in groups if KINDS[g.prompt.kind].grader == "judge" for s in g.statuses]
@@ -130,6 +135,7 @@ def stage_verify(ws: Workspace, k: int) -> Writes:
     for metric in dict.fromkeys(spec.reward_metric for spec in KINDS.values()):
         rewards = [r for g in groups if KINDS[g.prompt.kind].reward_metric == metric for r in g.rewards]
         metrics[metric] = sum(rewards) / len(rewards) if rewards else float("nan")
+    metrics.update(judged)
     metrics["time/verify_s"] = time.perf_counter() - start
     return [metrics_write(ws, k, "verify", metrics),
             lambda: save_groups(iter_dir(ws.run_dir, k) / "verified.jsonl", groups, ws.run_dir)]
@@ -226,6 +232,7 @@ def stage_log(ws: Workspace, k: int) -> dict[str, float]:
     rows = [r for r in metric_rows(ws.run_dir) if r["iteration"] != k]
     fault_point("log", k, "before")
     write_jsonl_atomic(ws.run_dir / "metrics.jsonl", sorted(rows + [row], key=lambda r: r["iteration"]))
-    prune_policies(ws.config, ws.run_dir, k)
+    judge = state_before(ws.run_dir, k + 1)  # the snapshot rewarding open-ended prompts stays
+    prune_policies(ws.config, ws.run_dir, k, pinned={int(judge[SNAPSHOT])} if judge else set())
     fault_point("log", k, "after")
     return row

@@ -107,11 +107,13 @@ def judge_claims(reply: str, prompt: PromptRecord, templates: Templates) -> Judg
 
 
 def solve_prompt(sample: TaskSample, instruction: str, prefix: str = "") -> PromptRecord:
-    """A task prompt; the instruction is appended unless the question already asks for a box."""
+    """A task prompt (`solve_open` without an answer); the instruction is appended unless the
+    question already asks for a box."""
     text = sample.question if "\\boxed" in sample.question else f"{sample.question} {instruction}"
-    return PromptRecord(id=f"{prefix}{sample.id}", kind="solve", images=list(sample.images), text=text,
-                        label=sample.answer, question=sample.question, answer=sample.answer, source_id=sample.id,
-                        video=sample.video, video_options=dict(sample.video_options))
+    answer = sample.answer if sample.answer is not None else ""
+    return PromptRecord(id=f"{prefix}{sample.id}", kind="solve" if sample.answer is not None else "solve_open",
+                        images=list(sample.images), text=text, label=answer, question=sample.question, answer=answer,
+                        source_id=sample.id, video=sample.video, video_options=dict(sample.video_options))
 
 
 def wrong_answers(samples: list[TaskSample]) -> dict[str, list[str]]:
