@@ -11,12 +11,14 @@ import pytest
 from spark_vl.config import load_config
 from spark_vl.data import scan_dataset, verifiable
 from spark_vl.data.tasks import COLOURS, describe_scene, open_ended_score, render
+from spark_vl.faults import ENV, InjectedFault
 from spark_vl.layout import iter_dir, metric_rows, policy_dir, read_json
 from spark_vl.pipeline import grade_groups, run
 from spark_vl.pipeline.judge_reward import balanced_accuracy, refresh_due, score_open_groups
 from spark_vl.prompts import Templates, solve_prompt
 from spark_vl.records import RolloutGroup
 from spark_vl.verify import GradingPool
+from tests.test_resume import _assert_same_run
 
 TEMPLATES = Templates.load("tiny")
 
@@ -91,21 +93,32 @@ SMALL = ["rollout.prompts_per_batch=6", "rollout.group_size=4", "rollout.max_new
          "data.builtin.n_eval=12", "data.builtin.families=[colour,describe]", "spark.judge_reward.refresh=2"]
 
 
-def test_a_run_rewards_open_ended_prompts_with_a_checked_snapshot(tmp_path, caplog):
+JUDGED = SMALL + ["spark.judge_reward.anchor_floor=0.0"]
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory):
+    """A run whose judge snapshot passes any floor, uninterrupted."""
+    run_dir = tmp_path_factory.mktemp("judged") / "on"
+    run(load_config(None, JUDGED), run_dir)
+    return run_dir
+
+
+def test_a_run_rewards_open_ended_prompts_with_a_checked_snapshot(tmp_path, caplog, judged):
     """With a floor any judge passes, the snapshot moves every 2 iterations (policy 0, 0, 2, 2),
     stays on disk while pruning deletes the policies around it, and the open-ended groups carry
     the judge's rewards; the held-out open-ended answers are recorded with the rubric's prompts.
     With a floor no judge passes, open-ended rewards stay 0 and the run says why."""
-    rows = run(load_config(None, SMALL + ["spark.judge_reward.anchor_floor=0.0"]), tmp_path / "on")[1:]
+    rows = metric_rows(judged)[1:]
     assert [r["judge_reward/snapshot"] for r in rows] == [0.0, 0.0, 2.0, 2.0]
     assert all(r["judge_reward/in_use"] == 1.0 and 0.0 <= r["judge_reward/mean"] <= 1.0 for r in rows)
-    assert policy_dir(tmp_path / "on", 2).exists() and not policy_dir(tmp_path / "on", 1).exists()
-    verified = map(json.loads, (iter_dir(tmp_path / "on", 1) / "verified.jsonl").read_text().splitlines())
+    assert policy_dir(judged, 2).exists() and not policy_dir(judged, 1).exists()
+    verified = map(json.loads, (iter_dir(judged, 1) / "verified.jsonl").read_text().splitlines())
     open_groups = [g for g in verified if g["prompt"]["kind"] == "solve_open"]
     assert open_groups and all(0.0 <= r <= 1.0 for g in open_groups for r in g["rewards"])
-    records = map(json.loads, (iter_dir(tmp_path / "on", 4) / "eval_samples.jsonl").read_text().splitlines())
+    records = map(json.loads, (iter_dir(judged, 4) / "eval_samples.jsonl").read_text().splitlines())
     held_out = [r for r in records if r["kind"] == "solve_open"]
-    assert held_out and "eval/open_self_judged" in read_json(iter_dir(tmp_path / "on", 4) / "eval.json")
+    assert held_out and "eval/open_self_judged" in read_json(iter_dir(judged, 4) / "eval.json")
     assert all(r["prompt"].startswith("Name a colour") for r in held_out)
 
     with caplog.at_level(logging.WARNING, logger="spark_vl"):
@@ -113,3 +126,16 @@ def test_a_run_rewards_open_ended_prompts_with_a_checked_snapshot(tmp_path, capl
     assert all(r["judge_reward/in_use"] == 0.0 and r["judge_reward/mean"] == 0.0 for r in rows)
     assert "below spark.judge_reward.anchor_floor" in caplog.text
     assert [r["iteration"] for r in metric_rows(tmp_path / "off")] == [0, 1, 2, 3, 4]
+
+
+def test_a_run_crashed_around_the_judge_resumes_to_the_same_run(tmp_path, monkeypatch, judged):
+    """Crashes while the refreshed snapshot rewards iteration 3 and while iteration 2's pruning
+    runs: the rerun takes up the same snapshot and ends as the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    for crash in ("verify:3:before", "log:2:before", "log:3:after"):
+        monkeypatch.setenv(ENV, f"{crash}:error")
+        with pytest.raises(InjectedFault, match=crash):
+            run(load_config(None, JUDGED), run_dir)
+    monkeypatch.delenv(ENV)
+    run(load_config(None, JUDGED), run_dir)
+    _assert_same_run(run_dir, judged, 4)
