@@ -22,7 +22,7 @@ from spark_vl.faults import fault_point
 from spark_vl.layout import (VERIFIER_DISAGREEMENTS, deepspeed_dir, deepspeed_tag, iter_dir, metric_rows, policy_dir,
                              prune_deepspeed_state, prune_policies, read_json, write_json)
 from spark_vl.pipeline.grading import grade_groups
-from spark_vl.pipeline.judge_reward import SNAPSHOT, judge_rewards, state_before
+from spark_vl.pipeline.judge_reward import SNAPSHOT, judge_rewards
 from spark_vl.pipeline.rollout_process import RolloutProcess
 from spark_vl.pipeline.sampling import sample_groups, sample_until_informative, task_prompts
 from spark_vl.records import KINDS, media_relative, is_right, load_groups, load_prompts, save_groups, save_prompts
@@ -229,10 +229,10 @@ def stage_log(ws: Workspace, k: int) -> dict[str, float]:
         path = iter_dir(ws.run_dir, k) / f"{name}.json"
         if path.exists():
             row.update(read_json(path))
-    rows = [r for r in metric_rows(ws.run_dir) if r["iteration"] != k]
+    rows = sorted([r for r in metric_rows(ws.run_dir) if r["iteration"] != k] + [row], key=lambda r: r["iteration"])
     fault_point("log", k, "before")
-    write_jsonl_atomic(ws.run_dir / "metrics.jsonl", sorted(rows + [row], key=lambda r: r["iteration"]))
-    judge = state_before(ws.run_dir, k + 1)  # the snapshot rewarding open-ended prompts stays
-    prune_policies(ws.config, ws.run_dir, k, pinned={int(judge[SNAPSHOT])} if judge else set())
+    write_jsonl_atomic(ws.run_dir / "metrics.jsonl", rows)
+    judge = next((r[SNAPSHOT] for r in reversed(rows) if SNAPSHOT in r), None)  # it rewards open-ended prompts
+    prune_policies(ws.config, ws.run_dir, k, pinned=set() if judge is None else {int(judge)})
     fault_point("log", k, "after")
     return row
