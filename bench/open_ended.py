@@ -5,8 +5,10 @@
 configs/tiny.yaml on three families, colour and count (verifiable) and `describe` (open-ended: "Name
 a colour you see in the image", two shapes of two colours, no answer in the data). Two arms per
 seed, each one `spark-vl run` in runs/bench-open-<arm>-s<seed> with one torch thread: `judged`
-rewards the describe prompts with the policy's own judge snapshot (`spark.judge_reward`), `left-out`
-never trains on them (`spark.judge_reward.enabled=false`); everything else is equal. What is
+rewards the describe prompts with the policy's own judge snapshot (`spark.judge_reward`) under a
+guard of anchor accuracy 0.6, `judged-0.75` the same under the default guard
+(`anchor_floor=0.75`), `left-out` never trains on them (`spark.judge_reward.enabled=false`);
+everything else is equal. What is
 measured is the hidden score: each held-out describe answer (greedy) scored by its rubric
 (`open_ended_score`: it names a colour of one of the two shapes), which no training reward ever
 sees. A policy that answers any colour of the palette scores 2 / 8 at difficulty 3; one that reads
@@ -32,7 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from spark_vl.data.tasks import open_ended_score  # noqa: E402
 
-ARMS = {"judged": "true", "left-out": "false"}
+ARMS = {"judged": ["spark.judge_reward.enabled=true", "spark.judge_reward.anchor_floor=0.6"],
+        "judged-0.75": ["spark.judge_reward.enabled=true", "spark.judge_reward.anchor_floor=0.75"],
+        "left-out": ["spark.judge_reward.enabled=false"]}
 FAMILIES = "data.builtin.families=[colour,count,describe]"
 
 
@@ -41,7 +45,7 @@ def run_one(arm: str, seed: int, iterations: int) -> Path:
     log = ROOT / "runs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "spark_vl.cli", "run", "configs/tiny.yaml", "--run-name", name,
-               "--set", FAMILIES, "--set", f"spark.judge_reward.enabled={ARMS[arm]}",
+               "--set", FAMILIES, *[arg for override in ARMS[arm] for arg in ("--set", override)],
                "--set", f"train.iterations={iterations}", "--set", f"model.tiny.seed={seed}",
                "--set", f"train.seed={seed}", "--set", f"rollout.seed={seed}"]
     with open(log, "w") as handle:
@@ -106,19 +110,21 @@ def table(seeds: list[int], evals: dict[tuple[str, int], list[dict]], dirs: dict
                                                            for key, _ in COLUMNS) + " |")
         worst = [min(last3(rows, key) for rows in runs) for key, _ in COLUMNS]
         lines.append(f"| {arm} | worst seed, last 3 | " + " | ".join(f"{v:.3f}" for v in worst) + " |")
-    lines += ["", "| seed | hidden score, last 3: judged | left-out | difference | judge snapshot in use "
-                  "(share of iterations) | anchor accuracy (mean) |", "|---|---|---|---|---|---|"]
+    lines += ["", "| seed | arm | hidden score, last 3 | against left-out | judge snapshot in use (share of "
+                  "iterations) | anchor accuracy (mean) |", "|---|---|---|---|---|---|"]
     for seed in seeds:
-        judged, left_out = last3(evals[("judged", seed)], "hidden"), last3(evals[("left-out", seed)], "hidden")
-        verify = [r for r in metric_rows(dirs[("judged", seed)], iterations) if "judge_reward/in_use" in r]
-        lines.append(f"| {seed} | {judged:.3f} | {left_out:.3f} | {judged - left_out:+.3f} | "
-                     f"{statistics.mean(r['judge_reward/in_use'] for r in verify):.2f} | "
-                     f"{statistics.mean(r['judge_reward/anchor_acc'] for r in verify):.3f} |")
+        left_out = last3(evals[("left-out", seed)], "hidden")
+        for arm in [a for a in ARMS if a != "left-out"]:
+            judged = last3(evals[(arm, seed)], "hidden")
+            verify = [r for r in metric_rows(dirs[(arm, seed)], iterations) if "judge_reward/in_use" in r]
+            lines.append(f"| {seed} | {arm} | {judged:.3f} | {judged - left_out:+.3f} | "
+                         f"{statistics.mean(r['judge_reward/in_use'] for r in verify):.2f} | "
+                         f"{statistics.mean(r['judge_reward/anchor_acc'] for r in verify):.3f} |")
     return "\n".join(lines)
 
 
 def plot(seeds: list[int], evals: dict[tuple[str, int], list[dict]], out: Path) -> Path:
-    colours = {"judged": "tab:blue", "left-out": "tab:orange"}
+    colours = {"judged": "tab:blue", "judged-0.75": "tab:green", "left-out": "tab:orange"}
     series = [(arm if i == 0 else None, colours[arm], "-", evals[(arm, seed)])
               for arm in ARMS for i, seed in enumerate(seeds)]
     return plot_curves([("hidden", "hidden score, held-out open-ended"), ("eval/task_acc", "task accuracy, verifiable")],
@@ -137,7 +143,11 @@ def main() -> None:
     evals = {run: evaluations(run_dir, args.iterations) for run, run_dir in dirs.items()}
     text = (f"# Self-judged rewards on open-ended prompts: tiny.yaml + describe ({args.iterations} iterations)\n\n"
             f"Seeds {' '.join(map(str, args.seeds))}, one torch thread; mean ± standard deviation over seeds, and "
-            "the worst seed.\n\n" + table(args.seeds, evals, dirs, args.iterations)
+            "the worst seed. Arms: `judged`, the describe prompts rewarded by the judge snapshot while its anchor "
+            "accuracy is at least 0.6; `judged-0.75`, the same with the default floor 0.75; `left-out`, no training "
+            "on them (their batch share goes to verifiable prompts, so its task accuracy is not like for like). The "
+            "hidden score: held-out describe answers that name a colour of the image (rubric, never a reward).\n\n"
+            + table(args.seeds, evals, dirs, args.iterations)
             + f"\n\nCommand: `.venv/bin/python bench/open_ended.py --seeds {' '.join(map(str, args.seeds))} "
             f"--iterations {args.iterations}`")
     publish("open_ended", text)

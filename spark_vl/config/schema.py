@@ -220,8 +220,9 @@ class JudgeRewardConfig(Section):
     refresh: int = Field(10, ge=1, description="iterations between two refreshes of the judge snapshot")
     anchors: int = Field(64, ge=2, description="held-out verifiable pointwise judge prompts (half right answers, "
                          "half wrong) a snapshot is checked on")
-    anchor_floor: float = Field(0.6, ge=0, le=1, description="balanced accuracy on the anchors (a constant verdict "
-                                "scores 0.5) a judge needs to reward with")
+    anchor_floor: float = Field(0.75, ge=0, le=1, description="balanced accuracy on the anchors (a constant "
+                                "verdict scores 0.5) a judge needs to reward with; judges of 0.58-0.70 on the tiny "
+                                "model were exploited (bench/results/open_ended.md)")
 
 
 class SparkConfig(Section):
