@@ -1,6 +1,7 @@
 """The model as a judge: verdict probabilities from its own log-probs, calibration, the CLI."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -63,6 +64,35 @@ def test_verdict_probability_is_the_softmax_of_the_two_replies(tiny_model_dir, t
     assert p == pytest.approx(torch.softmax(torch.tensor([yes, no]), 0)[0].item(), abs=1e-4)
     assert 0 < p < 1 and abs(p - 0.5) > 1e-3  # else swapping the verdicts would pass unseen
     assert verdict_probabilities(engine, [prompt], ["no verdict here"]) == [None]
+
+
+class ScoredReplies:
+    """Scores each completion by the verdict in its box (what `verdict_probabilities` asks of an
+    engine), keeping the completions it was asked about."""
+
+    def __init__(self):
+        self.asked = []
+
+    def score(self, prompts, completions):
+        self.asked += completions
+        return [{"\\box{Yes}": 1.0, "\\box{A}": 1.0}.get(c[c.index("\\box"):], 0.0) for c in completions]
+
+
+def test_a_pointwise_reply_is_scored_with_the_verdicts_its_template_asks_for():
+    """The default pools hold pointwise templates that answer A/B ("(A) correct (B) wrong"):
+    their replies are scored with A and B in the box, never with Yes and No."""
+    templates = Templates.load("default")
+    ab = next(t for t in templates.pointwise if t["labels"] == ["A", "B"])
+    yes_no = next(t for t in templates.pointwise if t["labels"] == ["Yes", "No"])
+    source = PromptRecord(id="s", kind="solve", images=[], text="q", label="red", question="q", answer="red",
+                          source_id="s")
+    prompts = [pointwise_judge_sample(source, "blue", False, ab, "j1"),
+               pointwise_judge_sample(source, "red", True, yes_no, "j2")]
+    engine = ScoredReplies()
+    p_ab, p_yes = verdict_probabilities(engine, prompts, ["It is blue. \\box{B}", "It is red. \\box{Yes}"])
+    assert engine.asked == ["It is blue. \\box{A}", "It is blue. \\box{B}", "It is red. \\box{Yes}",
+                            "It is red. \\box{No}"]
+    assert p_ab == p_yes == pytest.approx(1 / (1 + math.exp(-1)))
 
 
 def test_judge_command_writes_verdicts_and_probabilities(tiny_model_dir, tiny_data_dir, tmp_path):

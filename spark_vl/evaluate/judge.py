@@ -11,7 +11,11 @@ from spark_vl.records import PromptRecord
 from spark_vl.verify.extract import box_span
 from spark_vl.verify.grading import judge_reward
 
-VERDICTS = {"judge_pointwise": ("Yes", "No"), "judge_pairwise": ("A", "B")}
+
+def verdicts(prompt: PromptRecord) -> tuple[str, str]:
+    """(positive, negative) verdict of a judge prompt: A/B for a pairwise one and for a pointwise
+    one whose template answers A/B, else Yes/No."""
+    return ("A", "B") if prompt.kind == "judge_pairwise" or prompt.label in ("A", "B") else ("Yes", "No")
 
 
 def question_source(source_id: str, images: list[str], question: str, video: str | None = None) -> PromptRecord:
@@ -28,12 +32,13 @@ def with_verdict(reply: str, verdict: str) -> str | None:
 
 def verdict_probabilities(engine, prompts: list[PromptRecord], replies: list[str]) -> list[float | None]:
     """P(positive verdict: Yes, or A) for each judge reply: the model's probability of the reply
-    with the positive verdict in its box against the same reply with the other verdict,
-    softmax(log p(reply | Yes), log p(reply | No)); None where the reply has no verdict box.
+    with the positive verdict in its box against the same reply with the other verdict
+    (`verdicts`), softmax(log p(reply | Yes), log p(reply | No)); None where the reply has no
+    verdict box.
     `engine` must score completions (`HFRolloutEngine.score`)."""
     pairs, where = [], []
     for i, (prompt, reply) in enumerate(zip(prompts, replies)):
-        candidates = [with_verdict(reply, v) for v in VERDICTS[prompt.kind]]
+        candidates = [with_verdict(reply, v) for v in verdicts(prompt)]
         if candidates[0] is not None:
             pairs += [(prompt, candidates[0]), (prompt, candidates[1])]
             where.append(i)
