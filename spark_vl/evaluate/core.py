@@ -10,7 +10,7 @@ from collections import defaultdict
 from spark_vl.config import RunConfig
 from spark_vl.data import TaskSample, verifiable
 from spark_vl.evaluate.audit import disagreements
-from spark_vl.evaluate.judge import calibration, verdict_probabilities
+from spark_vl.evaluate.judge import calibration, judged_probabilities, verdict_probabilities
 from spark_vl.records import PromptRecord, is_right, media, media_files, task_item
 from spark_vl.prompts import (POSITIVE_LABELS, Templates, pairwise_judge_sample, pointwise_judge_sample,
                               reflection_sample, reply_is_intact, solve_prompt, wrong_answers)
@@ -171,12 +171,10 @@ def open_ended_answers(engine: RolloutEngine, tasks: list[PromptRecord], templat
     boxed answer, or no verdict): what a hidden rule or a person scores afterwards."""
     answers = [g.responses[0] for g in engine.generate(tasks, 1, greedy=True)]
     extracted = [extract_answer(a, pool.answer_format) for a in answers]
-    template = next(t for t in templates.pointwise if t["labels"] == ["Yes", "No"])
-    judged = [(i, pointwise_judge_sample(t, answer, True, template, f"{t.id}/open"))
+    judged = [(i, pointwise_judge_sample(t, answer, True, templates.yes_no, f"{t.id}/open"))
               for i, (t, answer) in enumerate(zip(tasks, extracted)) if answer is not None]
-    replies = [g.responses[0] for g in engine.generate([p for _, p in judged], 1, greedy=True)] if judged else []
     probabilities: list[float | None] = [None] * len(tasks)
-    for (i, _), p in zip(judged, verdict_probabilities(engine, [p for _, p in judged], replies)):
+    for (i, _), p in zip(judged, judged_probabilities(engine, [p for _, p in judged])[1]):
         probabilities[i] = p
     return [{"kind": t.kind, "id": t.source_id, "prompt": t.text, **media(t), "response": r, "answer": a,
              "p_positive": p} for t, r, a, p in zip(tasks, answers, extracted, probabilities)]
@@ -195,17 +193,15 @@ def best_of_n_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], config:
     accuracy and two baselines a judge must beat to be worth asking: the mean accuracy of all
     samples (picking one at random) and the majority vote of their answers."""
     groups = engine.generate(tasks, config.eval.best_of_n, seed=config.train.seed)
-    template = next(t for t in templates.pointwise if t["labels"] == ["Yes", "No"])
     judged, owners = [], []
     for ti, (task, group) in enumerate(zip(tasks, groups)):
         for ri, response in enumerate(group.responses):
             answer = extract_answer(response, pool.answer_format)
             if answer is not None:
-                judged.append(pointwise_judge_sample(task, answer, True, template, f"{task.id}/best{ri}"))
+                judged.append(pointwise_judge_sample(task, answer, True, templates.yes_no, f"{task.id}/best{ri}"))
                 owners.append((ti, ri))
-    replies = [g.responses[0] for g in engine.generate(judged, 1, greedy=True)] if judged else []
     scores: list[list[float | None]] = [[None] * len(g.responses) for g in groups]
-    for (ti, ri), p in zip(owners, verdict_probabilities(engine, judged, replies)):
+    for (ti, ri), p in zip(owners, judged_probabilities(engine, judged)[1]):
         scores[ti][ri] = p
     picks = [pick_best(s) for s in scores]
     grades = pool.grade([task_item(r, t) for g, t in zip(groups, tasks) for r in g.responses])
@@ -245,7 +241,6 @@ def self_reflect(engine: RolloutEngine, tasks: list[PromptRecord], answers: list
     """Answer, judge the own answer (pointwise, Yes/No), and if judged wrong answer again with the
     answer marked incorrect; up to `eval.reflect_rounds` rounds. `greedy` holds the first answers'
     rewards; returns `reflection_outcomes`."""
-    judge_template = next(t for t in templates.pointwise if t["labels"] == ["Yes", "No"])
     reflect_template = templates.reflect_answer[1 % len(templates.reflect_answer)]
     current = list(answers)
     open_ids = list(range(len(tasks)))
@@ -254,7 +249,7 @@ def self_reflect(engine: RolloutEngine, tasks: list[PromptRecord], answers: list
         judged = []
         for i in open_ids:
             answer = extract_answer(current[i], pool.answer_format)
-            judged.append(pointwise_judge_sample(tasks[i], answer or "none", True, judge_template,
+            judged.append(pointwise_judge_sample(tasks[i], answer or "none", True, templates.yes_no,
                                                  f"{tasks[i].id}/self-judge{round_}"))
         verdicts = [extract_verdict(g.responses[0]) for g in engine.generate(judged, 1, greedy=True)] if judged else []
         open_ids = [i for i, verdict in zip(open_ids, verdicts) if verdict != "yes"]

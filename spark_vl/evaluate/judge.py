@@ -50,6 +50,15 @@ def verdict_probabilities(engine, prompts: list[PromptRecord], replies: list[str
     return probabilities
 
 
+def judged_probabilities(engine, prompts: list[PromptRecord]) -> tuple[list[str], list[float | None]]:
+    """The judge's greedy reply to each prompt and its P(positive verdict) for it
+    (`verdict_probabilities`)."""
+    if not prompts:
+        return [], []
+    replies = [g.responses[0] for g in engine.generate(prompts, 1, greedy=True)]
+    return replies, verdict_probabilities(engine, prompts, replies)
+
+
 def reliability_bins(probabilities: list[float], outcomes: list[bool],
                      bins: int = 10) -> list[tuple[float, float, int]]:
     """(mean probability, positive rate, count) of each non-empty equal-width probability bin."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from spark_vl.data import verifiable
 from spark_vl.evaluate import held_out_judge_prompts
-from spark_vl.evaluate.judge import verdict_probabilities
+from spark_vl.evaluate.judge import judged_probabilities
 from spark_vl.layout import iter_dir, read_json
 from spark_vl.prompts import POSITIVE_LABELS, pointwise_judge_sample
 from spark_vl.records import KINDS, PromptRecord, RolloutGroup
@@ -49,14 +49,6 @@ def state_before(run_dir, k: int) -> dict[str, float] | None:
     return None
 
 
-def judged_probabilities(engine, prompts: list[PromptRecord]) -> list[float | None]:
-    """P("Yes") of the judge's greedy reply to each pointwise prompt (`verdict_probabilities`)."""
-    if not prompts:
-        return []
-    replies = [g.responses[0] for g in engine.generate(prompts, 1, greedy=True)]
-    return verdict_probabilities(engine, prompts, replies)
-
-
 def anchors(ws: Workspace) -> list[PromptRecord]:
     """The held-out pointwise prompts with a Yes/No verdict a snapshot is checked on: the first
     `anchors` of the evaluation's (right and wrong proposed answers alternating per question)."""
@@ -74,7 +66,7 @@ def score_open_groups(engine, groups: list[RolloutGroup], template: dict) -> Non
             if answer is not None:
                 prompts.append(pointwise_judge_sample(group.prompt, answer, True, template, f"{group.prompt.id}/{ri}"))
                 where.append((gi, ri))
-    for (gi, ri), p in zip(where, judged_probabilities(engine, prompts)):
+    for (gi, ri), p in zip(where, judged_probabilities(engine, prompts)[1]):
         groups[gi].rewards[ri] = p or 0.0
 
 
@@ -92,7 +84,7 @@ def judge_rewards(ws: Workspace, k: int, policy: int, groups: list[RolloutGroup]
             raise ValueError("open-ended prompts are rewarded by the judge, and the judge is checked on held-out "
                              "prompts with answers, but the held-out split has none: give data.eval_path rows with "
                              "answers (or set spark.judge_reward.enabled=false)")
-        accuracy = balanced_accuracy(judged_probabilities(engine, prompts),
+        accuracy = balanced_accuracy(judged_probabilities(engine, prompts)[1],
                                      [p.label in POSITIVE_LABELS for p in prompts])
         snapshot = policy
         if accuracy < cfg.anchor_floor:
@@ -103,6 +95,5 @@ def judge_rewards(ws: Workspace, k: int, policy: int, groups: list[RolloutGroup]
         snapshot, accuracy = int(before[SNAPSHOT]), before[ANCHOR_ACC]
     in_use = accuracy >= cfg.anchor_floor
     if in_use and open_groups:
-        template = next(t for t in ws.templates.pointwise if t["labels"] == ["Yes", "No"])
-        score_open_groups(ws.judge_engine(snapshot), open_groups, template)
+        score_open_groups(ws.judge_engine(snapshot), open_groups, ws.templates.yes_no)
     return {SNAPSHOT: float(snapshot), ANCHOR_ACC: accuracy, IN_USE: float(in_use)}

@@ -45,6 +45,12 @@ class Templates:
                 raise ValueError(f"template labels must be [Yes, No] or [A, B], not {template['labels']}")
         return cls(**{k: v for k, v in data.items() if not k.startswith("_")})
 
+    @property
+    def yes_no(self) -> dict:
+        """The first pointwise template answered Yes/No: the one a model judges its own answers
+        with (self-reflection, best-of-n, open-ended rewards)."""
+        return next(t for t in self.pointwise if t["labels"] == ["Yes", "No"])
+
     def pool(self, kind: str) -> list:
         """The templates prompts of `kind` are written with (`KINDS[kind].template`)."""
         return getattr(self, KINDS[kind].template)
