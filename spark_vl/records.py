@@ -39,6 +39,7 @@ KINDS: dict[str, KindSpec] = {
 }
 Kind = Literal[tuple(KINDS)]  # type: ignore[valid-type]  # the names above, for typed configs and rows
 JUDGE_KINDS = tuple(kind for kind, spec in KINDS.items() if spec.grader == "judge")
+SELF_JUDGED_KINDS = tuple(kind for kind, spec in KINDS.items() if spec.grader == "self_judge")
 REFLECT_KINDS = tuple(kind for kind in KINDS if kind.startswith("reflect_"))
 
 

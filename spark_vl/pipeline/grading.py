@@ -4,7 +4,7 @@ their answers extracted here and their rewards from the judge (`judge_reward.py`
 
 from __future__ import annotations
 
-from spark_vl.records import JUDGE_KINDS, KINDS, task_item
+from spark_vl.records import JUDGE_KINDS, SELF_JUDGED_KINDS, task_item
 from spark_vl.prompts import Templates, reply_is_intact
 from spark_vl.verify import GradeItem, GradingPool, extract_answer, extract_verdict
 
@@ -15,9 +15,9 @@ def grade_groups(groups, templates: Templates, pool: GradingPool, judge_reply_ch
     ground truth) get their extracted answers and a reward of 0 until the judge scores them."""
     items, where = [], []
     for gi, group in enumerate(groups):
-        judge = group.prompt.kind in JUDGE_KINDS
-        if KINDS[group.prompt.kind].grader == "self_judge":
+        if group.prompt.kind in SELF_JUDGED_KINDS:
             continue
+        judge = group.prompt.kind in JUDGE_KINDS
         for ri, response in enumerate(group.responses):
             items.append(GradeItem(response, group.prompt.label, "judge") if judge else task_item(response, group.prompt))
             where.append((gi, ri))
@@ -25,7 +25,7 @@ def grade_groups(groups, templates: Templates, pool: GradingPool, judge_reply_ch
     for group in groups:
         n = len(group.responses)
         group.rewards, group.statuses, group.extracted = [0.0] * n, ["ok"] * n, [None] * n
-        if KINDS[group.prompt.kind].grader == "self_judge":
+        if group.prompt.kind in SELF_JUDGED_KINDS:
             group.extracted = [extract_answer(r, pool.answer_format) for r in group.responses]
     for (gi, ri), grade in zip(where, grades):
         group = groups[gi]

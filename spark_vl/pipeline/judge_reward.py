@@ -16,7 +16,7 @@ from spark_vl.evaluate import held_out_judge_prompts
 from spark_vl.evaluate.judge import judged_probabilities
 from spark_vl.layout import iter_dir, read_json
 from spark_vl.prompts import POSITIVE_LABELS, pointwise_judge_sample
-from spark_vl.records import KINDS, PromptRecord, RolloutGroup
+from spark_vl.records import SELF_JUDGED_KINDS, PromptRecord, RolloutGroup
 from spark_vl.runio import logger
 from spark_vl.workspace import Workspace
 
@@ -75,7 +75,7 @@ def judge_rewards(ws: Workspace, k: int, policy: int, groups: list[RolloutGroup]
     the iteration's rollout policy, when due), or leave them at 0 when the snapshot's anchor
     accuracy is below the floor; returns the snapshot's state as metrics."""
     cfg = ws.config.spark.judge_reward
-    open_groups = [g for g in groups if KINDS[g.prompt.kind].grader == "self_judge"]
+    open_groups = [g for g in groups if g.prompt.kind in SELF_JUDGED_KINDS]
     before = state_before(ws.run_dir, k)
     if before is None or refresh_due(policy, int(before[SNAPSHOT]), cfg.refresh):
         engine = ws.judge_engine(policy)

@@ -25,7 +25,8 @@ from spark_vl.pipeline.grading import grade_groups
 from spark_vl.pipeline.judge_reward import SNAPSHOT, judge_rewards
 from spark_vl.pipeline.rollout_process import RolloutProcess
 from spark_vl.pipeline.sampling import sample_groups, sample_until_informative, task_prompts
-from spark_vl.records import KINDS, media_relative, is_right, load_groups, load_prompts, save_groups, save_prompts
+from spark_vl.records import (KINDS, SELF_JUDGED_KINDS, is_right, load_groups, load_prompts, media_relative, save_groups,
+                              save_prompts)
 from spark_vl.recycle import recycle
 from spark_vl.runio import write_jsonl_atomic
 from spark_vl.train.launch import distributed, is_worker, launch_training
@@ -121,7 +122,7 @@ def stage_verify(ws: Workspace, k: int) -> Writes:
     groups = load_groups(iter_dir(ws.run_dir, k) / "rollouts.jsonl", ws.run_dir)
     grade_groups(groups, ws.templates, ws.pool, ws.config.spark.judge_reply_check)
     judged = {}
-    if any(KINDS[g.prompt.kind].grader == "self_judge" for g in groups):
+    if any(g.prompt.kind in SELF_JUDGED_KINDS for g in groups):
         judged = judge_rewards(ws, k, rollout_policy(ws.config, k), groups)
     solve = [g for g in groups if g.prompt.kind == "solve"]
     statuses = [s for g in groups for s in g.statuses]
