@@ -36,14 +36,17 @@ def plot_coevolution(rows: list[dict[str, float]], out: Path) -> Path:
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (title, lines) in zip(axes, panels):
-        for key, label, style in lines:
-            if any(key in r for r in evals):
-                ax.plot(steps, [r.get(key, math.nan) for r in evals], style, marker="o", label=label)
+        shown = [(key, label, style) for key, label, style in lines if any(key in r for r in evals)]
+        for key, label, style in shown:
+            ax.plot(steps, [r.get(key, math.nan) for r in evals], style, marker="o", label=label)
         ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if shown:
+            ax.legend(fontsize="small")
+        else:  # e.g. eval.reflect_rounds=0: say so rather than leave a blank panel
+            ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, out)
 
 

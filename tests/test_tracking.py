@@ -1,4 +1,5 @@
 import json
+import warnings
 from pathlib import Path
 import shutil
 
@@ -155,9 +156,13 @@ def test_a_version_registered_as_a_plain_folder_is_registered_again_as_an_mlflow
 
 
 def test_coevolution_plot(tmp_path):
+    """Rows without self-reflection metrics (eval.reflect_rounds=0): that panel says so, and matplotlib
+    does not warn about a legend with nothing in it."""
     rows = [{"iteration": k, "eval/task_acc": 0.5 + k / 10, "eval/task_acc_reflect": 0.5,
              "eval/judge_pointwise_acc": 0.5, "eval/judge_pairwise_acc": 0.6} for k in range(3)]
-    path = plots.plot_coevolution(rows + [{"iteration": 3, "train/loss": 1.0}], tmp_path / "p.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = plots.plot_coevolution(rows + [{"iteration": 3, "train/loss": 1.0}], tmp_path / "p.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
