@@ -174,7 +174,7 @@ def open_ended_answers(engine: RolloutEngine, tasks: list[PromptRecord], templat
     judged = [(i, pointwise_judge_sample(t, answer, True, templates.yes_no, f"{t.id}/open"))
               for i, (t, answer) in enumerate(zip(tasks, extracted)) if answer is not None]
     probabilities: list[float | None] = [None] * len(tasks)
-    for (i, _), p in zip(judged, judged_probabilities(engine, [p for _, p in judged])[1]):
+    for (i, _), p in zip(judged, judged_probabilities(engine, [p for _, p in judged])):
         probabilities[i] = p
     return [{"kind": t.kind, "id": t.source_id, "prompt": t.text, **media(t), "response": r, "answer": a,
              "p_positive": p} for t, r, a, p in zip(tasks, answers, extracted, probabilities)]
@@ -201,7 +201,7 @@ def best_of_n_accuracy(engine: RolloutEngine, tasks: list[PromptRecord], config:
                 judged.append(pointwise_judge_sample(task, answer, True, templates.yes_no, f"{task.id}/best{ri}"))
                 owners.append((ti, ri))
     scores: list[list[float | None]] = [[None] * len(g.responses) for g in groups]
-    for (ti, ri), p in zip(owners, judged_probabilities(engine, judged)[1]):
+    for (ti, ri), p in zip(owners, judged_probabilities(engine, judged)):
         scores[ti][ri] = p
     picks = [pick_best(s) for s in scores]
     grades = pool.grade([task_item(r, t) for g, t in zip(groups, tasks) for r in g.responses])

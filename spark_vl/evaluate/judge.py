@@ -50,13 +50,12 @@ def verdict_probabilities(engine, prompts: list[PromptRecord], replies: list[str
     return probabilities
 
 
-def judged_probabilities(engine, prompts: list[PromptRecord]) -> tuple[list[str], list[float | None]]:
-    """The judge's greedy reply to each prompt and its P(positive verdict) for it
-    (`verdict_probabilities`)."""
+def judged_probabilities(engine, prompts: list[PromptRecord]) -> list[float | None]:
+    """P(positive verdict) of the judge's greedy reply to each prompt (`verdict_probabilities`)."""
     if not prompts:
-        return [], []
+        return []
     replies = [g.responses[0] for g in engine.generate(prompts, 1, greedy=True)]
-    return replies, verdict_probabilities(engine, prompts, replies)
+    return verdict_probabilities(engine, prompts, replies)
 
 
 def reliability_bins(probabilities: list[float], outcomes: list[bool],

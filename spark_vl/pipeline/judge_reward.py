@@ -66,7 +66,7 @@ def score_open_groups(engine, groups: list[RolloutGroup], template: dict) -> Non
             if answer is not None:
                 prompts.append(pointwise_judge_sample(group.prompt, answer, True, template, f"{group.prompt.id}/{ri}"))
                 where.append((gi, ri))
-    for (gi, ri), p in zip(where, judged_probabilities(engine, prompts)[1]):
+    for (gi, ri), p in zip(where, judged_probabilities(engine, prompts)):
         groups[gi].rewards[ri] = p or 0.0
 
 
@@ -84,7 +84,7 @@ def judge_rewards(ws: Workspace, k: int, policy: int, groups: list[RolloutGroup]
             raise ValueError("open-ended prompts are rewarded by the judge, and the judge is checked on held-out "
                              "prompts with answers, but the held-out split has none: give data.eval_path rows with "
                              "answers (or set spark.judge_reward.enabled=false)")
-        accuracy = balanced_accuracy(judged_probabilities(engine, prompts)[1],
+        accuracy = balanced_accuracy(judged_probabilities(engine, prompts),
                                      [p.label in POSITIVE_LABELS for p in prompts])
         snapshot = policy
         if accuracy < cfg.anchor_floor:
