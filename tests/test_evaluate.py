@@ -6,7 +6,7 @@ from spark_vl.config import load_config
 from spark_vl.data import TaskSample
 from spark_vl.evaluate import held_out_judge_prompts
 from spark_vl.prompts import POSITIVE_LABELS, Templates, solve_prompt, wrong_answers
-from spark_vl.train.warmup import beats_chance, warmup_example
+from spark_vl.train.warmup import beats_chance, verdict_cases, warmup_example
 from spark_vl.verify import extract_verdict
 
 TEMPLATES = Templates.load()
@@ -80,6 +80,23 @@ def test_warmup_stops_only_when_every_question_beats_its_own_chance():
     assert beats_chance({"colour?": 0.41, "count?": 0.49}, answers, 0.15)  # above 0.25 + 0.15, 0.333 + 0.15
     assert not beats_chance({"colour?": 0.90, "count?": 0.47}, answers, 0.15)  # counting still near chance
     assert not beats_chance({"colour?": 0.39, "count?": 0.90}, answers, 0.15)
+
+
+def test_verdict_cases_pair_each_written_reply_with_the_verdict_its_words_imply():
+    cases = verdict_cases(SAMPLES[:8], wrong_answers(SAMPLES), TEMPLATES, "Answer with \\boxed{}.")
+    assert len(cases) == 8 * 6  # per sample: 2 pointwise prompts and 1 pairwise, each read 2 ways
+    positive = []
+    for prompt, follows, contradicts in cases:
+        seen = follows.split("The image shows ")[1].split(".")[0]
+        verdict = extract_verdict(follows)
+        positive.append(verdict in ("yes", "a"))
+        assert positive[-1] == (seen == prompt.proposed[0])  # the verdict follows from the reply's own words
+        assert extract_verdict(contradicts) not in (verdict, None)
+        assert follows.rsplit("{", 1)[0] == contradicts.rsplit("{", 1)[0]  # nothing else differs
+    assert sum(positive) == len(cases) // 2
+    pairwise = [prompt for prompt, _, _ in cases if prompt.kind == "judge_pairwise"]
+    assert [p.label for p in pairwise[::2]] == ["A", "B"] * 4  # the right answer first for every other sample
+    assert all(p.proposed[p.label == "A"] != p.answer for p in pairwise)
 
 
 def test_same_form_accuracy_gives_a_shape_rule_no_credit(tiny_model_dir):

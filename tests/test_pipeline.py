@@ -216,6 +216,29 @@ def test_warmup_checks_its_probe_until_max_steps_when_the_margin_is_out_of_reach
             run_warmup(trainer, samples[:10], cfg, Templates.load(), pool)
 
 
+def test_warmup_goes_on_judging_until_the_verdict_follows_the_replys_words(setup, tiny_model_dir, tiny_data_dir,
+                                                                            monkeypatch):
+    from spark_vl.data import load_dataset
+    from spark_vl.prompts import Templates, wrong_answers
+    from spark_vl.train import warmup
+    from spark_vl.verify import GradingPool
+
+    monkeypatch.setattr(warmup, "beats_chance", lambda *_: True)  # the task is seen at once: the judging begins
+    samples = load_dataset(tiny_data_dir / "train.jsonl").samples
+    probe = [s.question for s in samples[-10:] if len(wrong_answers(samples)[s.question]) > 1]
+    keys = {f"{kind}: {question}" for kind in ("judge_pointwise", "judge_pairwise") for question in probe}
+    with GradingPool() as pool:
+        for follows, steps in ((1.0, 7), (0.0, 3)):
+            cfg = load_config(None, SMALL + ["train.warmup.above_chance=0.15", "train.warmup.check_every=2",
+                                             "train.warmup.max_steps=7", "train.warmup.probe_size=10",
+                                             f"train.warmup.verdict_follows={follows}"])
+            trainer = PolicyTrainer(cfg, setup[1], tiny_model_dir, None, lr=cfg.train.warmup.lr, adapters=False)
+            losses, checks = warmup.run_warmup(trainer, samples, cfg, Templates.load(), pool)
+            assert len(losses) == steps and all(set(c["verdict"]) == keys for c in checks)
+            assert [c["passed"] for c in checks] == [False] * (len(checks) - 1) + [follows == 0.0]
+            assert all(0 <= rate <= 1 for c in checks for rate in c["verdict"].values())
+
+
 def test_two_iterations_end_to_end_and_rerun_skips(tmp_path, tiny_data_dir):
     cfg = load_config(None, SMALL + [f"data.train_path={tiny_data_dir / 'train.jsonl'}",
                                      f"data.eval_path={tiny_data_dir / 'eval.jsonl'}"])

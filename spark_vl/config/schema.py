@@ -277,6 +277,12 @@ class WarmupConfig(Section):
         None, ge=0, le=1, description="after `steps`, keep warming up until greedy accuracy on a probe of "
         "held-back train samples beats chance (1 / the question's number of answers) by this margin for "
         "every question, checked every `check_every` steps up to `max_steps`; null: stop after `steps`")
+    verdict_follows: float | None = Field(
+        None, ge=0, le=1, description="with `above_chance`: once every question beats chance, keep warming up "
+        "on judge prompts only until, on the probe's questions, the judge's verdict follows its own words (the "
+        "positive verdict exactly when what it says the image shows is the answer it restates; judge replies "
+        "given, the verdict scored) for at least this share of replies of every question and judge kind, up to "
+        "`max_steps`; null: stop once every question beats chance")
     check_every: int = Field(25, ge=1, description="with `above_chance`: steps between two checks of the probe")
     checkpoint_every: int = Field(50, ge=0, description="save the warm-up (weights, optimizer, sampling state) every "
                                   "N steps; a killed warm-up resumes from the newest to the same weights (0: never)")
@@ -288,6 +294,9 @@ class WarmupConfig(Section):
     def _steps_fit(self) -> "WarmupConfig":
         if self.above_chance is not None and self.max_steps < self.steps:
             raise ValueError("max_steps must be at least steps when above_chance is set")
+        if self.verdict_follows is not None and self.above_chance is None:
+            raise ValueError("verdict_follows is checked on the probe of above_chance: set above_chance too "
+                             "(0 checks nothing of the task)")
         return self
 
 

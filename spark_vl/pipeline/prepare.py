@@ -89,9 +89,14 @@ def warm_start(config: RunConfig, run_dir: Path, init: Path, start: Path) -> Non
     if checks:
         probe = ", ".join(f"{q} {a:.2f}" for q, a in checks[-1]["accuracy"].items())
         logger.info("warm-up: %d steps; held-back train samples answered right: %s", len(losses), probe)
+        if "verdict" in checks[-1]:
+            logger.info("warm-up: the verdict follows the judge's words in %s",
+                        ", ".join(f"{key} {rate:.2f}" for key, rate in checks[-1]["verdict"].items()))
         if not checks[-1]["passed"]:
-            logger.warning("warm-up reached train.warmup.max_steps (%d) before every question beat chance by "
-                           "train.warmup.above_chance: raise max_steps or lower above_chance", len(losses))
+            aim = ("the verdict followed the judge's words train.warmup.verdict_follows of the time: raise max_steps "
+                   "or lower verdict_follows" if any(c["sees"] for c in checks) else "every question beat chance by "
+                   "train.warmup.above_chance: raise max_steps or lower above_chance")
+            logger.warning("warm-up reached train.warmup.max_steps (%d) before %s", len(losses), aim)
     write_json(run_dir / "warmup.json", {"loss_first": losses[0], "loss_last": losses[-1], "steps": len(losses),
                                          "probe": checks})
     fault_point("prepare", 0, "before")

@@ -10,10 +10,17 @@ of the image after this short step, and SPARK trains that reading on). Stopping 
 task accuracy modest, where reinforcement learning has room to act; but a fixed step count leaves some
 seeds unable to see anything in a task family (one answered 2 to every count), which RL then
 cannot sharpen. `train.warmup.above_chance` stops instead once every question beats chance.
+
+Whether a verdict follows from its reply's words (positive exactly when what the reply says the
+image shows is the answer it restates) depends on two tokens being equal, neither of which predicts
+it alone. Some seeds form that comparison within the format steps and some do not (for counting
+questions the verdict stays one word: see docs/experiments.md); RL then grades replies whose verdict
+is a coin. `train.warmup.verdict_follows` goes on with judge prompts alone until the comparison holds.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
@@ -28,7 +35,7 @@ from spark_vl.faults import fault_point
 from spark_vl.models.inputs import conversation
 from spark_vl.prompts import (Templates, pairwise_judge_sample, pointwise_judge_sample, reflection_sample, solve_prompt,
                               wrong_answers)
-from spark_vl.records import task_item
+from spark_vl.records import PromptRecord, task_item
 from spark_vl.rollout.hf import HFRolloutEngine
 from spark_vl.runio import logger, write_text_atomic
 from spark_vl.train.trainer import PolicyTrainer
@@ -38,6 +45,9 @@ from spark_vl.verify import GradingPool
 # proposed answer once it quotes that answer from the prompt, a copy a 2-layer model learns in
 # about 100 steps of pointwise examples; solve examples are few, so the task stays modest.
 MIX = {"solve": 0.3, "judge_pointwise": 0.5, "judge_pairwise": 0.1, "reflect": 0.1}
+# Once every question beats chance (`verdict_follows`): judge prompts only, so that the task, which
+# RL is to sharpen, does not saturate while the judge learns to compare.
+JUDGE_MIX = {"solve": 0.0, "judge_pointwise": 0.6, "judge_pairwise": 0.4, "reflect": 0.0}
 
 
 def _reading(sample: TaskSample, misread: str, config: RunConfig, rng: random.Random) -> str:
@@ -48,12 +58,13 @@ def _reading(sample: TaskSample, misread: str, config: RunConfig, rng: random.Ra
 
 
 def warmup_example(sample: TaskSample, pool: dict[str, list[str]], config: RunConfig, templates: Templates,
-                   rng: random.Random) -> tuple[list[dict], str]:
-    """(conversation, target text) of one warm-up example. A judge reply's verdict always follows
-    from its own words (the positive one exactly when what it says the image shows is the answer it
-    restates); its reading of the image is right `train.warmup.verdict_accuracy` of the time."""
+                   rng: random.Random, mix: dict[str, float] = MIX) -> tuple[list[dict], str]:
+    """(conversation, target text) of one warm-up example, its kind drawn from `mix`. A judge
+    reply's verdict always follows from its own words (the positive one exactly when what it says
+    the image shows is the answer it restates); its reading of the image is right
+    `train.warmup.verdict_accuracy` of the time."""
     source = solve_prompt(sample, config.data.instruction)
-    kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
+    kind = rng.choices(list(mix), weights=list(mix.values()))[0]
     wrongs = [a for a in pool[sample.question] if a != sample.answer] or ["none"]
     if kind == "solve":
         return conversation(source, config.model), f"\\boxed{{{sample.answer}}}"
@@ -95,6 +106,48 @@ def beats_chance(accuracy: dict[str, float], answers: dict[str, list[str]], marg
     return all(a >= 1 / len(answers[q]) + margin for q, a in accuracy.items())
 
 
+def verdict_cases(probe: list[TaskSample], pool: dict[str, list[str]], templates: Templates,
+                  instruction: str) -> list[tuple[PromptRecord, str, str]]:
+    """Judge replies written out, to check whether the model's verdict follows their words. Per
+    probe sample: a pointwise prompt about its answer and one about a wrong answer, and a pairwise
+    prompt of the two (right answer first for every other sample); each with a reply that reads the
+    image as the (first) proposed answer and one that reads it otherwise. Returns (prompt, reply
+    with the verdict that follows from its words, the same reply with the other verdict)."""
+    cases = []
+    for i, sample in enumerate(probe):
+        wrongs = [a for a in pool[sample.question] if a != sample.answer]
+        if not wrongs:
+            continue
+        source, wrong = solve_prompt(sample, instruction), wrongs[i % len(wrongs)]
+        for proposed, other in ((sample.answer, wrong), (wrong, sample.answer)):
+            template = templates.pointwise[i % len(templates.pointwise)]
+            prompt = pointwise_judge_sample(source, proposed, proposed == sample.answer, template, f"verdict/{sample.id}")
+            positive, negative = template["labels"]
+            for seen in (proposed, other):
+                reply = functools.partial(templates.judge_reply.format, seen=seen, answer=proposed)
+                follows, contradicts = (positive, negative) if seen == proposed else (negative, positive)
+                cases.append((prompt, reply(verdict=follows), reply(verdict=contradicts)))
+        template = templates.pairwise[i % len(templates.pairwise)]
+        prompt = pairwise_judge_sample(source, sample.answer, wrong, template, i % 2 == 0, f"verdict/{sample.id}")
+        first, second = template["labels"]
+        for seen in (sample.answer, wrong):
+            reply = functools.partial(templates.pairwise_reply.format, seen=seen, answer=prompt.proposed[0])
+            follows, contradicts = (first, second) if seen == prompt.proposed[0] else (second, first)
+            cases.append((prompt, reply(verdict=follows), reply(verdict=contradicts)))
+    return cases
+
+
+def verdict_follow_rates(engine: HFRolloutEngine, cases: list[tuple[PromptRecord, str, str]]) -> dict[str, float]:
+    """Per judge kind and question ("judge_pointwise: How many ..."): the share of `verdict_cases`
+    whose reply the model finds likelier with the verdict that follows from its words."""
+    prompts = [prompt for prompt, _, _ in cases]
+    scores = engine.score(prompts + prompts, [c[1] for c in cases] + [c[2] for c in cases])
+    follows: dict[str, list[bool]] = defaultdict(list)
+    for prompt, right, wrong in zip(prompts, scores[:len(cases)], scores[len(cases):]):
+        follows[f"{prompt.kind}: {prompt.question}"].append(right > wrong)
+    return {key: sum(hits) / len(hits) for key, hits in sorted(follows.items())}
+
+
 def save_warmup_state(trainer: PolicyTrainer, folder: Path, rng: random.Random, losses: list[float],
                       checks: list[dict]) -> None:
     """Checkpoint the warm-up after `len(losses)` steps: the DeepSpeed state (weights, optimizer)
@@ -125,8 +178,10 @@ def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunCon
                pool: GradingPool, checkpoints: Path | None = None) -> tuple[list[float], list[dict]]:
     """`train.warmup.steps` supervised steps, then with `above_chance` more until every question
     of the probe beats chance by that margin (each seed's warm-up then leaves the policy able to
-    see something in every task family, for RL to sharpen). Returns the loss per step and the
-    probe checks: each {"step", "accuracy": {question: accuracy}, "passed": beats chance}. With
+    see something in every task family, for RL to sharpen), then with `verdict_follows` judge
+    prompts alone until the verdict follows the reply's words that often. Returns the loss per step
+    and the probe checks: each {"step", "accuracy": {question: accuracy}, "sees": beats chance,
+    "verdict": `verdict_follow_rates` (once judging), "passed": the warm-up may stop}. With
     `checkpoints`, every `train.warmup.checkpoint_every` steps are saved there, and a warm-up
     killed midway resumes from the newest to the run an uninterrupted one makes."""
     cfg = config.train.warmup
@@ -137,6 +192,7 @@ def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunCon
         raise ValueError(f"train.warmup.probe_size ({cfg.probe_size}) leaves no train samples to warm up on "
                          f"({len(samples)} in the train split): lower it")
     train = samples[:len(samples) - len(probe)]
+    cases = verdict_cases(probe, answers, templates, config.data.instruction) if cfg.verdict_follows is not None else []
     engine = HFRolloutEngine(trainer.model, trainer.processor, config.rollout, config.model, show_progress=False)
     tokenizer = trainer.processor.tokenizer
     end = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
@@ -149,16 +205,24 @@ def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunCon
         losses, checks = state["losses"], state["checks"]
     with tqdm(total=last, initial=len(losses), desc="warm-up", unit="step") as bar:
         while len(losses) < last:
-            batch = [warmup_example(rng.choice(train), answers, config, templates, rng) for _ in range(cfg.batch_size)]
+            judging = bool(cases) and any(check["sees"] for check in checks)
+            batch = [warmup_example(rng.choice(train), answers, config, templates, rng, JUDGE_MIX if judging else MIX)
+                     for _ in range(cfg.batch_size)]
             targets = [tokenizer.encode(text, add_special_tokens=False) + end for _, text in batch]
             losses.append(trainer.sft_step([conv for conv, _ in batch], targets))
             bar.update()
             if probe and len(losses) >= cfg.steps and (len(losses) - cfg.steps) % cfg.check_every == 0:
                 accuracy = probe_accuracy(engine, probe, config.data.instruction, pool)
-                checks.append({"step": len(losses), "accuracy": accuracy,
-                               "passed": beats_chance(accuracy, answers, cfg.above_chance)})
+                check = {"step": len(losses), "accuracy": accuracy, "sees": beats_chance(accuracy, answers,
+                                                                                         cfg.above_chance)}
+                check["passed"] = check["sees"] or judging
                 bar.set_postfix({q[:12]: f"{a:.2f}" for q, a in accuracy.items()})
-                if checks[-1]["passed"]:
+                if cases and check["passed"]:
+                    check["verdict"] = verdict_follow_rates(engine, cases)
+                    check["passed"] = min(check["verdict"].values()) >= cfg.verdict_follows
+                    bar.set_postfix({k[6:22]: f"{v:.2f}" for k, v in check["verdict"].items()})
+                checks.append(check)
+                if check["passed"]:
                     break
             if checkpoints is not None and cfg.checkpoint_every and len(losses) % cfg.checkpoint_every == 0:
                 save_warmup_state(trainer, checkpoints, rng, losses, checks)
