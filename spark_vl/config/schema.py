@@ -279,7 +279,7 @@ class WarmupConfig(Section):
         "every question, checked every `check_every` steps up to `max_steps`; null: stop after `steps`")
     verdict_follows: float | None = Field(
         None, ge=0, le=1, description="with `above_chance`: once every question beats chance, keep warming up "
-        "on judge prompts only until, on the probe's questions, the judge's verdict follows its own words (the "
+        "on mostly judge prompts until, on the probe's questions, the judge's verdict follows its own words (the "
         "positive verdict exactly when what it says the image shows is the answer it restates; judge replies "
         "given, the verdict scored) for at least this share of replies of every question and judge kind, up to "
         "`max_steps`; null: stop once every question beats chance")
