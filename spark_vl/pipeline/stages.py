@@ -25,8 +25,8 @@ from spark_vl.pipeline.grading import grade_groups
 from spark_vl.pipeline.judge_reward import SNAPSHOT, judge_rewards
 from spark_vl.pipeline.rollout_process import RolloutProcess
 from spark_vl.pipeline.sampling import sample_groups, sample_until_informative, task_prompts
-from spark_vl.records import (KINDS, SELF_JUDGED_KINDS, is_right, load_groups, load_prompts, media_relative, save_groups,
-                              save_prompts)
+from spark_vl.records import (JUDGE_KINDS, KINDS, SELF_JUDGED_KINDS, is_right, load_groups, load_prompts,
+                              media_relative, save_groups, save_prompts)
 from spark_vl.recycle import recycle
 from spark_vl.runio import write_jsonl_atomic
 from spark_vl.train.launch import distributed, is_worker, launch_training
@@ -126,7 +126,7 @@ def stage_verify(ws: Workspace, k: int) -> Writes:
         judged = judge_rewards(ws, k, rollout_policy(ws.config, k), groups)
     solve = [g for g in groups if g.prompt.kind == "solve"]
     statuses = [s for g in groups for s in g.statuses]
-    judge_statuses = [s for g in groups if KINDS[g.prompt.kind].grader == "judge" for s in g.statuses]
+    judge_statuses = [s for g in groups if g.prompt.kind in JUDGE_KINDS for s in g.statuses]
     metrics = {
         "rollout/all_correct_frac": sum(all(map(is_right, g.rewards)) for g in solve) / max(1, len(solve)),
         "rollout/all_wrong_frac": sum(not any(map(is_right, g.rewards)) for g in solve) / max(1, len(solve)),
