@@ -57,6 +57,14 @@ def _reading(sample: TaskSample, misread: str, config: RunConfig, rng: random.Ra
     return sample.answer if rng.random() < config.train.warmup.verdict_accuracy else misread
 
 
+def verdicts(labels: list[str], seen: str, restated: str) -> tuple[str, str]:
+    """(the verdict that follows from a judge reply's words, the other one): the first of the
+    template's `labels` (Yes, A) exactly when what the reply says the image shows is the answer it
+    restates (the proposed one, or option A)."""
+    positive, negative = labels
+    return (positive, negative) if seen == restated else (negative, positive)
+
+
 def warmup_example(sample: TaskSample, pool: dict[str, list[str]], config: RunConfig, templates: Templates,
                    rng: random.Random, mix: dict[str, float] = MIX) -> tuple[list[dict], str]:
     """(conversation, target text) of one warm-up example, its kind drawn from `mix`. A judge
@@ -74,18 +82,16 @@ def warmup_example(sample: TaskSample, pool: dict[str, list[str]], config: RunCo
         proposed = sample.answer if correct else rng.choice(wrongs)
         prompt = pointwise_judge_sample(source, proposed, correct, template, "warmup")
         seen = _reading(sample, rng.choice(wrongs) if correct else proposed, config, rng)
-        positive, negative = template["labels"]
         return conversation(prompt, config.model), templates.judge_reply.format(
-            seen=seen, answer=proposed, verdict=positive if seen == proposed else negative)
+            seen=seen, answer=proposed, verdict=verdicts(template["labels"], seen, proposed)[0])
     if kind == "judge_pairwise":
         template = rng.choice(templates.pairwise)
         prompt = pairwise_judge_sample(source, sample.answer, rng.choice(wrongs), template, rng.random() < 0.5,
                                        "warmup")
         wrong = next(a for a in prompt.proposed if a != sample.answer)
         seen = _reading(sample, wrong, config, rng)
-        first, second = template["labels"]
         return conversation(prompt, config.model), templates.pairwise_reply.format(
-            seen=seen, answer=prompt.proposed[0], verdict=first if seen == prompt.proposed[0] else second)
+            seen=seen, answer=prompt.proposed[0], verdict=verdicts(template["labels"], seen, prompt.proposed[0])[0])
     prompt = reflection_sample(source, rng.choice(wrongs), "answer", rng.choice(templates.reflect_answer), "warmup")
     return conversation(prompt, config.model), f"\\boxed{{{sample.answer}}}"
 
@@ -123,18 +129,14 @@ def verdict_cases(probe: list[TaskSample], pool: dict[str, list[str]], templates
             template = templates.pointwise[i % len(templates.pointwise)]
             prompt = pointwise_judge_sample(source, proposed, proposed == sample.answer, template,
                                             f"verdict/{sample.id}")
-            positive, negative = template["labels"]
             for seen in (proposed, other):
                 reply = functools.partial(templates.judge_reply.format, seen=seen, answer=proposed)
-                follows, contradicts = (positive, negative) if seen == proposed else (negative, positive)
-                cases.append((prompt, reply(verdict=follows), reply(verdict=contradicts)))
+                cases.append((prompt, *(reply(verdict=v) for v in verdicts(template["labels"], seen, proposed))))
         template = templates.pairwise[i % len(templates.pairwise)]
         prompt = pairwise_judge_sample(source, sample.answer, wrong, template, i % 2 == 0, f"verdict/{sample.id}")
-        first, second = template["labels"]
         for seen in (sample.answer, wrong):
             reply = functools.partial(templates.pairwise_reply.format, seen=seen, answer=prompt.proposed[0])
-            follows, contradicts = (first, second) if seen == prompt.proposed[0] else (second, first)
-            cases.append((prompt, reply(verdict=follows), reply(verdict=contradicts)))
+            cases.append((prompt, *(reply(verdict=v) for v in verdicts(template["labels"], seen, prompt.proposed[0]))))
     return cases
 
 
@@ -216,12 +218,13 @@ def run_warmup(trainer: PolicyTrainer, samples: list[TaskSample], config: RunCon
                 accuracy = probe_accuracy(engine, probe, config.data.instruction, pool)
                 check = {"step": len(losses), "accuracy": accuracy, "sees": beats_chance(accuracy, answers,
                                                                                          cfg.above_chance)}
-                check["passed"] = check["sees"] or judging
                 bar.set_postfix({q[:12]: f"{a:.2f}" for q, a in accuracy.items()})
-                if cases and check["passed"]:
+                if cases and (check["sees"] or judging):
                     check["verdict"] = verdict_follow_rates(engine, cases)
                     check["passed"] = min(check["verdict"].values()) >= cfg.verdict_follows
-                    bar.set_postfix({k[6:22]: f"{v:.2f}" for k, v in check["verdict"].items()})
+                    bar.set_postfix({k.removeprefix("judge_")[:16]: f"{v:.2f}" for k, v in check["verdict"].items()})
+                else:
+                    check["passed"] = check["sees"]
                 checks.append(check)
                 if check["passed"]:
                     break
