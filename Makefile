@@ -50,13 +50,18 @@ gpu-wheels: setup
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d .whl $(GPU_WHEELS)
 
+# The venv's bin first on PATH, as activating it would: DeepSpeed builds its CPU ops with the first
+# `ninja` found, and two ninja versions (the venv's, the system's) rebuild them for each other.
 run: setup
 	mkdir -p $(PREFECT_HOME)
-	$(BIN)/spark-vl run $(CONFIG)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/spark-vl run $(CONFIG)
 
+# Two pytest workers (this 2-core machine's cores), a test module on one worker, the longest
+# modules first (tests/conftest.py).
 test: setup vllm-env
 	mkdir -p $(PREFECT_HOME)
-	SPARK_VL_REQUIRE_VLLM=1 SPARK_VL_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" SPARK_VL_REQUIRE_VLLM=1 SPARK_VL_REQUIRE_POSTGRES=1 \
+		$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # Build the servers image with buildah and serve from it against a real PostgreSQL (infra/check/run.py;
 # needs buildah, podman, debootstrap, chromium and postgresql-15 from Debian). Not part of `make test`:
