@@ -337,3 +337,19 @@ def test_mini_batches_split_whole_groups_in_a_seeded_order():
     assert [s for s in step_of_zero if s.group == 0] == sequences[:2]  # batch order kept inside a step
     assert split(2, 1) == split(2, 1)  # the seed decides: a resumed run splits alike
     assert len({str(split(2, seed)) for seed in range(20)}) > 1  # and other seeds split otherwise
+
+
+def test_scheduled_lr_is_constant_or_a_cosine_over_the_iterations():
+    from spark_vl.config import load_config
+    from spark_vl.train.trainer import scheduled_lr
+
+    constant = load_config(None, ["train.lr=1e-3", "train.iterations=5"]).train
+    assert [scheduled_lr(constant, k) for k in range(1, 6)] == [1e-3] * 5
+    cosine = load_config(None, ["train.lr=1e-3", "train.iterations=5", "train.lr_scheduler_type=cosine",
+                                "train.min_lr_ratio=0.1"]).train
+    rates = [scheduled_lr(cosine, k) for k in range(1, 6)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-4)  # lr first, lr * ratio last
+    assert rates[2] == pytest.approx(5.5e-4)  # halfway: the mean of the two
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    one = load_config(None, ["train.iterations=1", "train.lr_scheduler_type=cosine"]).train
+    assert scheduled_lr(one, 1) == one.lr

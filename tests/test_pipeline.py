@@ -133,6 +133,20 @@ def test_mini_batches_are_optimizer_steps_one_after_another(setup, tiny_model_di
         assert torch.allclose(v, trainer.model.state_dict()[k], atol=1e-6), k
 
 
+def test_a_grpo_step_steps_at_the_rate_it_is_given(setup, tiny_model_dir, tiny_data_dir):
+    """train.lr_scheduler_type: the stage passes each iteration's rate; the step uses it (a zero rate
+    leaves the weights where they were) and reports it."""
+    cfg, processor = setup
+    trainer = PolicyTrainer(cfg, processor, tiny_model_dir, tiny_model_dir)
+    groups = _rewarded_groups(trainer, processor, cfg, tiny_data_dir)[:2]
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert trainer.grpo_step(groups, lr=0.0)["train/lr"] == 0.0
+    assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+    assert trainer.grpo_step(groups)["train/lr"] == 0.0  # the rate stays until the next one is given
+    assert trainer.grpo_step(groups, lr=cfg.train.lr)["train/lr"] == cfg.train.lr
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+
+
 def test_a_packed_grpo_step_is_the_padded_one(setup, tiny_model_dir, tiny_data_dir):
     """train.padding_free: short task prompts packed beside a long one; the rollout correction's
     scoring pass and the update give the padded step's loss and weights, with less padding."""

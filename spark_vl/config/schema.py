@@ -330,6 +330,11 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
                                          "memory, more time")
     lr: float = Field(5e-4, gt=0, description="learning rate of the policy update")
+    lr_scheduler_type: Literal["constant", "cosine"] = Field(
+        "constant", description="the learning rate over the iterations (verl's lr_scheduler_type): constant, or "
+        "cosine from `lr` at iteration 1 down to `lr * min_lr_ratio` at the last one")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="with cosine: the last iteration's share of `lr` "
+                                "(verl's min_lr_ratio)")
     micro_batch_size: int = Field(32, ge=1, description="sequences per forward and backward pass (per worker); "
                                   "gradients accumulate to the optimizer step")
     max_tokens_per_micro_batch: int | None = Field(

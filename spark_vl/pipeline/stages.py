@@ -30,6 +30,7 @@ from spark_vl.records import (JUDGE_KINDS, KINDS, SELF_JUDGED_KINDS, is_right, l
 from spark_vl.recycle import recycle
 from spark_vl.runio import write_jsonl_atomic
 from spark_vl.train.launch import distributed, is_worker, launch_training
+from spark_vl.train.trainer import scheduled_lr
 from spark_vl.workspace import Workspace
 
 Writes = list[Callable[[], None]]
@@ -180,7 +181,7 @@ def stage_train(ws: Workspace, k: int) -> None:
     ws.trainer_iteration = None  # stepped but not saved, it is no policy of the run: a retry reloads k-1
     stats = trainer.grpo_step(load_groups(iter_dir(ws.run_dir, k) / "verified.jsonl", ws.run_dir),
                               mid_step=lambda: fault_point("train", k, "step"),
-                              seed=ws.config.train.seed * 1_000_003 + k)
+                              seed=ws.config.train.seed * 1_000_003 + k, lr=scheduled_lr(ws.config.train, k))
     try:
         trainer.save(out, deepspeed_dir(ws.run_dir), deepspeed_tag(k),
                      before_publish=lambda: fault_point("train", k, "before"))

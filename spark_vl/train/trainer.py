@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from spark_vl.config import RunConfig, save_model_config
+from spark_vl.config import RunConfig, TrainConfig, save_model_config
 from spark_vl.models import load_model, vision_token_ids
 from spark_vl.records import JUDGE_KINDS, RolloutGroup
 from spark_vl.prompts import Templates, judge_claims
@@ -150,6 +150,16 @@ def claims_advantages(groups: list[RolloutGroup], templates: Templates, tokenize
     return verdicts, seen
 
 
+def scheduled_lr(train: TrainConfig, k: int) -> float:
+    """The learning rate of iteration k's update (`train.lr_scheduler_type`): `lr` throughout, or a
+    cosine from `lr` at iteration 1 to `lr * min_lr_ratio` at the last one. A function of k alone,
+    so a resumed run steps with the rate an uninterrupted one would."""
+    if train.lr_scheduler_type == "constant" or train.iterations == 1:
+        return train.lr
+    progress = (k - 1) / (train.iterations - 1)
+    return train.lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def mini_batches(sequences: list[Sequence], groups_per_step: int | None, seed: int) -> list[list[Sequence]]:
     """The sequences split into optimizer steps of `groups_per_step` whole groups (verl's
     ppo_mini_batch_size); the groups are shuffled with `seed` first, so each step mixes task,
@@ -233,16 +243,21 @@ class PolicyTrainer:
         return torch.distributed.get_world_size()
 
     def grpo_step(self, groups: list[RolloutGroup], mid_step: Callable[[], None] | None = None,
-                  seed: int = 0) -> dict[str, float]:
+                  seed: int = 0, lr: float | None = None) -> dict[str, float]:
         """`train.updates_per_batch` passes over every sequence with signal, each pass one optimizer
         step per mini-batch (`train.ppo_mini_batch_size` groups, split with `seed`), in
         micro-batches; with several workers each takes every world_size-th sequence of a mini-batch
         and the gradients are averaged. Loss is averaged over the steps; KL, entropy and clipping
-        over the tokens of a pass. `mid_step` runs once, before the first backward (a fault point)."""
+        over the tokens of a pass. `mid_step` runs once, before the first backward (a fault point);
+        `lr` (`scheduled_lr`) is the rate of these steps, None: the rate the trainer was built with."""
         train = self.config.train
+        if lr is not None:
+            for group in self.engine.optimizer.param_groups:
+                group["lr"] = lr
         self._prompt_lengths: dict[int, int] = {}
         sequences, flat_groups = sequences_with_signal(groups, self.config, self.processor.tokenizer)
-        stats = {"train/flat_groups": float(flat_groups), "train/sequences": float(len(sequences))}
+        stats = {"train/flat_groups": float(flat_groups), "train/sequences": float(len(sequences)),
+                 "train/lr": self.engine.optimizer.param_groups[0]["lr"]}
         if not sequences:
             logger.info("no group with differing rewards: no update this iteration")
             return {**stats, "train/loss": 0.0, "train/kl": 0.0, "train/entropy": 0.0, "train/clip_frac": 0.0}
