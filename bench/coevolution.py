@@ -43,6 +43,7 @@ ARMS = {"spark": ["spark.enabled=true"], "grpo": ["spark.enabled=false"], "grpo-
 TITLES = {"spark": "SPARK", "grpo": "GRPO", "grpo-time": "GRPO, SPARK's time", "spark-overlap": "SPARK, overlapped"}
 COLUMNS = [("eval/task_acc", "task acc"), ("eval/task_acc_reflect", "task acc + self-reflection"),
            ("eval/reflect_fixed", "reflection fixed"), ("eval/reflect_broke", "reflection broke"),
+           ("eval/task_acc_reflect_ungated", "task acc + reflection, no gate"),
            ("eval/well_formed", "well-formed answers"), ("eval/judge_pointwise_acc", "judge pointwise"),
            ("eval/judge_same_form_acc", "judge on look-alikes"), ("eval/judge_pairwise_acc", "judge pairwise"),
            ("eval/judge_pairwise_first_rate", "pairwise picks (A)"),

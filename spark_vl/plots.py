@@ -10,8 +10,8 @@ from spark_vl.evaluate.judge import calibration, reliability_bins
 
 def plot_coevolution(rows: list[dict[str, float]], out: Path) -> Path:
     """Per evaluation: task accuracy (greedy, with self-reflection), what self-reflection did
-    (answers fixed and broken, how often its judge gate opened on right and on wrong answers) and
-    judge accuracy (PNG)."""
+    (answers fixed and broken, how often its judge gate opened on right and on wrong answers, and
+    what the reflection alone did to every answer) and judge accuracy (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +27,9 @@ def plot_coevolution(rows: list[dict[str, float]], out: Path) -> Path:
         ("self-reflection: share of held-out answers",
          [("eval/reflect_fixed", "fixed (wrong -> right)", "-"), ("eval/reflect_broke", "broken (right -> wrong)", "-"),
           ("eval/reflect_gate_wrong", "gate opened on wrong answers", ":"),
-          ("eval/reflect_gate_right", "gate opened on right answers", ":")]),
+          ("eval/reflect_gate_right", "gate opened on right answers", ":"),
+          ("eval/reflect_ungated_fixed", "fixed, every answer reflected on (no gate)", "--"),
+          ("eval/reflect_ungated_broke", "broken, every answer reflected on (no gate)", "--")]),
         ("judge: held-out accuracy",
          [("eval/judge_pointwise_acc", "pointwise", "-"), ("eval/judge_same_form_acc", "pointwise, look-alikes", "-"),
           ("eval/judge_pairwise_acc", "pairwise (both orders)", "-"),

@@ -151,6 +151,18 @@ def test_reflection_outcomes_count_fixes_breaks_and_gates():
         outcomes["eval/reflect_fixed"] - outcomes["eval/reflect_broke"])
 
 
+def test_ungated_outcomes_are_what_reflection_alone_does():
+    from spark_vl.evaluate.core import reflection_outcomes, ungated_outcomes
+
+    greedy = [1.0, 1.0, 0.0, 0.0]
+    every = [1.0, 0.0, 1.0, 1.0]  # every answer reflected on: one right answer broken, two wrong ones fixed
+    assert ungated_outcomes(greedy, every) == {"eval/task_acc_reflect_ungated": 0.75, "eval/reflect_ungated_fixed": 0.5,
+                                               "eval/reflect_ungated_broke": 0.25}
+    # A judge that never says No keeps the reflection's +0.25 from the gated result: the gate holds it back.
+    shut = reflection_outcomes(greedy, greedy, [False] * 4)
+    assert shut["eval/task_acc_reflect"] == 0.5 and shut["eval/reflect_gate_wrong"] == 0.0
+
+
 def test_the_held_out_digest_names_what_accuracy_is_measured_on(tmp_path):
     """Equal for the same questions, answers and image bytes; different when any of them, the
     number of held-out tasks or the instruction changes."""

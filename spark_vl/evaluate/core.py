@@ -221,26 +221,42 @@ def _judge_records(prompts: list[PromptRecord], responses: list[str], rewards: l
              "reward": reward} for p, r, reward in zip(prompts, responses, rewards)]
 
 
+def fixed_and_broke(greedy: list[float], reflected: list[float]) -> tuple[float, float]:
+    """The shares of answers that reflection turned wrong -> right and right -> wrong."""
+    n = max(1, len(greedy))
+    return (sum(is_right(a) and not is_right(b) for b, a in zip(greedy, reflected)) / n,
+            sum(is_right(b) and not is_right(a) for b, a in zip(greedy, reflected)) / n)
+
+
 def reflection_outcomes(greedy: list[float], reflected: list[float], gated: list[bool]) -> dict[str, float]:
     """What test-time self-reflection did to each held-out answer (rewards before and after, and
     whether the judge's first verdict sent it to reflect): answers fixed (wrong -> right), broken
     (right -> wrong), and how often the judge's "No" gate opened on right and on wrong answers.
     Its gain is fixed - broken: the gate must open on wrong answers and stay shut on right ones."""
-    n = max(1, len(greedy))
     right = [g for g, before in zip(gated, greedy) if is_right(before)]
     wrong = [g for g, before in zip(gated, greedy) if not is_right(before)]
-    return {"eval/task_acc_reflect": sum(reflected) / n,
-            "eval/reflect_fixed": sum(is_right(a) and not is_right(b) for b, a in zip(greedy, reflected)) / n,
-            "eval/reflect_broke": sum(is_right(b) and not is_right(a) for b, a in zip(greedy, reflected)) / n,
+    fixed, broke = fixed_and_broke(greedy, reflected)
+    return {"eval/task_acc_reflect": sum(reflected) / max(1, len(greedy)),
+            "eval/reflect_fixed": fixed, "eval/reflect_broke": broke,
             "eval/reflect_gate_right": sum(right) / len(right) if right else float("nan"),
             "eval/reflect_gate_wrong": sum(wrong) / len(wrong) if wrong else float("nan")}
+
+
+def ungated_outcomes(greedy: list[float], reflected: list[float]) -> dict[str, float]:
+    """What one round of reflection does to every held-out answer, none kept back by the judge.
+    Beside `reflection_outcomes` it says which half holds self-reflection back: a judge that never
+    says No (its gate) or a reflection that breaks as much as it fixes."""
+    fixed, broke = fixed_and_broke(greedy, reflected)
+    return {"eval/task_acc_reflect_ungated": sum(reflected) / max(1, len(greedy)),
+            "eval/reflect_ungated_fixed": fixed, "eval/reflect_ungated_broke": broke}
 
 
 def self_reflect(engine: RolloutEngine, tasks: list[PromptRecord], answers: list[str], greedy: list[float],
                  config: RunConfig, templates: Templates, pool: GradingPool) -> dict[str, float]:
     """Answer, judge the own answer (pointwise, Yes/No), and if judged wrong answer again with the
     answer marked incorrect; up to `eval.reflect_rounds` rounds. `greedy` holds the first answers'
-    rewards; returns `reflection_outcomes`."""
+    rewards; returns `reflection_outcomes` and, with any rounds, `ungated_outcomes` (every first
+    answer reflected on once)."""
     reflect_template = templates.reflect_answer[1 % len(templates.reflect_answer)]
     current = list(answers)
     open_ids = list(range(len(tasks)))
@@ -264,4 +280,11 @@ def self_reflect(engine: RolloutEngine, tasks: list[PromptRecord], answers: list
         for i, group in zip(open_ids, engine.generate(retries, 1, greedy=True)):
             current[i] = group.responses[0]
     grades = pool.grade([task_item(r, t) for r, t in zip(current, tasks)])
-    return reflection_outcomes(greedy, [g.reward for g in grades], gated)
+    outcomes = reflection_outcomes(greedy, [g.reward for g in grades], gated)
+    if config.eval.reflect_rounds:
+        retries = [reflection_sample(t, extract_answer(a, pool.answer_format) or "none", "answer", reflect_template,
+                                     f"{t.id}/reflect-ungated") for t, a in zip(tasks, answers)]
+        reflected = [g.responses[0] for g in engine.generate(retries, 1, greedy=True)]
+        outcomes |= ungated_outcomes(greedy, [g.reward for g in pool.grade([task_item(r, t) for r, t
+                                                                             in zip(reflected, tasks)])])
+    return outcomes
