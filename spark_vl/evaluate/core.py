@@ -258,6 +258,16 @@ def self_reflect(engine: RolloutEngine, tasks: list[PromptRecord], answers: list
     rewards; returns `reflection_outcomes` and, with any rounds, `ungated_outcomes` (every first
     answer reflected on once)."""
     reflect_template = templates.reflect_answer[1 % len(templates.reflect_answer)]
+
+    def reflect(shown: list[str], ids: list[int], tag: str) -> list[str]:
+        """One round: the answers `ids` of `shown` marked incorrect and answered again (greedy)."""
+        retries = [reflection_sample(tasks[i], extract_answer(shown[i], pool.answer_format) or "none", "answer",
+                                     reflect_template, f"{tasks[i].id}/{tag}") for i in ids]
+        return [g.responses[0] for g in engine.generate(retries, 1, greedy=True)]
+
+    def rewards(responses: list[str]) -> list[float]:
+        return [g.reward for g in pool.grade([task_item(r, t) for r, t in zip(responses, tasks)])]
+
     current = list(answers)
     open_ids = list(range(len(tasks)))
     gated = [False] * len(tasks)
@@ -274,17 +284,9 @@ def self_reflect(engine: RolloutEngine, tasks: list[PromptRecord], answers: list
                 gated[i] = True
         if not open_ids:
             break
-        retries = [reflection_sample(tasks[i], extract_answer(current[i], pool.answer_format) or "none", "answer",
-                                     reflect_template,
-                                     f"{tasks[i].id}/reflect{round_}") for i in open_ids]
-        for i, group in zip(open_ids, engine.generate(retries, 1, greedy=True)):
-            current[i] = group.responses[0]
-    grades = pool.grade([task_item(r, t) for r, t in zip(current, tasks)])
-    outcomes = reflection_outcomes(greedy, [g.reward for g in grades], gated)
+        for i, response in zip(open_ids, reflect(current, open_ids, f"reflect{round_}")):
+            current[i] = response
+    outcomes = reflection_outcomes(greedy, rewards(current), gated)
     if config.eval.reflect_rounds:
-        retries = [reflection_sample(t, extract_answer(a, pool.answer_format) or "none", "answer", reflect_template,
-                                     f"{t.id}/reflect-ungated") for t, a in zip(tasks, answers)]
-        reflected = [g.responses[0] for g in engine.generate(retries, 1, greedy=True)]
-        outcomes |= ungated_outcomes(greedy, [g.reward for g in pool.grade([task_item(r, t) for r, t
-                                                                             in zip(reflected, tasks)])])
+        outcomes |= ungated_outcomes(greedy, rewards(reflect(answers, list(range(len(tasks))), "reflect-ungated")))
     return outcomes
