@@ -218,7 +218,7 @@ def test_verdict_credit_keeps_the_loss_on_the_verdict_tokens(tiny_model_dir):
     from spark_vl.config import load_config
     from spark_vl.models import load_processor
     from spark_vl.records import PromptRecord, RolloutGroup
-    from spark_vl.train.trainer import Sequence, credit_mask, sequences_with_signal, verdict_tokens
+    from spark_vl.train.sequences import Sequence, credit_mask, sequences_with_signal, verdict_tokens
 
     tokenizer = load_processor(tiny_model_dir, 12544, 12544).tokenizer
     reply = "The image shows blue. The proposed answer is green. \\box{No}"
@@ -261,7 +261,7 @@ def test_claims_credit_checks_the_reading_and_the_verdict_each_on_its_own(tiny_m
     from spark_vl.config import load_config
     from spark_vl.models import load_processor
     from spark_vl.records import PromptRecord, RolloutGroup
-    from spark_vl.train.trainer import credit_mask, sequences_with_signal, token_advantages, verdict_tokens
+    from spark_vl.train.sequences import credit_mask, sequences_with_signal, token_advantages, verdict_tokens
 
     tokenizer = load_processor(tiny_model_dir, 12544, 12544).tokenizer
     replies = ["The image shows blue. The proposed answer is green. \\box{No}",  # right reading, consistent
@@ -319,7 +319,8 @@ def test_judge_claims_pairwise_follow_option_a():
 
 
 def test_mini_batches_split_whole_groups_in_a_seeded_order():
-    from spark_vl.train.trainer import Sequence, mini_batches
+    from spark_vl.train.schedule import mini_batches
+    from spark_vl.train.sequences import Sequence
 
     sequences = [Sequence([], [1], [0.0], 1.0, 1.0, group=g) for g in (0, 0, 2, 2, 3, 5, 5)]
     assert mini_batches(sequences, None, 0) == [sequences]
@@ -341,7 +342,7 @@ def test_mini_batches_split_whole_groups_in_a_seeded_order():
 
 def test_scheduled_lr_is_constant_or_a_cosine_over_the_iterations():
     from spark_vl.config import load_config
-    from spark_vl.train.trainer import scheduled_lr
+    from spark_vl.train.schedule import scheduled_lr
 
     constant = load_config(None, ["train.lr=1e-3", "train.iterations=5"]).train
     assert [scheduled_lr(constant, k) for k in range(1, 6)] == [1e-3] * 5

@@ -16,7 +16,9 @@ from spark_vl.records import PromptRecord, RolloutGroup
 from spark_vl.models.inputs import conversation
 from spark_vl.rollout.hf import HFRolloutEngine
 from spark_vl.models.forward import completion_batch, completion_logps
-from spark_vl.train.trainer import PolicyTrainer, mini_batches, sequences_with_signal
+from spark_vl.train.schedule import mini_batches
+from spark_vl.train.sequences import sequences_with_signal
+from spark_vl.train.trainer import PolicyTrainer
 
 METRICS = ["eval/task_acc", "eval/task_acc_reflect", "eval/judge_pointwise_acc", "eval/judge_pairwise_acc",
            "eval/well_formed", "eval/judge_well_formed", "eval/judge_same_form_acc", "eval/judge_restated", "eval/judge_ece", "eval/judge_brier",
@@ -307,7 +309,7 @@ def test_grpo_options_train_on_deepspeed(setup, tiny_model_dir, tiny_data_dir, o
 def test_token_budget_micro_batches_make_the_same_update_as_row_micro_batches(setup, tiny_model_dir, tiny_data_dir):
     """Micro-batches filled by padded tokens (train.max_tokens_per_micro_batch) split the step
     differently, here into more and smaller ones, but gradients accumulate to the same update."""
-    from spark_vl.train.trainer import sequences_with_signal, token_budget_chunks
+    from spark_vl.train.schedule import token_budget_chunks
 
     assert token_budget_chunks([(10, 5), (10, 5), (30, 2), (10, 5), (100, 100)], 60) == [[0, 1], [2], [3], [4]]
     assert token_budget_chunks([], 60) == []

@@ -30,7 +30,7 @@ from spark_vl.records import (JUDGE_KINDS, KINDS, SELF_JUDGED_KINDS, is_right, l
 from spark_vl.recycle import recycle
 from spark_vl.runio import write_jsonl_atomic
 from spark_vl.train.launch import distributed, is_worker, launch_training
-from spark_vl.train.trainer import scheduled_lr
+from spark_vl.train.schedule import scheduled_lr
 from spark_vl.workspace import Workspace
 
 Writes = list[Callable[[], None]]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import multiprocessing as mp
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
