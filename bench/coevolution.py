@@ -3,6 +3,7 @@
     .venv/bin/python bench/coevolution.py [--configs configs/tiny.yaml] [--seeds 0 1 2] [--threads 1]
                                           [--threads-seeds 0] [--parallel 2] [--grpo-time-factor 2]
     .venv/bin/python bench/coevolution.py --overlap [--seeds 0 1 2]
+    .venv/bin/python bench/coevolution.py --configs my-variant.yaml --grpo-of configs/tiny.yaml
 
 Each (config, seed, threads, arm) is one `spark-vl run` (the Prefect flow, tracked in MLflow) in
 runs/bench-<config>-<arm>-s<seed>[-t<threads>] with OMP_NUM_THREADS=<threads> (torch's thread count
@@ -13,7 +14,9 @@ iteration; the table gives the measured times), at the first thread count only. 
 compares SPARK with SPARK under `rollout.overlap` (rollouts one step off-policy, sampled beside
 training) instead, into coevolution-<config>-overlap.md: do the curves stay within the seeds' noise,
 and what does it save in wall-clock. `--threads-seeds`
-limits the other thread counts to some seeds (each run costs minutes). A seed sets the tiny model's weights, the warm-up,
+limits the other thread counts to some seeds (each run costs minutes). `--grpo-of C` takes the plain
+GRPO arm from config C's runs (made if missing) for variants that change only `spark:` keys, where
+plain GRPO would be the same run again. A seed sets the tiny model's weights, the warm-up,
 the sampling and the recycling; the data is the same for all. Finished runs are reused, so an
 interrupted benchmark continues where it stopped. The table (first and last evaluations, mean, spread
 and worst over seeds), the issue's targets checked one by one, and a PNG of the curves go to
@@ -73,6 +76,19 @@ def run_one(config: Path, arm: str, seed: int, threads: int, iterations: int) ->
     if not wall.exists():  # a finished run reused: its first wall-clock stays
         wall.write_text(json.dumps({"seconds": time.monotonic() - start}))
     return ROOT / "runs" / name
+
+
+def differences(config: Path, other: Path, outside: str = "spark") -> list[str]:
+    """The dotted keys whose values differ between two config files, the `outside` section left out."""
+    def flat(tree: dict, prefix: str = "") -> dict[str, object]:
+        items: dict[str, object] = {}
+        for key, value in tree.items():
+            items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return items
+
+    mine, theirs = (flat({k: v for k, v in (yaml.safe_load(c.read_text()) or {}).items() if k != outside})
+                    for c in (config, other))
+    return sorted(key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key))
 
 
 def wall_seconds(run_dir: Path) -> float:
@@ -234,12 +250,18 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs at a time")
     parser.add_argument("--grpo-time-factor", type=float, default=0.0,
                         help="also plain GRPO with this many times the iterations (0: not run)")
+    parser.add_argument("--grpo-of", metavar="CONFIG",
+                        help="take plain GRPO from this config's runs: for variants that change only spark: keys")
     parser.add_argument("--overlap", action="store_true",
                         help="SPARK against SPARK with rollout.overlap instead of plain GRPO")
     args = parser.parse_args()
     from spark_vl import tracking
 
+    grpo_of = (ROOT / args.grpo_of).resolve() if args.grpo_of else None
     for config in [(ROOT / c).resolve() for c in args.configs]:
+        if grpo_of and (keys := differences(config, grpo_of)):
+            parser.error(f"--grpo-of {args.grpo_of}: {config.name} differs from it outside spark: in "
+                         f"{', '.join(keys)}, so plain GRPO would not be the same run; leave --grpo-of out")
         iterations = yaml.safe_load(config.read_text())["train"]["iterations"]
         arms = ["spark", "spark-overlap"] if args.overlap else (
             ["spark", "grpo"] + (["grpo-time"] if args.grpo_time_factor else []))
@@ -249,7 +271,8 @@ def main() -> None:
         length = {"spark": iterations, "grpo": iterations, "grpo-time": round(iterations * args.grpo_time_factor),
                   "spark-overlap": iterations}
         with ThreadPoolExecutor(args.parallel) as pool:
-            dirs = dict(zip(runs, pool.map(lambda run: run_one(config, *run, length[run[0]]), runs)))
+            dirs = dict(zip(runs, pool.map(lambda run: run_one(grpo_of if grpo_of and run[0].startswith("grpo")
+                                                               else config, *run, length[run[0]]), runs)))
         evals = {run: evaluations(run_dir) for run, run_dir in dirs.items()}
         text, summary = table(config, runs, evals, dirs)
         shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
@@ -257,7 +280,10 @@ def main() -> None:
                  f"{' '.join(map(str, args.seeds))} --threads {' '.join(map(str, args.threads))}"
                  + (f" --threads-seeds {' '.join(map(str, args.threads_seeds))}" if args.threads_seeds else "")
                  + (f" --grpo-time-factor {args.grpo_time_factor:g}" if args.grpo_time_factor else "")
-                 + (" --overlap" if args.overlap else "") + "`")
+                 + (f" --grpo-of {args.grpo_of}" if args.grpo_of else "")
+                 + (" --overlap" if args.overlap else "") + "`"
+                 + (f"\n\nPlain GRPO: the runs of {args.grpo_of} (`bench-{grpo_of.stem}-grpo-s<seed>`), the same runs a "
+                    f"variant that changes only spark: keys would make." if grpo_of else ""))
         name = f"coevolution-{config.stem}" + ("-overlap" if args.overlap else "")
         md = publish(name, text)
         png = plot(config, runs, evals, RESULTS / f"{name}.png")

@@ -18,6 +18,8 @@ from spark_vl.verify.extract import box_span
 
 @dataclass
 class Sequence:
+    """One sampled completion to train on, with the advantage it carries and where."""
+
     conversation: list[dict]
     completion: list[int]
     old_logps: list[float]
