@@ -48,6 +48,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug lo
 
 EVAL_COLUMNS = [("eval/task_acc", "task"), ("eval/task_acc_reflect", "reflect"),
                 ("eval/reflect_fixed", "fixed"), ("eval/reflect_broke", "broke"),
+                ("eval/task_acc_reflect_ungated", "no gate"),
                 ("eval/task_acc_best_of_n", "best of n"), ("eval/task_acc_sampled", "sampled"),
                 ("eval/task_acc_majority", "majority"),
                 ("eval/well_formed", "formed"),
@@ -56,8 +57,9 @@ EVAL_COLUMNS = [("eval/task_acc", "task"), ("eval/task_acc_reflect", "reflect"),
 
 
 def print_evals(rows: list[dict]) -> None:
-    """The evaluations as a table: task accuracy (greedy, with self-reflection, and the shares of
-    answers reflection fixed and broke), the share of well-formed answers, and the judge (pointwise, on look-alike wrong answers, pairwise, on the
+    """The evaluations as a table: task accuracy (greedy, with self-reflection, the shares of answers
+    reflection fixed and broke, and every answer reflected on once with no judge asked), the share
+    of well-formed answers, and the judge (pointwise, on look-alike wrong answers, pairwise, on the
     policy's own mistakes); a column no evaluation has (best of n when off) is left out."""
     columns = [(key, title) for key, title in EVAL_COLUMNS if any(key in r for r in rows)]
     typer.echo(f"{'iteration':>9}" + "".join(f" {title:>9}" for _, title in columns))
