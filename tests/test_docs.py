@@ -33,3 +33,17 @@ def test_every_relative_link_resolves(page):
 
 def test_readme_is_a_front_door():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def test_the_readme_shows_and_explains_each_column_a_default_run_prints():
+    """The README's sample of `make run`'s table has the columns `spark-vl run` prints for the
+    default (best of n is off there), and its guide to the columns explains each one."""
+    from spark_vl.cli.app import EVAL_COLUMNS
+
+    readme = (ROOT / "README.md").read_text()
+    header = next(line for line in readme.splitlines() if line.startswith("iteration "))
+    shown = [header[i:i + 10].strip() for i in range(9, len(header), 10)]
+    best_of_n = {"eval/task_acc_best_of_n", "eval/task_acc_sampled", "eval/task_acc_majority"}
+    assert shown == [title for key, title in EVAL_COLUMNS if key not in best_of_n]
+    guide = readme[readme.index("How to read the columns"):]
+    assert [title for title in shown if f"`{title}`" not in guide] == []
