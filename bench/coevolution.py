@@ -282,8 +282,8 @@ def main() -> None:
                  + (f" --grpo-time-factor {args.grpo_time_factor:g}" if args.grpo_time_factor else "")
                  + (f" --grpo-of {args.grpo_of}" if args.grpo_of else "")
                  + (" --overlap" if args.overlap else "") + "`"
-                 + (f"\n\nPlain GRPO: the runs of {args.grpo_of} (`bench-{grpo_of.stem}-grpo-s<seed>`), the same runs a "
-                    f"variant that changes only spark: keys would make." if grpo_of else ""))
+                 + (f"\n\nPlain GRPO: the runs of {args.grpo_of} (`bench-{grpo_of.stem}-grpo-s<seed>`), the same "
+                    f"runs a variant that changes only spark: keys would make." if grpo_of else ""))
         name = f"coevolution-{config.stem}" + ("-overlap" if args.overlap else "")
         md = publish(name, text)
         png = plot(config, runs, evals, RESULTS / f"{name}.png")

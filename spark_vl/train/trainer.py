@@ -232,7 +232,8 @@ class PolicyTrainer:
         if ds_dir is not None:
             self.engine.save_checkpoint(str(ds_dir), tag=tag)
         # ZeRO-3 shards the weights over workers: gather a full copy (all workers take part).
-        state = self.engine._zero3_consolidated_16bit_state_dict() if self.engine.zero_optimization_stage() == 3 else None
+        zero3 = self.engine.zero_optimization_stage() == 3
+        state = self.engine._zero3_consolidated_16bit_state_dict() if zero3 else None
         if self.rank == 0:
             staging = hf_dir.with_name(f".{hf_dir.name}.partial")
             shutil.rmtree(staging, ignore_errors=True)
