@@ -40,6 +40,8 @@ from pathlib import Path
 import yaml
 from report import RESULTS, plot_curves, publish
 
+from spark_vl.config import changes, load_config
+
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"spark": ["spark.enabled=true"], "grpo": ["spark.enabled=false"], "grpo-time": ["spark.enabled=false"],
         "spark-overlap": ["spark.enabled=true", "rollout.overlap=true"]}
@@ -78,17 +80,9 @@ def run_one(config: Path, arm: str, seed: int, threads: int, iterations: int) ->
     return ROOT / "runs" / name
 
 
-def differences(config: Path, other: Path, outside: str = "spark") -> list[str]:
-    """The dotted keys whose values differ between two config files, the `outside` section left out."""
-    def flat(tree: dict, prefix: str = "") -> dict[str, object]:
-        items: dict[str, object] = {}
-        for key, value in tree.items():
-            items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return items
-
-    mine, theirs = (flat({k: v for k, v in (yaml.safe_load(c.read_text()) or {}).items() if k != outside})
-                    for c in (config, other))
-    return sorted(key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key))
+def differences(config: Path, other: Path) -> list[str]:
+    """The keys outside `spark:` whose values (the defaults filled in) differ between two config files."""
+    return [key for key in changes(load_config(other), load_config(config)) if not key.startswith("spark.")]
 
 
 def wall_seconds(run_dir: Path) -> float:

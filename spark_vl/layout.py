@@ -31,7 +31,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from spark_vl.config import ConfigError, RunConfig, load_config
+from spark_vl.config import ConfigError, RunConfig, changes, load_config
 from spark_vl.runio import DamagedOutput, logger, read_jsonl, write_text_atomic
 
 
@@ -128,28 +128,16 @@ RESUMABLE_CHANGES = ("train.iterations", "train.keep_policies", "train.keep_ever
                      "rollout.verify_workers", "rollout.verify_timeout_s", "tracking.register_every", "orchestration")
 
 
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def check_same_run(config: RunConfig, run_dir: Path) -> None:
     """Raise ConfigError when `run_dir` holds a run made with another config: a key that changes
     what is computed differs from its config.yaml (`RESUMABLE_CHANGES` may differ)."""
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return
-    before = _flat(load_config(saved).model_dump(mode="json"))
-    now = _flat(config.model_dump(mode="json"))
-    changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key)
-                     and not any(key == a or key.startswith(a + ".") for a in RESUMABLE_CHANGES))
+    changed = [(key, values) for key, values in changes(load_config(saved), config).items()
+               if not any(key == a or key.startswith(a + ".") for a in RESUMABLE_CHANGES)]
     if changed:
-        shown = ", ".join(f"{key} ({before.get(key)!r} -> {now.get(key)!r})" for key in changed[:5])
+        shown = ", ".join(f"{key} ({before!r} -> {now!r})" for key, (before, now) in changed[:5])
         raise ConfigError(f"{saved} was made with another config: {shown}{' ...' if len(changed) > 5 else ''}. "
                           f"Rerun with the same config to resume it, or give the new run another name "
                           f"(--run-name)")

@@ -101,6 +101,18 @@ def test_a_triggered_run_registers_under_its_deployments_model_and_its_held_out_
     assert held_out_changes(easy, deployed) == ["data.eval_path", "data.builtin", "eval.n_task"]
 
 
+def test_changes_name_each_leaf_that_differs_and_nothing_a_default_spells_out():
+    from spark_vl.config import changes
+
+    tiny = load_config(TINY)
+    assert changes(tiny, load_config(TINY, ["train.lr=0.0005", "rollout.group_size=8"])) == {
+        "train.lr": (0.00025, 0.0005)}
+    assert changes(tiny, load_config(TINY, ["rollout.kind_group_size={judge_pointwise: 16}",
+                                            "spark.enabled=false"])) == {
+        "rollout.kind_group_size.judge_pointwise": (None, 16), "spark.enabled": (True, False)}
+    assert changes(tiny, tiny) == {}
+
+
 def test_the_config_reference_is_current():
     from spark_vl.config import reference_markdown
 

@@ -1,7 +1,8 @@
 """One typed config for a run: the schema (`schema.py`), reading it with overrides and clear
 errors (`loading.py`), checks before a run starts (`checks.py`), its reference (`reference.py`)."""
 
-from spark_vl.config.checks import PRIVILEGED_KEYS, check_paths, check_triggered, held_out_changes
+from spark_vl.config.checks import (PRIVILEGED_KEYS, changes, check_paths, check_triggered, dotted,
+                                    held_out_changes)
 from spark_vl.config.loading import (MODEL_CONFIG, MODEL_TEMPLATES, ConfigError, apply_overrides, load_config,
                                      load_model_config, parse_override, save_config, save_model_config,
                                      validate_config)
@@ -15,5 +16,6 @@ __all__ = ["MODEL_CONFIG", "MODEL_TEMPLATES", "PACKAGED_TEMPLATES", "PRIVILEGED_
            "ConfigError", "DataConfig", "EvalConfig", "FilterGroupsConfig", "LoraConfig", "ModelConfig",
            "OrchestrationConfig", "RewardConfig", "RolloutConfig", "RunConfig", "Section", "SparkConfig",
            "TinyModelConfig", "TrackingConfig", "TrainConfig", "VideoConfig", "VLLMConfig", "WarmupConfig",
-           "apply_overrides", "check_paths", "check_triggered", "held_out_changes", "load_config", "load_model_config",
-           "parse_override", "reference_markdown", "save_config", "save_model_config", "validate_config"]
+           "apply_overrides", "changes", "check_paths", "check_triggered", "dotted", "held_out_changes",
+           "load_config", "load_model_config", "parse_override", "reference_markdown", "save_config",
+           "save_model_config", "validate_config"]

@@ -1,5 +1,6 @@
 """Checks of a config before a run starts: every file it names is there, and a run triggered
-through a deployment changes no privileged key and publishes where its deployment does."""
+through a deployment changes no privileged key and publishes where its deployment does; which keys
+two configs differ in."""
 
 from __future__ import annotations
 
@@ -8,6 +9,24 @@ from typing import Any
 
 from spark_vl.config.loading import ConfigError
 from spark_vl.config.schema import PACKAGED_TEMPLATES, RunConfig
+
+
+def dotted(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys (`train.lr`), the names overrides and errors use."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changes(before: RunConfig, after: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Each dotted key whose value differs between two configs, sorted: (its value before, after)."""
+    old, new = dotted(before.model_dump(mode="json")), dotted(after.model_dump(mode="json"))
+    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)}
 
 
 def check_paths(config: RunConfig) -> None:

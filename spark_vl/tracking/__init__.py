@@ -21,7 +21,7 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from spark_vl.config import RunConfig, load_model_config
+from spark_vl.config import RunConfig, dotted, load_model_config
 from spark_vl.faults import fault_point
 from spark_vl.runio import logger
 from spark_vl.tracking.policy_model import policy_folder, save_policy_model
@@ -86,17 +86,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)
-    return flat
-
-
 def open_run(config: RunConfig, run_dir: Path, run_name: str, tags: dict[str, str] | None = None) -> str:
     """The MLflow run of this run directory: found by its tag when resuming (and RUNNING again),
     else created with the config as params and tags for the commit and config hash."""
@@ -111,7 +100,7 @@ def open_run(config: RunConfig, run_dir: Path, run_name: str, tags: dict[str, st
     all_tags = {"spark_vl.run_dir": run_dir_tag, "git_commit": git_commit(), "config_hash": config.digest(),
                 **(tags or {})}
     run = mlflow_client.create_run(experiment, run_name=run_name, tags=all_tags)
-    params = [Param(k, v[:6000]) for k, v in flatten(config.model_dump(mode="json")).items()]
+    params = [Param(k, str(v)[:6000]) for k, v in dotted(config.model_dump(mode="json")).items()]
     for start in range(0, len(params), 100):
         mlflow_client.log_batch(run.info.run_id, params=params[start:start + 100])
     return run.info.run_id
